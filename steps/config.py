@@ -1,0 +1,118 @@
+"""Structured config: the schema of conf/, so a typo fails at start-up, not mid-run.
+
+The YAML files under conf/ hold the values; these dataclasses hold the field names,
+types and defaults. `model` stays free-form: it is whatever keyword arguments the
+estimator named by its `_target_` accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+STEP_NAMES = ("ingest", "eda", "split", "transform", "train", "evaluate", "register")
+
+
+@dataclass
+class DataConfig:
+    source: str = "uci"  # uci | file | synthetic
+    url: Optional[str] = None
+    path: Optional[str] = None
+    rows: Optional[int] = None
+    sha256: Optional[str] = None
+    cache_dir: str = "${oc.env:XDG_CACHE_HOME,${oc.env:HOME}/.cache}/heart-disease"
+    download_timeout_s: float = 30.0
+    impossible_values: str = "missing"  # missing | fail
+    seed: int = 0
+
+
+@dataclass
+class ColumnSpec:
+    description: str = ""
+    codes: Optional[list[int]] = None
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+
+@dataclass
+class SchemaConfig:
+    target: str = "num"
+    label: str = "target"
+    columns: dict[str, ColumnSpec] = field(default_factory=dict)
+
+
+@dataclass
+class EdaConfig:
+    histogram_bins: int = 20
+    dpi: int = 90
+
+
+@dataclass
+class SplitConfig:
+    test_fraction: float = 0.2
+    val_fraction: float = 0.2
+    seed: int = 42
+
+
+@dataclass
+class TransformConfig:
+    one_hot: list[str] = field(default_factory=list)
+    numeric_imputer: str = "median"
+    categorical_imputer: str = "most_frequent"
+
+
+@dataclass
+class TrainConfig:
+    model_name: str = "model"
+    input_example_rows: int = 3
+    skops_trusted_types: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvaluateConfig:
+    cv_folds: int = 5
+    cv_repeats: int = 10
+    seed: int = 42
+    criteria: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RegisterConfig:
+    model_name: str = "heart-disease"
+    champion_alias: str = "champion"
+    challenger_alias: str = "challenger"
+    primary_metric: str = "cv_roc_auc_mean"
+    allow_unvalidated: bool = False
+
+
+@dataclass
+class UpstreamConfig:
+    ingest: Optional[str] = None
+    split: Optional[str] = None
+    transform: Optional[str] = None
+    train: Optional[str] = None
+    evaluate: Optional[str] = None
+
+
+@dataclass
+class PipelineConfig:
+    data: DataConfig = MISSING
+    schema: SchemaConfig = MISSING
+    eda: EdaConfig = MISSING
+    split: SplitConfig = MISSING
+    transform: TransformConfig = MISSING
+    model: Any = MISSING
+    train: TrainConfig = MISSING
+    evaluate: EvaluateConfig = MISSING
+    register: RegisterConfig = MISSING
+    profile: str = "local"
+    force: list[str] = field(default_factory=list)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+
+
+def register_configs() -> None:
+    """Make `pipeline_schema` (first in conf/config.yaml's defaults) known to Hydra."""
+    ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)

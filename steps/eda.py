@@ -1,0 +1,114 @@
+"""eda: look at the ingested table before modelling it. Logs PNGs (feature histograms
+by label, correlation heatmap, class balance, missingness) and one self-contained HTML
+report with the plots embedded. Nothing downstream reads eda: `main` runs it beside
+the chain.
+
+Figures are built with matplotlib's object API (no pyplot), so this is safe in a
+background thread and needs no display.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from steps.codebook import Codebook
+from steps.tracking import StepContext, launch_step
+
+
+def feature_histograms(frame: pd.DataFrame, book: Codebook, bins: int) -> Figure:
+    columns = 4
+    rows = -(-len(book.features) // columns)
+    fig = Figure(figsize=(4 * columns, 3 * rows))
+    axes = fig.subplots(rows, columns).ravel()
+    for ax, name in zip(axes, book.features):
+        discrete = book.columns[name].codes is not None
+        sns.histplot(data=frame, x=name, hue=book.label, ax=ax, bins=None if discrete else bins,
+                     discrete=discrete, multiple="dodge" if discrete else "layer", stat="count")
+        ax.set_title(book.columns[name].description.split(" (")[0], fontsize=9)
+    for ax in axes[len(book.features):]:
+        ax.set_visible(False)
+    fig.suptitle(f"Features by {book.label} (1 = disease)")
+    fig.tight_layout()
+    return fig
+
+
+def correlation_heatmap(frame: pd.DataFrame) -> Figure:
+    fig = Figure(figsize=(9, 8))
+    ax = fig.subplots()
+    sns.heatmap(frame.corr(), ax=ax, cmap="vlag", center=0, annot=True, fmt=".2f", annot_kws={"size": 7})
+    ax.set_title("Pearson correlation")
+    fig.tight_layout()
+    return fig
+
+
+def class_balance(frame: pd.DataFrame, label: str) -> Figure:
+    fig = Figure(figsize=(4, 3))
+    ax = fig.subplots()
+    counts = frame[label].value_counts().sort_index()
+    names = {0: "healthy (0)", 1: "disease (1)"}
+    ax.bar([names[int(k)] for k in counts.index], counts.to_numpy(), color=["#4c72b0", "#c44e52"][: len(counts)])
+    for position, count in enumerate(counts.to_numpy()):
+        ax.text(position, count, str(count), ha="center", va="bottom")
+    ax.set(xlabel=label, ylabel="rows", title="Class balance")
+    fig.tight_layout()
+    return fig
+
+
+def missingness(frame: pd.DataFrame) -> Figure:
+    fig = Figure(figsize=(6, 3))
+    ax = fig.subplots()
+    share = frame.isna().mean() * 100
+    ax.bar(share.index, share.to_numpy(), color="#8172b2")
+    ax.set(ylabel="% missing", title=f"Missing values ({int(frame.isna().sum().sum())} cells)")
+    ax.tick_params(axis="x", rotation=60)
+    fig.tight_layout()
+    return fig
+
+
+def eda_figures(frame: pd.DataFrame, book: Codebook, bins: int) -> dict[str, Figure]:
+    return {
+        "feature_histograms": feature_histograms(frame, book, bins),
+        "correlation_heatmap": correlation_heatmap(frame),
+        "class_balance": class_balance(frame, book.label),
+        "missingness": missingness(frame),
+    }
+
+
+def html_report(frame: pd.DataFrame, images: dict[str, Path]) -> str:
+    """One HTML file with the summary tables and every plot inlined as base64."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>EDA: heart disease</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:70em}"
+        "table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:.2em .5em}"
+        "img{max-width:100%}</style></head><body>",
+        f"<h1>Exploratory data analysis</h1><p>{len(frame)} rows, {frame.shape[1]} columns, "
+        f"{int(frame.duplicated().sum())} exact duplicate rows.</p>",
+        "<h2>Summary statistics</h2>",
+        frame.describe().T.round(2).to_html(),
+    ]
+    for name, path in images.items():
+        encoded = base64.b64encode(path.read_bytes()).decode()
+        parts.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2><img src='data:image/png;base64,{encoded}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def run(ctx: StepContext) -> None:
+    book = Codebook.from_config(ctx.cfg.schema)
+    frame = ctx.load_table("ingest", "raw")
+    images = {}
+    for name, figure in eda_figures(frame, book, ctx.cfg.eda.histogram_bins).items():
+        figure.set_dpi(ctx.cfg.eda.dpi)
+        images[name] = ctx.log_figure(name, figure)
+    ctx.log_text(html_report(frame, images), "eda_report.html")
+    ctx.summary.update(plots=len(images))
+
+
+if __name__ == "__main__":
+    launch_step("eda")

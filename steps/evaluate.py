@@ -1,0 +1,153 @@
+"""evaluate: score the trained model on the untouched test split, estimate how much
+that score moves with repeated stratified cross-validation on train+val, draw the
+usual plots, and decide VALIDATED or REJECTED from the criteria in conf/evaluate.
+
+Tags the run `validation.status` and `validation.reasons`; register reads them.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+
+import mlflow
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+from scipy import stats
+from sklearn import metrics as skm
+from sklearn.base import clone
+from sklearn.calibration import calibration_curve
+from sklearn.model_selection import RepeatedStratifiedKFold
+
+from steps.codebook import Codebook
+from steps.metrics import binary_metrics, prefixed
+from steps.tracking import PipelineError, StepContext, launch_step
+from steps.train import TAG_MODEL_URI
+
+VALIDATED, REJECTED = "VALIDATED", "REJECTED"
+TAG_STATUS = "validation.status"
+TAG_REASONS = "validation.reasons"
+_OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+_CRITERION = re.compile(r"^\s*(\w+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$")
+
+
+def parse_criterion(text: str) -> tuple[str, str, float]:
+    match = _CRITERION.match(text)
+    if not match:
+        raise PipelineError(f"evaluate.criteria: cannot read {text!r}; write e.g. 'test_roc_auc >= 0.85'")
+    name, op, value = match.groups()
+    return name, op, float(value)
+
+
+def judge(metrics: dict[str, float], criteria: list[str]) -> tuple[str, list[str]]:
+    """VALIDATED if every criterion holds, else REJECTED; reasons say which and by how much."""
+    reasons = []
+    for text in criteria:
+        name, op, bound = parse_criterion(text)
+        if name not in metrics:
+            raise PipelineError(f"evaluate.criteria: {text!r} names unknown metric {name!r}; known: {sorted(metrics)}")
+        holds = _OPERATORS[op](metrics[name], bound)
+        reasons.append(f"{name} = {metrics[name]:.4f} {'meets' if holds else 'fails'} {op} {bound}")
+    failed = [r for r in reasons if " fails " in r]
+    return (REJECTED, failed) if failed else (VALIDATED, reasons)
+
+
+def cross_validate(pipeline, features: pd.DataFrame, label: pd.Series, folds: int, repeats: int,
+                   seed: int) -> dict[str, float]:
+    """Refit a fresh copy of the pipeline on each fold. Reports the mean of each metric
+    and a 95 % interval from the corrected resampled t-test (Nadeau & Bengio 2003),
+    which widens the naive interval because repeated folds share training rows."""
+    splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
+    scores: dict[str, list[float]] = {}
+    for train_index, test_index in splitter.split(features, label):
+        model = clone(pipeline).fit(features.iloc[train_index], label.iloc[train_index])
+        probability = model.predict_proba(features.iloc[test_index])[:, 1]
+        for name, value in binary_metrics(label.iloc[test_index], probability).items():
+            scores.setdefault(name, []).append(value)
+    n = folds * repeats
+    test_share = 1 / folds
+    correction = 1 / n + test_share / (1 - test_share)
+    t_quantile = stats.t.ppf(0.975, df=n - 1)
+    out = {}
+    for name, values in scores.items():
+        values_array = np.asarray(values)
+        half_width = t_quantile * math.sqrt(correction * values_array.var(ddof=1))
+        out[f"cv_{name}_mean"] = float(values_array.mean())
+        out[f"cv_{name}_std"] = float(values_array.std(ddof=1))
+        out[f"cv_{name}_ci_low"] = float(values_array.mean() - half_width)
+        out[f"cv_{name}_ci_high"] = float(values_array.mean() + half_width)
+    return out
+
+
+def evaluation_figures(y_true, probability) -> dict[str, Figure]:
+    """ROC, precision-recall, calibration and confusion-matrix plots of the test split."""
+    figures = {}
+    fpr, tpr, _ = skm.roc_curve(y_true, probability)
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    ax.plot(fpr, tpr, label=f"ROC-AUC {skm.roc_auc_score(y_true, probability):.3f}")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve (test)")
+    ax.legend(loc="lower right")
+    figures["roc_curve"] = fig
+
+    precision, recall, _ = skm.precision_recall_curve(y_true, probability)
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    ax.plot(recall, precision, label=f"average precision {skm.average_precision_score(y_true, probability):.3f}")
+    ax.axhline(np.mean(y_true), linestyle="--", color="grey", label="prevalence")
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve (test)")
+    ax.legend(loc="lower left")
+    figures["pr_curve"] = fig
+
+    observed, predicted = calibration_curve(y_true, probability, n_bins=5, strategy="quantile")
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    ax.plot(predicted, observed, marker="o", label="model")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    ax.set(xlabel="mean predicted probability", ylabel="observed frequency", title="Calibration (test, quantile bins)")
+    ax.legend(loc="upper left")
+    figures["calibration"] = fig
+
+    matrix = skm.confusion_matrix(y_true, (np.asarray(probability) >= 0.5).astype(int), labels=[0, 1])
+    fig = Figure(figsize=(4, 4))
+    ax = fig.subplots()
+    ax.imshow(matrix, cmap="Blues")
+    for (row, col), count in np.ndenumerate(matrix):
+        ax.text(col, row, str(count), ha="center", va="center", fontsize=14)
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["healthy", "disease"], yticklabels=["healthy", "disease"],
+           xlabel="predicted", ylabel="actual", title="Confusion matrix (test, threshold 0.5)")
+    figures["confusion_matrix"] = fig
+    return figures
+
+
+def run(ctx: StepContext) -> None:
+    cfg = ctx.cfg
+    book = Codebook.from_config(cfg.schema)
+    label = book.label
+    pipeline = mlflow.sklearn.load_model(ctx.input_run("train").data.tags[TAG_MODEL_URI])
+    test = ctx.load_table("split", "test")
+    train_val = pd.concat([ctx.load_table("split", "train"), ctx.load_table("split", "val")], ignore_index=True)
+
+    probability = pipeline.predict_proba(test[book.features])[:, 1]
+    metrics = prefixed("test", binary_metrics(test[label], probability))
+    metrics.update(cross_validate(pipeline, train_val[book.features], train_val[label],
+                                  cfg.evaluate.cv_folds, cfg.evaluate.cv_repeats, cfg.evaluate.seed))
+    status, reasons = judge(metrics, list(cfg.evaluate.criteria))
+
+    ctx.log_metrics(metrics)
+    for name, figure in evaluation_figures(test[label], probability).items():
+        ctx.log_figure(name, figure)
+    ctx.log_table("test_predictions", test.assign(probability=probability))
+    ctx.set_tags({TAG_STATUS: status, TAG_REASONS: "; ".join(reasons)})
+    ctx.summary.update(status=status, test_roc_auc=round(metrics["test_roc_auc"], 4),
+                       cv_roc_auc=f"{metrics['cv_roc_auc_mean']:.4f} "
+                                  f"[{metrics['cv_roc_auc_ci_low']:.4f}, {metrics['cv_roc_auc_ci_high']:.4f}]")
+    print(f"evaluate: {status}: " + "; ".join(reasons))
+
+
+if __name__ == "__main__":
+    launch_step("evaluate")

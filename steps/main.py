@@ -1,0 +1,121 @@
+"""main: the whole pipeline in one process, under one parent run.
+
+Walks steps/pipeline.py's DAG in order. Each step either runs as a nested child run
+or, when a FINISHED run with the same cache key exists, is reused without importing
+its module. eda runs in a background thread beside the chain. Ends by printing (and
+logging) a table: step, run id, ran or reused, seconds, key outputs.
+
+    python -m steps.main                       # reuse what is unchanged
+    python -m steps.main model=random_forest   # re-runs train, evaluate, register
+    python -m steps.main 'force=[all]'         # re-runs everything
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from omegaconf import DictConfig, OmegaConf
+
+from steps.pipeline import SIDE_BRANCHES, STEPS
+from steps.tracking import (
+    PipelineError,
+    StepResult,
+    Tracking,
+    adopt_launcher_run,
+    connect,
+    execute,
+    exit_on_pipeline_error,
+    launch,
+)
+
+TAG_ROLE = "pipeline.role"
+
+
+def summary_table(results: list[StepResult]) -> str:
+    rows = [("step", "run id", "status", "seconds", "key outputs")]
+    for result in results:
+        outputs = ", ".join(f"{k}={v}" for k, v in result.summary.items())
+        rows.append((result.step, result.run_id, result.status, f"{result.seconds:.1f}", outputs))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4] for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def run_pipeline(cfg: DictConfig, tracking: Tracking, parent_run_id: str) -> list[StepResult]:
+    """Execute or reuse every step under `parent_run_id`; return results in DAG order.
+    A failing step stops the chain: nothing downstream of it runs or is registered."""
+    results: dict[str, StepResult] = {}
+    side: dict[str, Future] = {}
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="side-branch") as pool:
+        for name, step in STEPS.items():
+            upstream_run = None
+            if step.upstream:
+                upstream_run = tracking.client.get_run(results[step.upstream].run_id)
+            if name in SIDE_BRANCHES:
+                side[name] = pool.submit(execute, name, cfg, tracking, parent_run_id, None, upstream_run)
+                continue
+            try:
+                results[name] = execute(name, cfg, tracking, parent_run_id, upstream_run=upstream_run)
+            except BaseException as err:
+                failure = err
+                break
+        for name, future in side.items():
+            try:
+                results[name] = future.result()
+            except BaseException as err:
+                failure = failure or err
+    ordered = [results[name] for name in STEPS if name in results]
+    if failure is not None:
+        raise _ChainFailed(ordered, failure)
+    return ordered
+
+
+class _ChainFailed(Exception):
+    def __init__(self, completed: list[StepResult], cause: BaseException):
+        self.completed, self.cause = completed, cause
+        super().__init__(str(cause))
+
+
+def main(cfg: DictConfig) -> None:
+    def go() -> None:
+        tracking = connect(cfg.profile)
+        client = tracking.client
+        parent_run_id = adopt_launcher_run(tracking)
+        if parent_run_id is None:
+            parent_run_id = client.create_run(tracking.experiment_id, run_name="main").info.run_id
+        client.set_tag(parent_run_id, TAG_ROLE, "main")
+        client.log_text(parent_run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        started = time.perf_counter()
+        try:
+            results = run_pipeline(cfg, tracking, parent_run_id)
+        except _ChainFailed as failed:
+            _record(tracking, parent_run_id, failed.completed, "FAILED")
+            if failed.completed:
+                print(summary_table(failed.completed), file=sys.stderr)
+            if isinstance(failed.cause, PipelineError):
+                raise failed.cause
+            raise failed.cause from None
+        _record(tracking, parent_run_id, results, "FINISHED")
+        table = summary_table(results)
+        print(f"\npipeline finished in {time.perf_counter() - started:.1f}s (parent run {parent_run_id})\n{table}")
+
+    exit_on_pipeline_error(go)
+
+
+def _record(tracking: Tracking, parent_run_id: str, results: list[StepResult], status: str) -> None:
+    client = tracking.client
+    for result in results:
+        client.set_tag(parent_run_id, f"pipeline.{result.step}.run_id", result.run_id)
+        client.set_tag(parent_run_id, f"pipeline.{result.step}.status", result.status)
+    client.log_text(parent_run_id, summary_table(results), "pipeline_summary.txt")
+    client.log_dict(parent_run_id, [r.__dict__ for r in results], "pipeline_summary.json")
+    client.set_terminated(parent_run_id, status)
+
+
+if __name__ == "__main__":
+    launch(main)

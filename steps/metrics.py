@@ -1,0 +1,28 @@
+"""Classification metrics with one set of names, used by train and evaluate alike
+(so `mlflow ui` lines runs up: val_roc_auc, test_roc_auc, cv_roc_auc_mean, ...)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def binary_metrics(y_true, probability, threshold: float = 0.5) -> dict[str, float]:
+    """Threshold-free scores of the probabilities plus scores of the 0/1 decisions."""
+    y_true = np.asarray(y_true)
+    probability = np.asarray(probability, dtype=float)
+    predicted = (probability >= threshold).astype(int)
+    return {
+        "roc_auc": skm.roc_auc_score(y_true, probability),
+        "pr_auc": skm.average_precision_score(y_true, probability),
+        "accuracy": skm.accuracy_score(y_true, predicted),
+        "precision": skm.precision_score(y_true, predicted, zero_division=0),
+        "recall": skm.recall_score(y_true, predicted, zero_division=0),
+        "f1": skm.f1_score(y_true, predicted, zero_division=0),
+        "brier": skm.brier_score_loss(y_true, probability),
+        "log_loss": skm.log_loss(y_true, probability, labels=[0, 1]),
+    }
+
+
+def prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}_{name}": float(value) for name, value in values.items()}

@@ -1,0 +1,143 @@
+"""Getting raw bytes in: download with a local cache and a checksum, and reading the
+headerless UCI format or a canonical CSV/Parquet table. Nothing here validates values;
+that is steps/codebook.py's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from steps.tracking import PipelineError
+
+MISSING_MARKERS = ["?", ""]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_remote(location: str) -> bool:
+    return urllib.parse.urlparse(location).scheme in ("http", "https")
+
+
+def _local_path(location: str) -> Path:
+    parsed = urllib.parse.urlparse(location)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    return Path(location).expanduser()
+
+
+def location_of(data: DictConfig) -> str:
+    location = data.url if data.source == "uci" else data.path
+    if not location:
+        field = "data.url" if data.source == "uci" else "data.path"
+        raise PipelineError(f"{field} is empty: say where the {data.source} data is")
+    return str(location)
+
+
+def fingerprint(cfg: DictConfig) -> Optional[str]:
+    """What the cache key needs to know about data outside MLflow: a local file's
+    bytes, or the pinned checksum of a download. Cheap: no download, no parsing."""
+    data = cfg.data
+    if data.source == "synthetic":
+        return None  # fully determined by config
+    location = location_of(data)
+    if data.sha256:
+        return f"sha256:{data.sha256}"
+    if not _is_remote(location) and _local_path(location).is_file():
+        return f"sha256:{sha256_of(_local_path(location))}"
+    return f"location:{location}"
+
+
+def _verify(path: Path, expected: Optional[str], origin: str) -> str:
+    actual = sha256_of(path)
+    if expected and actual != expected.lower():
+        raise PipelineError(
+            f"checksum mismatch for {origin}: rule 'data.sha256 must match', expected "
+            f"{expected}, got {actual} ({path.stat().st_size} bytes). The file is not the one "
+            "this config pins: fix data.url/data.path, or set data.sha256 to the new file's "
+            "checksum if you trust it."
+        )
+    return actual
+
+
+def fetch(location: str, expected_sha256: Optional[str], cache_dir: str, timeout_s: float) -> tuple[Path, str]:
+    """Return a local copy of `location` and its sha256. Downloads go to `cache_dir`
+    and are served from there afterwards, so a second run needs no network."""
+    if not _is_remote(location):
+        path = _local_path(location)
+        if not path.is_file():
+            raise PipelineError(f"data file not found: {location} (resolved to {path.resolve()})")
+        return path, _verify(path, expected_sha256, location)
+
+    name = Path(urllib.parse.urlparse(location).path).name or "download"
+    key = expected_sha256 or hashlib.sha256(location.encode()).hexdigest()
+    cached = Path(cache_dir).expanduser() / key[:16] / name
+    if cached.is_file():
+        return cached, _verify(cached, expected_sha256, f"{location} (cached at {cached})")
+
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as partial:
+        try:
+            with urllib.request.urlopen(location, timeout=timeout_s) as response:
+                shutil.copyfileobj(response, partial)
+        except (urllib.error.URLError, TimeoutError, OSError) as err:
+            Path(partial.name).unlink(missing_ok=True)
+            reason = getattr(err, "reason", err)
+            raise PipelineError(
+                f"could not download {location}: {reason}; no cached copy at {cached}. "
+                "Offline? Point data.url at a local copy or a mirror "
+                "(data.url=/path/to/processed.cleveland.data)."
+            ) from None
+    partial_path = Path(partial.name)
+    try:
+        digest = _verify(partial_path, expected_sha256, location)
+    except PipelineError:
+        partial_path.unlink()
+        raise
+    partial_path.replace(cached)
+    return cached, digest
+
+
+def read_uci(path: Path, columns: list[str]) -> pd.DataFrame:
+    """The headerless UCI format: comma separated, `?` for missing, LF or CRLF.
+    Everything is read as text so that validation can name the cells that are not numbers."""
+    if not path.read_bytes().strip():
+        return pd.DataFrame(columns=columns)
+    return pd.read_csv(
+        path,
+        header=None,
+        names=columns,
+        dtype=str,
+        na_values=MISSING_MARKERS,
+        keep_default_na=False,
+        skipinitialspace=True,
+        skip_blank_lines=True,
+    )
+
+
+def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    """A canonical table (Parquet, or CSV with a header row) or a headerless UCI file."""
+    if path.suffix.lower() == ".parquet":
+        return pd.read_parquet(path)
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        first_line = handle.readline().strip().lower()
+    header = [cell.strip().strip('"') for cell in first_line.split(",")]
+    if columns[0] in header:
+        return pd.read_csv(path, dtype=str, na_values=MISSING_MARKERS, keep_default_na=False,
+                           skipinitialspace=True)
+    return read_uci(path, columns)

@@ -1,0 +1,57 @@
+"""split: drop exact duplicate rows, then a stratified train / val / test split.
+
+Duplicates go first because a row that sits in both train and test makes the test
+score a memory test. Logs data/{train,val,test}.parquet and each set's class counts.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from omegaconf import DictConfig
+from sklearn.model_selection import train_test_split
+
+from steps.tracking import PipelineError, StepContext, launch_step
+
+
+def split_data(raw: pd.DataFrame, label: str, test_fraction: float, val_fraction: float,
+               seed: int) -> tuple[dict[str, pd.DataFrame], int]:
+    """Return ({"train", "val", "test"} frames, number of duplicate rows dropped)."""
+    if not (0 < test_fraction < 1 and 0 < val_fraction < 1 and test_fraction + val_fraction < 1):
+        raise PipelineError(
+            f"split.test_fraction={test_fraction}, split.val_fraction={val_fraction}: "
+            "each must be between 0 and 1 and together below 1"
+        )
+    unique = raw.drop_duplicates().reset_index(drop=True)
+    dropped = len(raw) - len(unique)
+    try:
+        rest, test = train_test_split(unique, test_size=test_fraction, stratify=unique[label],
+                                      random_state=seed)
+        train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
+                                      stratify=rest[label], random_state=seed)
+    except ValueError as err:  # too few rows of a class to stratify
+        raise PipelineError(f"cannot split {len(unique)} unique rows by '{label}': {err}") from None
+    sets = {"train": train, "val": val, "test": test}
+    return {name: frame.reset_index(drop=True) for name, frame in sets.items()}, dropped
+
+
+def run(ctx: StepContext) -> None:
+    cfg = ctx.cfg
+    label = cfg.schema.label
+    sets, dropped = split_data(ctx.load_table("ingest", "raw"), label, cfg.split.test_fraction,
+                               cfg.split.val_fraction, cfg.split.seed)
+    for name, frame in sets.items():
+        ctx.log_table(name, frame)
+    counts = {name: frame[label].value_counts().sort_index().to_dict() for name, frame in sets.items()}
+    ctx.log_dict({"duplicates_dropped": dropped, "class_counts": counts}, "split_report.json")
+    metrics = {"duplicates_dropped": dropped}
+    for name, frame in sets.items():
+        metrics[f"{name}_rows"] = len(frame)
+        metrics[f"{name}_positive"] = int(frame[label].sum())
+    ctx.log_metrics(metrics)
+    ctx.summary.update(dropped_duplicates=dropped, **{name: len(frame) for name, frame in sets.items()})
+    if dropped:
+        print(f"split: dropped {dropped} exact duplicate row(s) before splitting")
+
+
+if __name__ == "__main__":
+    launch_step("split")
