@@ -75,23 +75,19 @@ def _verify(path: Path, expected: Optional[str], origin: str) -> str:
     return actual
 
 
-def fetch(location: str, expected_sha256: Optional[str], cache_dir: str, timeout_s: float) -> tuple[Path, str]:
-    """Return a local copy of `location` and its sha256. Downloads go to `cache_dir`
-    and are served from there afterwards, so a second run needs no network."""
-    if not _is_remote(location):
-        path = _local_path(location)
-        if not path.is_file():
-            raise PipelineError(f"data file not found: {location} (resolved to {path.resolve()})")
-        return path, _verify(path, expected_sha256, location)
-
+def _cache_path(cache_dir: str, location: str, expected_sha256: Optional[str]) -> Path:
+    """Pinned files are cached by content, so any verified copy (download, mirror or
+    local file) serves every later run; unpinned downloads are cached by URL."""
+    root = Path(cache_dir).expanduser()
+    if expected_sha256:
+        return root / "sha256" / expected_sha256.lower()
     name = Path(urllib.parse.urlparse(location).path).name or "download"
-    key = expected_sha256 or hashlib.sha256(location.encode()).hexdigest()
-    cached = Path(cache_dir).expanduser() / key[:16] / name
-    if cached.is_file():
-        return cached, _verify(cached, expected_sha256, f"{location} (cached at {cached})")
+    return root / "url" / hashlib.sha256(location.encode()).hexdigest()[:16] / name
 
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as partial:
+
+def _download(location: str, target: Path, timeout_s: float) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as partial:
         try:
             with urllib.request.urlopen(location, timeout=timeout_s) as response:
                 shutil.copyfileobj(response, partial)
@@ -99,17 +95,36 @@ def fetch(location: str, expected_sha256: Optional[str], cache_dir: str, timeout
             Path(partial.name).unlink(missing_ok=True)
             reason = getattr(err, "reason", err)
             raise PipelineError(
-                f"could not download {location}: {reason}; no cached copy at {cached}. "
+                f"could not download {location}: {reason}; no cached copy at {target}. "
                 "Offline? Point data.url at a local copy or a mirror "
                 "(data.url=/path/to/processed.cleveland.data)."
             ) from None
-    partial_path = Path(partial.name)
+    return Path(partial.name)
+
+
+def fetch(location: str, expected_sha256: Optional[str], cache_dir: str, timeout_s: float) -> tuple[Path, str]:
+    """Return a verified local copy of `location` and its sha256. Downloads are kept in
+    `cache_dir` and served from there afterwards, so later runs need no network."""
+    cached = _cache_path(cache_dir, location, expected_sha256)
+    if not _is_remote(location):
+        path = _local_path(location)
+        if not path.is_file():
+            raise PipelineError(f"data file not found: {location} (resolved to {path.resolve()})")
+        digest = _verify(path, expected_sha256, location)
+        if expected_sha256 and not cached.is_file():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, cached)
+        return path, digest
+
+    if cached.is_file():
+        return cached, _verify(cached, expected_sha256, f"{location} (cached at {cached})")
+    partial = _download(location, cached, timeout_s)
     try:
-        digest = _verify(partial_path, expected_sha256, location)
+        digest = _verify(partial, expected_sha256, location)
     except PipelineError:
-        partial_path.unlink()
+        partial.unlink()
         raise
-    partial_path.replace(cached)
+    partial.replace(cached)
     return cached, digest
 
 

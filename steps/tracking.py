@@ -60,6 +60,7 @@ class Tracking:
 
 
 def _absolute_sqlite(uri: str) -> str:
+    """sqlite:///mlflow.db means the project's mlflow.db, wherever the step is started."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(PROJECT_ROOT / uri[len(prefix):])
@@ -67,9 +68,10 @@ def _absolute_sqlite(uri: str) -> str:
 
 
 def load_profile(name: str) -> DictConfig:
-    path = PROJECT_ROOT / "profiles" / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+    """profiles/<name>.yaml, or any YAML file given by path."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PROJECT_ROOT / "profiles" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (PROJECT_ROOT / "profiles").glob("*.yaml"))
         raise PipelineError(f"profile '{name}' not found: expected {path}; known profiles: {known}")
     return OmegaConf.load(path)
 
@@ -440,9 +442,9 @@ def _argv_from_mlproject(argv: list[str]) -> list[str]:
     out, rest = [argv[0]], iter(argv[1:])
     for arg in rest:
         if arg == "--overrides":
-            out.extend(shlex.split(next(rest, "")))
+            out.extend(word for word in shlex.split(next(rest, "")) if word)
         elif arg.startswith("--overrides="):
-            out.extend(shlex.split(arg.split("=", 1)[1]))
+            out.extend(word for word in shlex.split(arg.split("=", 1)[1]) if word)
         elif arg == "--profile":
             out.append(f"profile={next(rest)}")
         else:
