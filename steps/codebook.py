@@ -51,12 +51,16 @@ class Codebook:
         spec = self.columns[name]
         if spec.codes is not None:
             return f"code in {list(spec.codes)} ({spec.description})"
-        return f"{spec.min} <= value <= {spec.max} ({spec.description})"
+        return f"{spec.min:g} <= value <= {spec.max:g} ({spec.description})"
 
 
 def _examples(values: pd.Series) -> list[Any]:
-    unique = pd.unique(values)
-    return [v.item() if hasattr(v, "item") else v for v in unique[:EXAMPLES]]
+    """A few distinct offending values, as the user would write them (0, not 0.0)."""
+    examples = []
+    for value in pd.unique(values)[:EXAMPLES]:
+        value = value.item() if hasattr(value, "item") else value
+        examples.append(int(value) if isinstance(value, float) and value.is_integer() else value)
+    return examples
 
 
 def _label_from(frame: pd.DataFrame, book: Codebook, problems: list[str]) -> pd.Series:

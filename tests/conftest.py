@@ -1,0 +1,118 @@
+"""Shared fixtures: a real MLflow store (SQLite in a temp dir), real subprocesses of
+the project's commands, and a real HTTP server on 127.0.0.1 serving real files."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parent.parent
+CLEVELAND = REPO / "tests" / "data" / "processed.cleveland.data"
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Store:
+    """A tracking store and experiment of its own, plus the environment that points
+    the project's commands at it (and at a private download cache)."""
+
+    root: Path
+    tracking_uri: str
+    experiment_name: str
+    env: dict[str, str]
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    @property
+    def experiment_id(self) -> str:
+        return self.client.get_experiment_by_name(self.experiment_name).experiment_id
+
+    def steps(self, module: str, *overrides: str, check: bool = True, extra_env: dict | None = None):
+        """`python -m steps.<module> <overrides>` from the project root."""
+        return self._run([sys.executable, "-m", f"steps.{module}", *overrides], check, extra_env)
+
+    def mlflow_run(self, entry_point: str, overrides: str = "", check: bool = True):
+        """`mlflow run <repo> -e <entry point> --env-manager local -P overrides=...`"""
+        command = [str(BIN / "mlflow"), "run", str(REPO), "-e", entry_point, "--env-manager", "local",
+                   "--experiment-name", self.experiment_name]
+        if overrides:
+            command += ["-P", f"overrides={overrides}"]
+        return self._run(command, check, None, cwd=self.root)
+
+    def _run(self, command, check, extra_env, cwd=REPO):
+        env = {**self.env, **(extra_env or {})}
+        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{command} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        return result
+
+    def runs(self, step: str | None = None):
+        filters = []
+        if step:
+            filters.append(f"tags.`pipeline.step` = '{step}'")
+        return self.client.search_runs([self.experiment_id], " and ".join(filters), max_results=1000)
+
+    def registry_state(self) -> dict:
+        """Every registered model's versions and aliases: what bad data must not change."""
+        state = {}
+        for model in self.client.search_registered_models():
+            versions = sorted(int(v.version) for v in self.client.search_model_versions(f"name = '{model.name}'"))
+            state[model.name] = {"versions": versions, "aliases": {k: str(v) for k, v in model.aliases.items()}}
+        return state
+
+
+def make_store(root: Path, data_url: str = str(CLEVELAND)) -> Store:
+    root.mkdir(parents=True, exist_ok=True)
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    name = "heart-disease-test"
+    MlflowClient(tracking_uri=tracking_uri).create_experiment(name, artifact_location=str(root / "artifacts"))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env.update(
+        MLFLOW_TRACKING_URI=tracking_uri,
+        MLFLOW_EXPERIMENT_NAME=name,
+        XDG_CACHE_HOME=str(root / "cache"),
+        HEART_DISEASE_DATA_URL=data_url,
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        PYTHONUNBUFFERED="1",
+    )
+    return Store(root, tracking_uri, name, env)
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return make_store(tmp_path / "store")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server():
+    """Start a real HTTP server on a free loopback port serving a folder.
+    Usage: base_url = http_server(folder)."""
+    servers = []
+
+    def start(folder: Path) -> str:
+        handler = functools.partial(_QuietHandler, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,142 @@
+"""The pipeline as a user runs it: `mlflow run` on the real Cleveland file, against a
+real SQLite store. The tests in this module share one store and run in order:
+cold run, fully reused run, a train change, force, then each entry point alone."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.conftest import make_store
+
+pytestmark = pytest.mark.e2e
+
+STEP_ORDER = ["ingest", "eda", "split", "transform", "train", "evaluate", "register"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("e2e"))
+
+
+def latest_main(store):
+    runs = store.client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'main'",
+                                    order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0]
+
+
+def statuses(main_run):
+    return {step: main_run.data.tags[f"pipeline.{step}.status"] for step in STEP_ORDER}
+
+
+def step_run_count(store):
+    return len(store.client.search_runs([store.experiment_id], "tags.`pipeline.step` != ''", max_results=1000))
+
+
+def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
+    result = store.mlflow_run("main")
+    assert "pipeline finished" in result.stdout
+
+    parent = latest_main(store)
+    assert parent.info.status == "FINISHED"
+    assert statuses(parent) == {step: "ran" for step in STEP_ORDER}
+    children = store.client.search_runs(
+        [store.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["pipeline.step"] for c in children) == sorted(STEP_ORDER)
+    assert all(c.info.status == "FINISHED" for c in children)
+    by_step = {c.data.tags["pipeline.step"]: c for c in children}
+
+    def artifacts(step, folder=""):
+        return {a.path for a in store.client.list_artifacts(by_step[step].info.run_id, folder)}
+
+    assert "data/raw.parquet" in artifacts("ingest", "data")
+    for step in ("split", "transform"):
+        assert {f"data/{n}.parquet" for n in ("train", "val", "test")} <= artifacts(step, "data")
+    assert "transformer/transformer.skops" in artifacts("transform", "transformer")
+    assert {f"plots/{n}.png" for n in ("roc_curve", "pr_curve", "calibration", "confusion_matrix")} \
+        <= artifacts("evaluate", "plots")
+    assert "eda_report.html" in artifacts("eda")
+    assert len(artifacts("eda", "plots")) == 4
+
+    raw = pd.read_parquet(store.client.download_artifacts(by_step["ingest"].info.run_id, "data/raw.parquet",
+                                                          str(store.root)))
+    assert raw.shape == (303, 14)
+    assert by_step["ingest"].inputs.dataset_inputs[0].dataset.digest
+
+    evaluation = by_step["evaluate"].data
+    for metric in ("test_roc_auc", "test_pr_auc", "test_accuracy", "test_precision", "test_recall", "test_f1",
+                   "test_brier", "test_log_loss", "cv_roc_auc_ci_low", "cv_roc_auc_ci_high"):
+        assert metric in evaluation.metrics
+    assert evaluation.tags["validation.status"] == "VALIDATED"
+    # The issue's bar for the default model on the real file.
+    assert evaluation.metrics["cv_roc_auc_mean"] >= 0.90
+
+    champion = store.client.get_model_version_by_alias("heart-disease", "champion")
+    assert str(champion.version) == "1"
+    assert champion.tags["decision"] == "champion"
+    assert str(store.client.get_model_version_by_alias("heart-disease", "challenger").version) == "1"
+    assert champion.run_id == by_step["train"].info.run_id
+
+
+def test_second_run_reuses_every_step(store):
+    before = step_run_count(store)
+    result = store.mlflow_run("main")
+    assert statuses(latest_main(store)) == {step: "reused" for step in STEP_ORDER}
+    assert step_run_count(store) == before
+    assert result.stdout.count(" reused ") == len(STEP_ORDER)
+    assert store.registry_state()["heart-disease"]["versions"] == [1]
+
+
+def test_changing_a_train_hyperparameter_reruns_train_evaluate_register_only(store):
+    store.mlflow_run("main", "model.C=0.3")
+    assert statuses(latest_main(store)) == {
+        "ingest": "reused", "eda": "reused", "split": "reused", "transform": "reused",
+        "train": "ran", "evaluate": "ran", "register": "ran",
+    }
+    state = store.registry_state()["heart-disease"]
+    assert state["versions"] == [1, 2]
+    assert state["aliases"]["challenger"] == "2"
+    version = store.client.get_model_version("heart-disease", "2")
+    assert version.tags["decision"] in ("champion", "challenger") and version.tags["decision_reason"]
+
+
+def test_force_all_reruns_every_step(store):
+    store.mlflow_run("main", "force=[all]")
+    assert statuses(latest_main(store)) == {step: "ran" for step in STEP_ORDER}
+
+
+def test_each_entry_point_runs_on_its_own(store):
+    for step in STEP_ORDER:
+        result = store.mlflow_run(step, f"force=[{step}]")
+        assert f"{step}: ran run" in result.stdout, result.stdout + result.stderr
+        run_id = result.stdout.split(f"{step}: ran run ")[1].split()[0]
+        run = store.client.get_run(run_id)
+        # The run `mlflow run` made is the step run: no second run, inputs recorded.
+        assert run.data.tags["pipeline.step"] == step
+        assert run.data.tags.get("mlflow.project.entryPoint") == step
+        if step != "ingest":
+            assert any(tag.startswith("pipeline.input.") for tag in run.data.tags)
+
+
+def test_standalone_step_is_reused_when_nothing_changed(store):
+    result = store.mlflow_run("split")
+    assert "split: reused run" in result.stdout
+
+
+def test_overrides_with_spaces_commas_and_quotes_arrive_intact(store):
+    criteria = ["cv_roc_auc_mean >= 0.5", "test_roc_auc > 0.25"]
+    overrides = f"""evaluate.criteria='{json.dumps(criteria)}' 'force=[evaluate]'"""
+    result = store.mlflow_run("evaluate", overrides)
+    run_id = result.stdout.split("evaluate: ran run ")[1].split()[0]
+    run = store.client.get_run(run_id)
+    assert run.data.params["evaluate.criteria"] == str(criteria)
+    reasons = run.data.tags["validation.reasons"].split("; ")
+    assert [r.split(" = ")[0] for r in reasons] == ["cv_roc_auc_mean", "test_roc_auc"]
+
+
+def test_model_flavour_and_params_from_a_different_group(store):
+    result = store.mlflow_run("train", "model=random_forest model.n_estimators=40 model.max_depth=3")
+    run_id = result.stdout.split("train: ran run ")[1].split()[0]
+    params = store.client.get_run(run_id).data.params
+    assert params["model._target_"] == "sklearn.ensemble.RandomForestClassifier"
+    assert params["model.n_estimators"] == "40" and params["model.max_depth"] == "3"

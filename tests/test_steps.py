@@ -1,0 +1,154 @@
+"""The pure cores of the steps, called directly on real data."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+from steps.codebook import Codebook, validate
+from steps.config import register_configs
+from steps.evaluate import REJECTED, VALIDATED, cross_validate, judge
+from steps.register import champion_decision
+from steps.sources import read_uci
+from steps.split import split_data
+from steps.synthetic import generate
+from steps.tracking import PipelineError, _argv_from_mlproject, cache_key, code_fingerprint
+from steps.pipeline import STEPS
+from steps.transform import build_transformer, fit_transform
+from tests.conftest import CLEVELAND, REPO
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config")
+
+
+@pytest.fixture(scope="module")
+def book(cfg):
+    return Codebook.from_config(cfg.schema)
+
+
+@pytest.fixture(scope="module")
+def raw(cfg, book):
+    return validate(read_uci(CLEVELAND, book.file_columns), cfg.schema)[0]
+
+
+def test_split_drops_duplicates_before_splitting(raw):
+    with_duplicates = pd.concat([raw, raw.head(40)], ignore_index=True)
+    sets, dropped = split_data(with_duplicates, "target", 0.2, 0.2, 42)
+    assert dropped == 40
+    assert sum(len(s) for s in sets.values()) == len(raw)
+    keys = {name: set(map(tuple, s.fillna(-1).to_numpy())) for name, s in sets.items()}
+    assert not keys["train"] & keys["test"] and not keys["val"] & keys["test"] and not keys["train"] & keys["val"]
+
+
+def test_split_is_stratified_and_seeded(raw):
+    sets, _ = split_data(raw, "target", 0.2, 0.2, 7)
+    again, _ = split_data(raw, "target", 0.2, 0.2, 7)
+    for name in sets:
+        pd.testing.assert_frame_equal(sets[name], again[name])
+        assert abs(sets[name]["target"].mean() - raw["target"].mean()) < 0.03
+    assert len(sets["test"]) == round(0.2 * len(raw))
+
+
+def test_split_rejects_bad_fractions(raw):
+    with pytest.raises(PipelineError, match="together below 1"):
+        split_data(raw, "target", 0.6, 0.5, 0)
+
+
+def test_transform_fits_on_train_only(cfg, book, raw):
+    sets, _ = split_data(raw, "target", 0.2, 0.2, 42)
+    transformer, transformed = fit_transform(sets, cfg.transform, book)
+    scaled = transformer.named_transformers_["scaled"]
+    imputer, scaler = scaled.steps[0][1], scaled.steps[1][1]
+    numeric = [c for c in book.features if c not in cfg.transform.one_hot]
+    np.testing.assert_allclose(imputer.statistics_, sets["train"][numeric].median())
+    np.testing.assert_allclose(scaler.mean_, sets["train"][numeric].fillna(sets["train"][numeric].median()).mean())
+    assert transformed["train"][numeric].mean().abs().max() < 1e-9
+    assert transformed["test"][numeric].mean().abs().max() > 1e-3  # test rows were not fitted
+    assert {"cp_4.0", "thal_7.0"} <= set(transformed["train"].columns)
+    assert not transformed["test"].isna().any().any()
+
+
+def test_transform_rejects_unknown_one_hot_column(cfg, book):
+    bad = cfg.transform.copy()
+    bad.one_hot = ["cp", "colour"]
+    with pytest.raises(PipelineError, match="colour"):
+        build_transformer(bad, book)
+
+
+def test_cross_validation_interval_brackets_the_mean(cfg, book, raw):
+    pipeline = Pipeline([("t", build_transformer(cfg.transform, book)), ("m", LogisticRegression(C=0.1, max_iter=1000))])
+    metrics = cross_validate(pipeline, raw[book.features], raw["target"], 5, 2, 0)
+    assert metrics["cv_roc_auc_ci_low"] < metrics["cv_roc_auc_mean"] < metrics["cv_roc_auc_ci_high"]
+    assert 0.85 < metrics["cv_roc_auc_mean"] < 0.97
+
+
+def test_judge_names_failed_criteria():
+    metrics = {"test_roc_auc": 0.82, "cv_roc_auc_mean": 0.91}
+    assert judge(metrics, ["cv_roc_auc_mean >= 0.9"])[0] == VALIDATED
+    status, reasons = judge(metrics, ["cv_roc_auc_mean >= 0.9", "test_roc_auc>=0.85"])
+    assert status == REJECTED
+    assert reasons == ["test_roc_auc = 0.8200 fails >= 0.85"]
+    with pytest.raises(PipelineError, match="unknown metric 'auc'"):
+        judge(metrics, ["auc >= 0.5"])
+    with pytest.raises(PipelineError, match="cannot read"):
+        judge(metrics, ["roc_auc is good"])
+
+
+def test_champion_decision():
+    assert champion_decision(0.9, None, None, "m")[0]
+    assert champion_decision(0.91, "3", 0.90, "m") == (True, "m 0.9100 beats champion v3 (0.9000)")
+    assert not champion_decision(0.90, "3", 0.90, "m")[0]  # a tie keeps the champion
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ("", []),
+    ("model=random_forest model.n_estimators=300", ["model=random_forest", "model.n_estimators=300"]),
+    ("'force=[train,evaluate]'", ["force=[train,evaluate]"]),
+    ("data.path='/my data/patients.csv'", ["data.path=/my data/patients.csv"]),
+    ("""evaluate.criteria='["test_roc_auc >= 0.8", "cv_roc_auc_mean > 0.5"]'""",
+     ['evaluate.criteria=["test_roc_auc >= 0.8", "cv_roc_auc_mean > 0.5"]']),
+])
+def test_mlproject_overrides_are_split_like_a_shell(overrides, expected):
+    argv = _argv_from_mlproject(["steps.train", "--overrides", overrides, "--profile", "local"])
+    assert argv == ["steps.train", *expected, "profile=local"]
+
+
+def test_cache_key_depends_on_own_config_only(cfg):
+    train = STEPS["train"]
+    base = cache_key(train, cfg, "run-1")
+    changed_model = cfg.copy()
+    changed_model.model.C = 0.5
+    changed_split = cfg.copy()
+    changed_split.split.seed = 1
+    assert cache_key(train, changed_model, "run-1") != base
+    assert cache_key(train, changed_split, "run-1") == base  # split's change reaches train via its run id
+    assert cache_key(train, cfg, "run-2") != base
+
+
+def test_code_fingerprint_covers_imported_project_modules():
+    # train imports transform, codebook, metrics and tracking: editing any changes train's key
+    from steps.tracking import _imported_step_modules, PACKAGE_DIR
+
+    imported = {p.name for p in _imported_step_modules(PACKAGE_DIR / "train.py")}
+    assert {"transform.py", "codebook.py", "metrics.py", "tracking.py"} <= imported
+    assert code_fingerprint("steps.train") != code_fingerprint("steps.split")
+
+
+def test_synthetic_data_is_valid_seeded_and_learnable(cfg, book):
+    frame = generate(3000, seed=1)
+    assert frame.equals(generate(3000, seed=1)) and not frame.equals(generate(3000, seed=2))
+    clean, report = validate(frame, cfg.schema)
+    assert report["rows"] == 3000 and report["missing"]
+    sets, _ = split_data(clean, "target", 0.2, 0.2, 0)
+    pipeline = Pipeline([("t", build_transformer(cfg.transform, book)), ("m", LogisticRegression(max_iter=1000))])
+    pipeline.fit(sets["train"][book.features], sets["train"]["target"])
+    from sklearn.metrics import roc_auc_score
+
+    auc = roc_auc_score(sets["test"]["target"], pipeline.predict_proba(sets["test"][book.features])[:, 1])
+    assert auc > 0.75
