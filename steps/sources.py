@@ -50,16 +50,17 @@ def location_of(data: DictConfig) -> str:
 
 
 def fingerprint(cfg: DictConfig) -> Optional[str]:
-    """What the cache key needs to know about data outside MLflow: a local file's
-    bytes, or the pinned checksum of a download. Cheap: no download, no parsing."""
+    """What the cache key needs to know about data outside MLflow. A local file is
+    hashed (cheap, and a changed or wrong file then re-runs ingest, which checks it);
+    a download is known by its pinned checksum, or else only by its URL."""
     data = cfg.data
     if data.source == "synthetic":
         return None  # fully determined by config
     location = location_of(data)
-    if data.sha256:
-        return f"sha256:{data.sha256}"
     if not _is_remote(location) and _local_path(location).is_file():
         return f"sha256:{sha256_of(_local_path(location))}"
+    if data.sha256:
+        return f"sha256:{data.sha256.lower()}"
     return f"location:{location}"
 
 

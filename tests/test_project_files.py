@@ -1,0 +1,38 @@
+"""The files a user and CI rely on agree with each other."""
+
+import re
+
+import yaml
+
+from tests.conftest import REPO
+
+STEPS = ["ingest", "eda", "split", "transform", "train", "evaluate", "register"]
+
+
+def pins(lines):
+    return sorted(l.strip() for l in lines if re.match(r"^[A-Za-z0-9_.\-]+==", l.strip()))
+
+
+def test_conda_env_and_requirements_pin_the_same_packages():
+    conda = yaml.safe_load((REPO / "conda.yaml").read_text())
+    pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    requirements = (REPO / "requirements.txt").read_text().splitlines()
+    assert pins(pip_section) == pins(requirements)
+    assert len(pins(requirements)) == len([l for l in requirements if l and not l.startswith("#")])
+
+
+def test_mlproject_declares_every_step_with_overrides_and_profile():
+    project = yaml.safe_load((REPO / "MLproject").read_text())
+    assert project["conda_env"] == "conda.yaml"
+    assert set(project["entry_points"]) == set(STEPS) | {"main"}
+    for name, entry in project["entry_points"].items():
+        assert set(entry["parameters"]) == {"overrides", "profile"}
+        assert entry["command"] == f"python -m steps.{name} --overrides {{overrides}} --profile {{profile}}"
+        assert (REPO / "steps" / f"{name}.py").exists()
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "./run.sh test" in readme and "./run.sh main" in readme
+    assert re.search(r"^\s*(exec\s+)?\./run\.sh test\b", ci, re.M)
