@@ -1,42 +1,68 @@
-"""Checking a table against the UCI codebook (conf/schema/uci_codebook.yaml).
+"""The UCI codebook's rules, written once and used twice: by ingest on whole tables and
+by the logged model on every prediction request (steps/model.py), so serving checks
+inputs exactly as training data was checked.
 
-`validate` is pure: a DataFrame and the schema in, a clean DataFrame and a report out,
-or a DataValidationError whose message names each broken column, the rule, how many
-rows break it and example values.
+Pure functions over DataFrames. This module imports nothing heavier than pandas,
+because the logged model carries it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable, Mapping, Optional
 
 import pandas as pd
-from omegaconf import DictConfig
 
-from steps.tracking import PipelineError
+from steps.errors import PipelineError
 
 EXAMPLES = 5
 
 
 class DataValidationError(PipelineError):
-    """The data breaks a codebook rule that cannot be repaired."""
+    """Data breaks a codebook rule that cannot be repaired."""
 
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("data validation failed:\n  - " + "\n  - ".join(problems))
 
 
-@dataclass
-class Codebook:
-    """The schema in the shape validation needs."""
+@dataclass(frozen=True)
+class ColumnRule:
+    description: str
+    codes: Optional[tuple[float, ...]]
+    min: Optional[float]
+    max: Optional[float]
 
-    columns: dict[str, DictConfig]
-    target: str
-    label: str
+    def describe(self) -> str:
+        if self.codes is not None:
+            return f"code in {[_plain(c) for c in self.codes]} ({self.description})"
+        return f"{self.min:g} <= value <= {self.max:g} ({self.description})"
+
+
+@dataclass(frozen=True)
+class Codebook:
+    columns: dict[str, ColumnRule]
+    target: str  # the 0..4 column of the UCI files
+    label: str  # the derived 0/1 column
 
     @classmethod
-    def from_config(cls, schema: DictConfig) -> "Codebook":
-        return cls(dict(schema.columns), schema.target, schema.label)
+    def from_config(cls, schema: Mapping) -> "Codebook":
+        """From conf/schema (a DictConfig) or the same thing as a plain dict."""
+        columns = {}
+        for name, spec in schema["columns"].items():
+            codes = spec.get("codes")
+            columns[str(name)] = ColumnRule(spec.get("description", ""),
+                                            None if codes is None else tuple(float(c) for c in codes),
+                                            spec.get("min"), spec.get("max"))
+        return cls(columns, schema["target"], schema["label"])
+
+    def to_dict(self) -> dict:
+        return {
+            "target": self.target,
+            "label": self.label,
+            "columns": {name: {"description": r.description, "codes": None if r.codes is None else list(r.codes),
+                               "min": r.min, "max": r.max} for name, r in self.columns.items()},
+        }
 
     @property
     def features(self) -> list[str]:
@@ -47,20 +73,70 @@ class Codebook:
         """Column order of the headerless UCI files."""
         return list(self.columns)
 
-    def describe_rule(self, name: str) -> str:
-        spec = self.columns[name]
-        if spec.codes is not None:
-            return f"code in {list(spec.codes)} ({spec.description})"
-        return f"{spec.min:g} <= value <= {spec.max:g} ({spec.description})"
+
+def _plain(value: Any) -> Any:
+    value = value.item() if hasattr(value, "item") else value
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _examples(values: pd.Series) -> list[Any]:
     """A few distinct offending values, as the user would write them (0, not 0.0)."""
-    examples = []
-    for value in pd.unique(values)[:EXAMPLES]:
-        value = value.item() if hasattr(value, "item") else value
-        examples.append(int(value) if isinstance(value, float) and value.is_integer() else value)
-    return examples
+    return [_plain(v) for v in pd.unique(values)[:EXAMPLES]]
+
+
+def check_features(frame: pd.DataFrame, book: Codebook, impossible_values: str = "missing",
+                   allow_missing: Optional[Iterable[str]] = None,
+                   reject_unknown_columns: bool = False) -> tuple[pd.DataFrame, list[str], dict[str, int]]:
+    """Check the feature columns of `frame` and return (features as float64, problems,
+    impossible-value counts). Nothing is raised: callers decide how to report.
+
+    impossible_values: "missing" blanks values outside a numeric column's physiological
+    range and counts them; "fail" reports them as problems.
+    allow_missing: the columns that may be missing (None: all of them)."""
+    if impossible_values not in ("missing", "fail"):
+        raise PipelineError(f"impossible_values={impossible_values!r}: use 'missing' or 'fail'")
+    problems: list[str] = []
+    absent = [c for c in book.features if c not in frame]
+    problems += [f"column '{c}': rule 'required by the UCI codebook' ({book.columns[c].describe()}): "
+                 f"missing from the input (found columns: {list(map(str, frame.columns))})" for c in absent]
+    if reject_unknown_columns:
+        unknown = [str(c) for c in frame.columns if c not in book.features]
+        problems += [f"column '{c}': rule 'known field': not a feature of the UCI codebook; "
+                     f"expected exactly {book.features}" for c in unknown]
+
+    clean = pd.DataFrame(index=frame.index)
+    impossible_counts: dict[str, int] = {}
+    for name in book.features:
+        if name in absent:
+            continue
+        rule = book.columns[name]
+        raw = frame[name]
+        values = pd.to_numeric(raw, errors="coerce")
+        text = values.isna() & raw.notna()
+        if text.any():
+            problems.append(f"column '{name}': rule 'numeric' ({rule.describe()}): {int(text.sum())} row(s) hold "
+                            f"text, e.g. {_examples(raw[text])}")
+            continue
+        values = values.astype("float64")
+        if allow_missing is not None and name not in allow_missing and values.isna().any():
+            problems.append(f"column '{name}': rule 'value required' ({rule.describe()}): "
+                            f"{int(values.isna().sum())} row(s) are missing it (null, NaN or empty); "
+                            f"only {sorted(allow_missing)} may be missing")
+        if rule.codes is not None:
+            unknown = values.notna() & ~values.isin(rule.codes)
+            if unknown.any():
+                problems.append(f"column '{name}': rule '{rule.describe()}': {int(unknown.sum())} row(s) hold "
+                                f"unknown codes, e.g. {_examples(values[unknown])}")
+        else:
+            impossible = values.notna() & ~values.between(rule.min, rule.max)
+            if impossible.any():
+                if impossible_values == "fail":
+                    problems.append(f"column '{name}': rule '{rule.describe()}': {int(impossible.sum())} row(s) "
+                                    f"hold impossible values, e.g. {_examples(values[impossible])}")
+                impossible_counts[name] = int(impossible.sum())
+                values = values.mask(impossible)
+        clean[name] = values
+    return clean, problems, impossible_counts
 
 
 def _label_from(frame: pd.DataFrame, book: Codebook, problems: list[str]) -> pd.Series:
@@ -71,97 +147,45 @@ def _label_from(frame: pd.DataFrame, book: Codebook, problems: list[str]) -> pd.
     label = pd.to_numeric(frame[book.label], errors="coerce")
     bad = label.notna() & ~label.isin([0, 1])
     if bad.any():
-        problems.append(
-            f"column '{book.label}': rule 'label is 0 or 1': {int(bad.sum())} row(s), "
-            f"e.g. {_examples(frame[book.label][bad])}"
-        )
+        problems.append(f"column '{book.label}': rule 'label is 0 or 1': {int(bad.sum())} row(s), "
+                        f"e.g. {_examples(frame[book.label][bad])}")
     return label.astype("Int64")
 
 
-def validate(frame: pd.DataFrame, schema: DictConfig, impossible_values: str = "missing") -> tuple[pd.DataFrame, dict]:
-    """Check `frame` against the codebook and return (features + label as numbers, report).
-
-    Values outside a numeric column's physiological range are "impossible": with
-    impossible_values="missing" they become missing and are counted in the report,
-    with "fail" they fail validation. Everything else that breaks a rule fails."""
-    if impossible_values not in ("missing", "fail"):
-        raise PipelineError(f"data.impossible_values={impossible_values!r}: use 'missing' or 'fail'")
-    book = Codebook.from_config(schema)
-    problems: list[str] = []
-
+def validate(frame: pd.DataFrame, book: Codebook, impossible_values: str = "missing") -> tuple[pd.DataFrame, dict]:
+    """Check a whole table (features and label) and return (features + label as numbers,
+    report), or raise DataValidationError listing every broken rule."""
     if len(frame) == 0:
         raise DataValidationError(["input: rule 'at least one row': the table is empty (0 rows)"])
-
-    has_label = book.target in frame or book.label in frame
-    missing_columns = [c for c in book.features if c not in frame] + (
-        [] if has_label else [f"{book.target} (or {book.label})"]
-    )
-    if missing_columns:
-        raise DataValidationError([
-            f"column '{c}': rule 'required by the UCI codebook': missing from the input "
-            f"(found columns: {list(map(str, frame.columns))})"
-            for c in missing_columns
-        ])
-
-    clean = pd.DataFrame(index=frame.index)
-    impossible_counts: dict[str, int] = {}
-    for name in book.features:
-        raw = frame[name]
-        values = pd.to_numeric(raw, errors="coerce")
-        text = values.isna() & raw.notna()
-        if text.any():
-            problems.append(
-                f"column '{name}': rule 'numeric': {int(text.sum())} row(s) hold text, "
-                f"e.g. {_examples(raw[text])}"
-            )
-            continue
-        spec = book.columns[name]
-        if spec.codes is not None:
-            unknown = values.notna() & ~values.isin(list(spec.codes))
-            if unknown.any():
-                problems.append(
-                    f"column '{name}': rule '{book.describe_rule(name)}': {int(unknown.sum())} "
-                    f"row(s) hold unknown codes, e.g. {_examples(values[unknown])}"
-                )
-        else:
-            impossible = values.notna() & ~values.between(spec.min, spec.max)
-            if impossible.any():
-                if impossible_values == "fail":
-                    problems.append(
-                        f"column '{name}': rule '{book.describe_rule(name)}': "
-                        f"{int(impossible.sum())} row(s) hold impossible values, "
-                        f"e.g. {_examples(values[impossible])}"
-                    )
-                impossible_counts[name] = int(impossible.sum())
-                values = values.mask(impossible)
-        clean[name] = values.astype("float64")
+    if book.target not in frame and book.label not in frame:
+        raise DataValidationError([f"column '{book.target}' (or '{book.label}'): rule 'required by the UCI "
+                                   f"codebook': missing from the input (found columns: {list(map(str, frame.columns))})"])
+    clean, problems, impossible_counts = check_features(frame, book, impossible_values)
+    if any("missing from the input" in p for p in problems):
+        raise DataValidationError(problems)
 
     label = _label_from(frame, book, problems)
     if label.isna().any():
-        problems.append(
-            f"column '{book.target if book.target in frame else book.label}': rule 'label present': "
-            f"{int(label.isna().sum())} row(s) have no label"
-        )
+        column = book.target if book.target in frame else book.label
+        problems.append(f"column '{column}': rule 'label present': {int(label.isna().sum())} row(s) have no label")
     if problems:
         raise DataValidationError(problems)
 
     clean[book.label] = label.astype("int64")
     classes = clean[book.label].value_counts().sort_index()
     if len(classes) < 2:
-        only = int(classes.index[0])
         raise DataValidationError([
-            f"column '{book.label}': rule 'both classes present': all {len(clean)} rows have "
-            f"label {only}; a classifier needs healthy (0) and diseased (1) patients"
+            f"column '{book.label}': rule 'both classes present': all {len(clean)} rows have label "
+            f"{int(classes.index[0])}; a classifier needs healthy (0) and diseased (1) patients"
         ])
 
-    extra = [str(c) for c in frame.columns if c not in book.columns and c != book.label]
     report = {
         "rows": int(len(clean)),
         "duplicate_rows": int(clean.duplicated().sum()),
         "missing": {c: int(n) for c, n in clean.isna().sum().items() if n},
         "impossible_as_missing": impossible_counts,
         "class_counts": {str(int(k)): int(v) for k, v in classes.items()},
-        "ignored_columns": extra,
+        "ignored_columns": [str(c) for c in frame.columns if c not in book.columns and c != book.label],
     }
     return clean.reset_index(drop=True), report
 

@@ -69,6 +69,8 @@ class TrainConfig:
     model_name: str = "model"
     input_example_rows: int = 3
     skops_trusted_types: list[str] = field(default_factory=list)
+    decision_threshold: float = 0.5
+    risk_levels: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

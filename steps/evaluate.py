@@ -24,7 +24,8 @@ from sklearn.model_selection import RepeatedStratifiedKFold
 
 from steps.codebook import Codebook
 from steps.metrics import binary_metrics, prefixed
-from steps.tracking import PipelineError, StepContext, launch_step
+from steps.errors import PipelineError
+from steps.tracking import StepContext, launch_step
 from steps.train import TAG_MODEL_URI
 
 VALIDATED, REJECTED = "VALIDATED", "REJECTED"
@@ -82,7 +83,7 @@ def cross_validate(pipeline, features: pd.DataFrame, label: pd.Series, folds: in
     return out
 
 
-def evaluation_figures(y_true, probability) -> dict[str, Figure]:
+def evaluation_figures(y_true, probability, threshold: float) -> dict[str, Figure]:
     """ROC, precision-recall, calibration and confusion-matrix plots of the test split."""
     figures = {}
     fpr, tpr, _ = skm.roc_curve(y_true, probability)
@@ -112,14 +113,14 @@ def evaluation_figures(y_true, probability) -> dict[str, Figure]:
     ax.legend(loc="upper left")
     figures["calibration"] = fig
 
-    matrix = skm.confusion_matrix(y_true, (np.asarray(probability) >= 0.5).astype(int), labels=[0, 1])
+    matrix = skm.confusion_matrix(y_true, (np.asarray(probability) >= threshold).astype(int), labels=[0, 1])
     fig = Figure(figsize=(4, 4))
     ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     for (row, col), count in np.ndenumerate(matrix):
         ax.text(col, row, str(count), ha="center", va="center", fontsize=14)
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["healthy", "disease"], yticklabels=["healthy", "disease"],
-           xlabel="predicted", ylabel="actual", title="Confusion matrix (test, threshold 0.5)")
+           xlabel="predicted", ylabel="actual", title=f"Confusion matrix (test, threshold {threshold:g})")
     figures["confusion_matrix"] = fig
     return figures
 
@@ -128,18 +129,19 @@ def run(ctx: StepContext) -> None:
     cfg = ctx.cfg
     book = Codebook.from_config(cfg.schema)
     label = book.label
-    pipeline = mlflow.sklearn.load_model(ctx.input_run("train").data.tags[TAG_MODEL_URI])
+    model = mlflow.pyfunc.load_model(ctx.input_run("train").data.tags[TAG_MODEL_URI]).unwrap_python_model()
+    pipeline, threshold = model.pipeline, model.threshold
     test = ctx.load_table("split", "test")
     train_val = pd.concat([ctx.load_table("split", "train"), ctx.load_table("split", "val")], ignore_index=True)
 
     probability = pipeline.predict_proba(test[book.features])[:, 1]
-    metrics = prefixed("test", binary_metrics(test[label], probability))
+    metrics = prefixed("test", binary_metrics(test[label], probability, threshold))
     metrics.update(cross_validate(pipeline, train_val[book.features], train_val[label],
                                   cfg.evaluate.cv_folds, cfg.evaluate.cv_repeats, cfg.evaluate.seed))
     status, reasons = judge(metrics, list(cfg.evaluate.criteria))
 
     ctx.log_metrics(metrics)
-    for name, figure in evaluation_figures(test[label], probability).items():
+    for name, figure in evaluation_figures(test[label], probability, threshold).items():
         ctx.log_figure(name, figure)
     ctx.log_table("test_predictions", test.assign(probability=probability))
     ctx.set_tags({TAG_STATUS: status, TAG_REASONS: "; ".join(reasons)})

@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 
 from steps import sources, synthetic
 from steps.codebook import Codebook, validate
-from steps.tracking import PipelineError, StepContext, launch_step
+from steps.errors import PipelineError
+from steps.tracking import StepContext, launch_step
 
 
 @dataclass
@@ -51,7 +52,7 @@ def run(ctx: StepContext) -> None:
     cfg = ctx.cfg
     book = Codebook.from_config(cfg.schema)
     raw = load_source(cfg.data, book)
-    clean, report = validate(raw.frame, cfg.schema, cfg.data.impossible_values)
+    clean, report = validate(raw.frame, book, cfg.data.impossible_values)
 
     ctx.log_table("raw", clean)
     ctx.log_dict(report, "validation_report.json")

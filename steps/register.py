@@ -12,7 +12,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from steps.evaluate import TAG_REASONS, TAG_STATUS, VALIDATED
-from steps.tracking import PipelineError, StepContext, launch_step
+from steps.errors import PipelineError
+from steps.tracking import StepContext, launch_step
 from steps.train import TAG_MODEL_URI
 
 TAG_PRIMARY_VALUE = "primary_metric_value"

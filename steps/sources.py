@@ -17,7 +17,7 @@ from typing import Optional
 import pandas as pd
 from omegaconf import DictConfig
 
-from steps.tracking import PipelineError
+from steps.errors import PipelineError
 
 MISSING_MARKERS = ["?", ""]
 

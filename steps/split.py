@@ -10,7 +10,8 @@ import pandas as pd
 from omegaconf import DictConfig
 from sklearn.model_selection import train_test_split
 
-from steps.tracking import PipelineError, StepContext, launch_step
+from steps.errors import PipelineError
+from steps.tracking import StepContext, launch_step
 
 
 def split_data(raw: pd.DataFrame, label: str, test_fraction: float, val_fraction: float,

@@ -31,6 +31,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
 from steps.config import STEP_NAMES
+from steps.errors import PipelineError
 from steps.pipeline import STEPS, Step
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -43,10 +44,6 @@ TAG_SUMMARY = "pipeline.summary"
 TAG_SECONDS = "pipeline.step_seconds"
 TAG_REUSED = "pipeline.reused_run_id"
 TAG_ERROR = "pipeline.error"
-
-
-class PipelineError(Exception):
-    """A failure the user can act on: printed without a traceback."""
 
 
 # --------------------------------------------------------------------------- where

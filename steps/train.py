@@ -20,7 +20,9 @@ from sklearn.pipeline import Pipeline
 
 from steps.codebook import Codebook
 from steps.metrics import binary_metrics, prefixed
-from steps.tracking import PipelineError, StepContext, launch_step
+from steps.errors import PipelineError
+from steps.model import PIPELINE_ARTIFACT, answer
+from steps.tracking import PACKAGE_DIR, StepContext, launch_step
 from steps.transform import TRANSFORMER_PATH
 
 TAG_MODEL_URI = "pipeline.model_uri"
@@ -48,6 +50,20 @@ def model_description(model: DictConfig) -> str:
     return f"{model._target_.rsplit('.', 1)[-1]}({params})"
 
 
+def model_config(book: Codebook, train: pd.DataFrame, cfg: DictConfig) -> dict:
+    """What the served model needs besides the fitted pipeline (steps/model.py)."""
+    bands = dict(cfg.train.risk_levels)
+    if not bands or list(bands.values()) != sorted(bands.values()) or list(bands.values())[-1] != 1.0:
+        raise PipelineError(f"train.risk_levels={bands}: upper bounds must increase and the last must be 1.0")
+    return {
+        "codebook": book.to_dict(),
+        # Missing values are accepted only where the training data had them.
+        "imputable": sorted(c for c in book.features if train[c].isna().any()),
+        "decision_threshold": float(cfg.train.decision_threshold),
+        "risk_levels": bands,
+    }
+
+
 def run(ctx: StepContext) -> None:
     cfg = ctx.cfg
     book = Codebook.from_config(cfg.schema)
@@ -59,27 +75,36 @@ def run(ctx: StepContext) -> None:
     metrics = {}
     for name in ("train", "val"):
         rows = ctx.load_table("split", name)
-        metrics.update(prefixed(name, binary_metrics(rows[label], pipeline.predict_proba(rows[book.features])[:, 1])))
+        probability = pipeline.predict_proba(rows[book.features])[:, 1]
+        metrics.update(prefixed(name, binary_metrics(rows[label], probability, cfg.train.decision_threshold)))
     ctx.log_metrics(metrics)
 
     raw_train = ctx.load_table("split", "train")
     features = raw_train[book.features]
-    example = features.head(cfg.train.input_example_rows)
     ctx.log_dataset(raw_train, source=ctx.artifact_uri("split", "data/train.parquet"),
                     name="train", context="training", targets=label)
+    requirements = [f"{package}=={version(package)}" for package in MODEL_REQUIREMENTS]
+    pipeline_dir = ctx.workdir / PIPELINE_ARTIFACT
+    mlflow.sklearn.save_model(pipeline, str(pipeline_dir), serialization_format="skops",
+                              skops_trusted_types=trusted, pip_requirements=requirements)
+    config = model_config(book, raw_train, cfg)
+    example_output = answer(pipeline.predict_proba(features.head(2))[:, 1], config["decision_threshold"],
+                            config["risk_levels"]).assign(model_name="heart-disease", model_version="1",
+                                                          run_id=ctx.run_id, model_id="m-0")
     with warnings.catch_warnings():
-        # MLflow hints that int outputs cannot hold missing values: true, and irrelevant for 0/1.
+        # MLflow hints that int columns cannot hold missing values: true, and irrelevant for 0/1.
         warnings.simplefilter("ignore", UserWarning)
-        signature = infer_signature(features, pipeline.predict(features))
+        signature = infer_signature(features, example_output)
     with ctx.active_run():
-        info = mlflow.sklearn.log_model(
-            pipeline,
+        info = mlflow.pyfunc.log_model(
             name=cfg.train.model_name,
-            serialization_format="skops",
-            skops_trusted_types=trusted,
+            python_model=str(PACKAGE_DIR / "model.py"),
+            artifacts={PIPELINE_ARTIFACT: str(pipeline_dir)},
+            model_config=config,
+            code_paths=[str(PACKAGE_DIR)],
             signature=signature,
-            input_example=example,
-            pip_requirements=[f"{package}=={version(package)}" for package in MODEL_REQUIREMENTS],
+            input_example=features.head(cfg.train.input_example_rows),
+            pip_requirements=requirements,
         )
     ctx.set_tags({TAG_MODEL_URI: info.model_uri, "model.class": cfg.model._target_})
     ctx.summary.update(model=model_description(cfg.model), val_roc_auc=round(metrics["val_roc_auc"], 4))

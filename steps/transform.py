@@ -16,7 +16,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from steps.codebook import Codebook
-from steps.tracking import PipelineError, StepContext, launch_step
+from steps.errors import PipelineError
+from steps.tracking import StepContext, launch_step
 
 TRANSFORMER_PATH = "transformer/transformer.skops"
 

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from steps.sources import fetch, fingerprint, read_table, read_uci
-from steps.tracking import PipelineError
+from steps.errors import PipelineError
 from tests.conftest import CLEVELAND
 
 PINNED = "a74b7efa387bc9d108d7d0115d831fe9b414b29ae7124f331b622b4efa0427c8"

@@ -14,7 +14,8 @@ from steps.register import champion_decision
 from steps.sources import read_uci
 from steps.split import split_data
 from steps.synthetic import generate
-from steps.tracking import PipelineError, _argv_from_mlproject, cache_key, code_fingerprint
+from steps.errors import PipelineError
+from steps.tracking import _argv_from_mlproject, cache_key, code_fingerprint
 from steps.pipeline import STEPS
 from steps.transform import build_transformer, fit_transform
 from tests.conftest import CLEVELAND, REPO
@@ -34,7 +35,7 @@ def book(cfg):
 
 @pytest.fixture(scope="module")
 def raw(cfg, book):
-    return validate(read_uci(CLEVELAND, book.file_columns), cfg.schema)[0]
+    return validate(read_uci(CLEVELAND, book.file_columns), book)[0]
 
 
 def test_split_drops_duplicates_before_splitting(raw):
@@ -143,7 +144,7 @@ def test_code_fingerprint_covers_imported_project_modules():
 def test_synthetic_data_is_valid_seeded_and_learnable(cfg, book):
     frame = generate(3000, seed=1)
     assert frame.equals(generate(3000, seed=1)) and not frame.equals(generate(3000, seed=2))
-    clean, report = validate(frame, cfg.schema)
+    clean, report = validate(frame, book)
     assert report["rows"] == 3000 and report["missing"]
     sets, _ = split_data(clean, "target", 0.2, 0.2, 0)
     pipeline = Pipeline([("t", build_transformer(cfg.transform, book)), ("m", LogisticRegression(max_iter=1000))])

@@ -3,7 +3,8 @@ always. Real SQLite stores in a temp dir."""
 
 import pytest
 
-from steps.tracking import PipelineError, connect
+from steps.errors import PipelineError
+from steps.tracking import connect
 
 
 def write_profile(tmp_path, db_name):

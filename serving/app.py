@@ -1,0 +1,268 @@
+"""The origin system's API on the pipeline's model: POST /predict, GET /model-info,
+GET /health, plus POST /reload to pick up a new champion without a restart.
+
+    python -m serving                      # 127.0.0.1:8000, models:/heart-disease@champion
+    python -m serving --alias challenger --port 8001
+
+The answers come from the same MLflow pyfunc `mlflow models serve` loads, so both
+check inputs with the same codebook rules (steps/codebook.py) and answer the same.
+The request schema here only fixes the shape (the 13 fields, numbers or null, finite,
+nothing else: 422 otherwise); codes and ranges are the model's to judge (400).
+"""
+
+
+import json
+import logging
+import os
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import mlflow
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from mlflow.exceptions import MlflowException
+from omegaconf import OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from steps.codebook import Codebook
+from steps.tracking import TAG_STEP, Tracking, connect
+from steps.train import TAG_MODEL_URI
+
+log = logging.getLogger("serving")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Settings:
+    profile: str = os.environ.get("HEART_PROFILE", "local")
+    model_name: str = os.environ.get("HEART_MODEL_NAME", "heart-disease")
+    alias: str = os.environ.get("HEART_MODEL_ALIAS", "champion")
+    local_model_dir: str = os.environ.get("HEART_MODEL_DIR", str(PROJECT_ROOT / "serving" / "model"))
+    max_batch_rows: int = int(os.environ.get("HEART_MAX_BATCH_ROWS", "10000"))
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # mlflow.pyfunc.PyFuncModel
+    source: str  # registry | run | local
+    uri: str
+    name: Optional[str]
+    version: Optional[str]
+    alias: Optional[str]
+    run_id: Optional[str]
+    model_id: Optional[str]
+    loaded_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def _load_in_order(settings: Settings, tracking: Optional[Tracking]) -> tuple[Optional[LoadedModel], list[str]]:
+    """Registry alias -> latest FINISHED train run -> local exported model directory.
+    Returns the first that loads and why each earlier one did not."""
+    failures: list[str] = []
+    if tracking is not None:
+        client = tracking.client
+        try:
+            version = client.get_model_version_by_alias(settings.model_name, settings.alias)
+            uri = f"models:/{settings.model_name}/{version.version}"
+            model = mlflow.pyfunc.load_model(uri)
+            return LoadedModel(model, "registry", uri, settings.model_name, str(version.version), settings.alias,
+                               version.run_id, model.metadata.model_id), failures
+        except Exception as err:
+            failures.append(f"registry {settings.model_name}@{settings.alias}: {err}")
+        try:
+            runs = client.search_runs([tracking.experiment_id],
+                                      f"tags.`{TAG_STEP}` = 'train' and attributes.status = 'FINISHED'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+            if not runs:
+                raise LookupError("no FINISHED train run in the experiment")
+            uri = runs[0].data.tags[TAG_MODEL_URI]
+            model = mlflow.pyfunc.load_model(uri)
+            return LoadedModel(model, "run", uri, None, None, None, runs[0].info.run_id,
+                               model.metadata.model_id), failures
+        except Exception as err:
+            failures.append(f"latest train run: {err}")
+    try:
+        model = mlflow.pyfunc.load_model(settings.local_model_dir)
+        return LoadedModel(model, "local", settings.local_model_dir, None, None, None, model.metadata.run_id,
+                           model.metadata.model_id), failures
+    except Exception as err:
+        failures.append(f"local directory {settings.local_model_dir}: {err}")
+    return None, failures
+
+
+class ModelHolder:
+    """The model in use; swapped whole on reload, so a request sees one model."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.current: Optional[LoadedModel] = None
+        self.problem = "not loaded yet"
+        self._lock = threading.Lock()
+        self.tracking: Optional[Tracking] = None
+
+    def reload(self) -> None:
+        with self._lock:
+            if self.tracking is None:
+                try:
+                    self.tracking = connect(self.settings.profile)
+                except Exception as err:  # no store reachable: the local directory may still serve
+                    log.warning(json.dumps({"event": "tracking unavailable", "reason": str(err)}))
+            loaded, failures = _load_in_order(self.settings, self.tracking)
+            if loaded is None:
+                self.problem = "no model could be loaded: " + " | ".join(failures)
+                log.error(json.dumps({"event": "model load failed", "reasons": failures}))
+                return
+            self.current, self.problem = loaded, ""
+            log.info(json.dumps({"event": "model loaded", "source": loaded.source, "uri": loaded.uri,
+                                 "version": loaded.version, "skipped": failures}))
+
+
+def patient_schema(book: Codebook) -> type[BaseModel]:
+    """One patient in UCI codes: every codebook feature, a finite number or null."""
+    fields = {
+        name: (Optional[float], Field(..., description=rule.describe(), allow_inf_nan=False))
+        for name, rule in book.columns.items() if name != book.target
+    }
+    return create_model("Patient", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def _codebook() -> Codebook:
+    return Codebook.from_config(OmegaConf.load(PROJECT_ROOT / "conf" / "schema" / "uci_codebook.yaml"))
+
+
+def _evaluation_of(tracking: Optional[Tracking], train_run_id: Optional[str]) -> dict[str, Any]:
+    if tracking is None or not train_run_id:
+        return {}
+    try:
+        train = tracking.client.get_run(train_run_id)
+        runs = tracking.client.search_runs(
+            [train.info.experiment_id],
+            f"tags.`pipeline.input.train` = '{train_run_id}' and tags.`{TAG_STEP}` = 'evaluate' "
+            "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1)
+    except MlflowException:
+        return {}
+    digests = [d.dataset.digest for d in train.inputs.dataset_inputs] if train.inputs else []
+    info = {
+        "trained_at": datetime.fromtimestamp(train.info.start_time / 1000, timezone.utc).isoformat(timespec="seconds"),
+        "training_data_digest": digests[0] if digests else None,
+        "training_data_sha256": None,
+    }
+    ingest_id = train.data.tags.get("pipeline.input.ingest")
+    if ingest_id:
+        info["training_data_sha256"] = tracking.client.get_run(ingest_id).data.tags.get("data.sha256")
+    if runs:
+        metrics = runs[0].data.metrics
+        keys = ["test_roc_auc", "test_pr_auc", "test_brier", "test_accuracy", "test_recall", "test_precision",
+                "cv_roc_auc_mean", "cv_roc_auc_ci_low", "cv_roc_auc_ci_high"]
+        info["metrics"] = {k: metrics[k] for k in keys if k in metrics}
+        info["validation_status"] = runs[0].data.tags.get("validation.status")
+        info["evaluate_run_id"] = runs[0].info.run_id
+    return info
+
+
+def create_app(settings: Optional[Settings] = None) -> FastAPI:
+    settings = settings or Settings()
+    holder = ModelHolder(settings)
+    Patient = patient_schema(_codebook())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        holder.reload()
+        yield
+
+    app = FastAPI(title="Heart disease risk", version="1", lifespan=lifespan,
+                  description="Risk of heart disease from the 13 UCI Heart Disease features, in UCI codes. "
+                              "Not for clinical use.")
+    app.state.holder = holder
+
+    @app.middleware("http")
+    async def log_and_guard(request: Request, call_next):
+        started = time.perf_counter()
+        if request.method == "POST" and request.url.path == "/predict":
+            content_type = request.headers.get("content-type", "")
+            if not content_type.startswith("application/json"):
+                response = JSONResponse({"detail": f"Content-Type must be application/json, got "
+                                                   f"{content_type or 'none'!r}"}, status_code=415)
+                _log_request(request, response.status_code, started, holder)
+                return response
+        response = await call_next(request)
+        _log_request(request, response.status_code, started, holder)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, err: RequestValidationError):
+        """422 naming each field. Errors of the union branch that does not apply (a list
+        when one patient was sent, or the other way round) are left out, and so are the
+        offending inputs, which may be NaN and cannot be written as JSON."""
+        sent_list = isinstance(err.body, list)
+        errors = [e for e in err.errors()
+                  if len(e["loc"]) < 2 or str(e["loc"][1]).startswith("list[") == sent_list]
+        detail = [{"field": ".".join(str(p) for p in e["loc"][2:]) or "body", "msg": e["msg"], "type": e["type"]}
+                  for e in errors or err.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(MlflowException)
+    async def bad_input(request: Request, err: MlflowException):
+        status = err.get_http_status_code()
+        return JSONResponse({"detail": err.message}, status_code=status if 400 <= status < 500 else 500)
+
+    def _identity(loaded: LoadedModel) -> dict[str, Any]:
+        return {"model_name": loaded.name, "model_version": loaded.version or loaded.model_id,
+                "model_alias": loaded.alias}
+
+    @app.post("/predict", summary="Risk for one patient (object) or several (list)")
+    def predict(patients: Union[Patient, list[Patient]]):  # type: ignore[valid-type]
+        loaded = holder.current
+        if loaded is None:
+            return JSONResponse({"detail": f"no model loaded: {holder.problem}"}, status_code=503)
+        rows = patients if isinstance(patients, list) else [patients]
+        if not rows:
+            return JSONResponse({"detail": "empty list: send at least one patient"}, status_code=400)
+        if len(rows) > settings.max_batch_rows:
+            return JSONResponse({"detail": f"{len(rows)} patients in one request; at most "
+                                           f"{settings.max_batch_rows}"}, status_code=413)
+        frame = pd.DataFrame([row.model_dump() for row in rows], dtype="float64")
+        answers = loaded.model.predict(frame)
+        identity = _identity(loaded)
+        out = [{"prediction": int(r.prediction), "probability": float(r.probability),
+                "confidence": float(r.confidence), "risk_level": r.risk_level, **identity}
+               for r in answers.itertuples()]
+        return out if isinstance(patients, list) else out[0]
+
+    @app.get("/model-info")
+    def model_info():
+        loaded = holder.current
+        if loaded is None:
+            return JSONResponse({"detail": f"no model loaded: {holder.problem}"}, status_code=503)
+        return {"name": loaded.name, "version": loaded.version, "alias": loaded.alias, "source": loaded.source,
+                "uri": loaded.uri, "run_id": loaded.run_id, "model_id": loaded.model_id,
+                "loaded_at": loaded.loaded_at, **_evaluation_of(holder.tracking, loaded.run_id)}
+
+    @app.get("/health")
+    def health():
+        loaded = holder.current
+        if loaded is None:
+            return JSONResponse({"status": "degraded", "reason": holder.problem}, status_code=503)
+        return {"status": "ok", "source": loaded.source, **_identity(loaded)}
+
+    @app.post("/reload", summary="Load the model again in the configured order (e.g. after a new champion)")
+    def reload():
+        holder.reload()
+        return health()
+
+    return app
+
+
+def _log_request(request: Request, status: int, started: float, holder: ModelHolder) -> None:
+    loaded = holder.current
+    log.info(json.dumps({
+        "method": request.method, "path": request.url.path, "status": status,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        "model_version": (loaded.version or loaded.model_id) if loaded else None,
+    }))

@@ -1,0 +1,113 @@
+"""The model `train` logs, as MLflow "models from code": this file is stored with the
+model and run wherever the model is loaded (`mlflow models serve`, the FastAPI app in
+serving/, `mlflow.pyfunc.load_model`). Nothing is pickled: the fitted sklearn pipeline
+is an artifact saved by mlflow.sklearn with skops and listed trusted types.
+
+Per input row it answers:
+    prediction   0/1 at the decision threshold
+    probability  of disease
+    confidence   probability of the predicted class
+    risk_level   Low / Moderate / High from the probability bands in conf/train
+    model_name, model_version   the registered version this is, where known
+    run_id, model_id            the train run and logged model that produced it
+
+Inputs are checked against the UCI codebook first (steps/codebook.py, the rules
+ingest applies); a violation is an MLflow INVALID_PARAMETER_VALUE error, which the
+scoring server answers with HTTP 400 naming the field, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
+
+from steps.codebook import Codebook, check_features
+
+PIPELINE_ARTIFACT = "pipeline"
+OUTPUT_COLUMNS = ["prediction", "probability", "confidence", "risk_level",
+                  "model_name", "model_version", "run_id", "model_id"]
+
+
+def risk_levels(probability: np.ndarray, bands: dict[str, float]) -> np.ndarray:
+    """Name of the band with the lowest upper bound above the probability; the top band
+    (bound 1.0) takes everything up to and including 1. Bands are ordered by bound, not
+    by key: the model's stored config does not keep key order."""
+    ordered = sorted(bands.items(), key=lambda item: item[1])
+    bounds = np.asarray([bound for _, bound in ordered[:-1]], dtype=float)
+    names = np.asarray([name for name, _ in ordered], dtype=object)
+    return names[np.searchsorted(bounds, probability, side="right")]
+
+
+def answer(probability: np.ndarray, threshold: float, bands: dict[str, float]) -> pd.DataFrame:
+    prediction = (probability >= threshold).astype(int)
+    return pd.DataFrame({
+        "prediction": prediction,
+        "probability": probability,
+        "confidence": np.where(prediction == 1, probability, 1 - probability),
+        "risk_level": risk_levels(probability, bands),
+    })
+
+
+def _bad_request(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def registered_identity(run_id: Optional[str], model_id: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """(name, version) of the newest registered version of this logged model, if the
+    registry can be reached from here; (None, None) otherwise."""
+    if not run_id:
+        return None, None
+    try:
+        versions = mlflow.MlflowClient().search_model_versions(f"run_id = '{run_id}'")
+    except Exception:  # no registry configured or reachable: identity falls back to ids
+        return None, None
+    matching = [v for v in versions if model_id is None or getattr(v, "model_id", None) in (None, model_id)]
+    if not matching:
+        return None, None
+    newest = max(matching, key=lambda v: int(v.version))
+    return newest.name, str(newest.version)
+
+
+class HeartDiseaseModel(PythonModel):
+    def load_context(self, context) -> None:
+        config = context.model_config
+        self.codebook = Codebook.from_config(config["codebook"])
+        self.imputable = set(config["imputable"])
+        self.threshold = float(config["decision_threshold"])
+        self.bands = {str(k): float(v) for k, v in config["risk_levels"].items()}
+        pipeline_path = Path(context.artifacts[PIPELINE_ARTIFACT])
+        self.pipeline = mlflow.sklearn.load_model(str(pipeline_path))
+        logged = mlflow.models.Model.load(str(pipeline_path.parents[1]))
+        self.run_id, self.model_id = logged.run_id, getattr(logged, "model_id", None)
+        self.model_name, self.model_version = registered_identity(self.run_id, self.model_id)
+
+    def features(self, model_input: Any) -> pd.DataFrame:
+        """The request as codebook-checked float features, or a 400 that says why not."""
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if len(frame) == 0:
+            raise _bad_request("no rows to score: send at least one patient")
+        clean, problems, _ = check_features(frame, self.codebook, impossible_values="fail",
+                                            allow_missing=self.imputable, reject_unknown_columns=True)
+        if problems:
+            raise _bad_request("invalid input:\n  - " + "\n  - ".join(problems))
+        return clean
+
+    def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
+        features = self.features(model_input)
+        probability = self.pipeline.predict_proba(features)[:, 1]
+        out = answer(probability, self.threshold, self.bands)
+        out["model_name"] = self.model_name
+        out["model_version"] = self.model_version
+        out["run_id"] = self.run_id
+        out["model_id"] = self.model_id
+        return out[OUTPUT_COLUMNS]
+
+
+mlflow.models.set_model(HeartDiseaseModel())
