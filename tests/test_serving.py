@@ -1,0 +1,286 @@
+"""Both servers for real: `mlflow models serve` and the FastAPI app (python -m serving),
+each a subprocess on a free loopback port, on a model trained in this test session.
+Every endpoint, and a corpus of bad requests that must get a 4xx naming the problem
+while the server stays up."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import mlflow
+import pytest
+
+from tests.conftest import BIN, REPO, make_store
+
+pytestmark = pytest.mark.e2e
+
+PATIENT = {"age": 54, "sex": 1, "cp": 4, "trestbps": 120, "chol": 240, "fbs": 0, "restecg": 0,
+           "thalach": 160, "exang": 0, "oldpeak": 0.0, "slope": 1, "ca": 0, "thal": 3}
+ORIGIN_EXAMPLE = {**PATIENT, "cp": 0, "thal": 2}  # the origin document's body, in another dataset's coding
+ANSWER_KEYS = {"prediction", "probability", "confidence", "risk_level"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def request(url, body=None, content_type="application/json", method=None, raw=None):
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    headers = {"Content-Type": content_type} if data is not None else {}
+    req = urllib.request.Request(url, data=data, headers=headers, method=method or ("POST" if data is not None else "GET"))
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        status, text = err.code, err.read().decode()
+    try:
+        return status, json.loads(text)
+    except json.JSONDecodeError:
+        return status, text
+
+
+class Server:
+    def __init__(self, command, env, health_path, tmp_path, name):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / f"{name}.log"
+        self.process = subprocess.Popen([*command, "--port", str(self.port)], env=env, cwd=REPO,
+                                        stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{name} exited early:\n{self.log.read_text()}")
+            try:
+                urllib.request.urlopen(self.base + health_path, timeout=2)
+                return
+            except urllib.error.HTTPError:
+                return  # answering (e.g. 503 degraded) is up
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"{name} did not start:\n{self.log.read_text()}")
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    store = make_store(tmp_path_factory.mktemp("serving"))
+    store.steps("main")
+    return store
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(trained, tmp_path_factory):
+    server = Server([str(BIN / "mlflow"), "models", "serve", "-m", "models:/heart-disease@champion",
+                     "--env-manager", "local", "--host", "127.0.0.1"], trained.env, "/ping",
+                    tmp_path_factory.mktemp("logs"), "mlflow-serve")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def api(trained, tmp_path_factory):
+    server = Server([sys.executable, "-m", "serving"], trained.env, "/health",
+                    tmp_path_factory.mktemp("logs"), "fastapi")
+    yield server
+    server.stop()
+
+
+# --------------------------------------------------------------------------- mlflow models serve
+
+@pytest.mark.parametrize("body, content_type", [
+    ({"dataframe_records": [PATIENT, {**PATIENT, "ca": None}]}, "application/json"),
+    ({"dataframe_split": {"columns": list(PATIENT), "data": [list(PATIENT.values())] * 2}}, "application/json"),
+    ({"inputs": {k: [v, v] for k, v in PATIENT.items()}}, "application/json"),
+    (",".join(PATIENT) + "\n" + ("\n".join([",".join(str(v) for v in PATIENT.values())] * 2)) + "\n", "text/csv"),
+])
+def test_mlflow_serve_answers_in_full(mlflow_server, trained, body, content_type):
+    raw = body.encode() if isinstance(body, str) else None
+    status, answer = request(mlflow_server.base + "/invocations", None if raw else body, content_type, raw=raw)
+    assert status == 200, answer
+    rows = answer["predictions"]
+    assert len(rows) == 2
+    for row in rows:
+        assert ANSWER_KEYS <= set(row)
+        assert row["prediction"] in (0, 1) and 0 <= row["probability"] <= 1
+        assert row["confidence"] == pytest.approx(max(row["probability"], 1 - row["probability"]))
+        assert row["risk_level"] in ("Low", "Moderate", "High")
+        assert row["model_name"] == "heart-disease" and row["model_version"] == "1"
+        champion = trained.client.get_model_version_by_alias("heart-disease", "champion")
+        assert row["run_id"] == champion.run_id and row["model_id"].startswith("m-")
+
+
+def test_origin_example_gets_400_explaining_uci_codes(mlflow_server, api):
+    status, answer = request(mlflow_server.base + "/invocations", {"dataframe_records": [ORIGIN_EXAMPLE]})
+    assert status == 400
+    for text in ("column 'cp'", "code in [1, 2, 3, 4]", "asymptomatic", "e.g. [0]", "column 'thal'", "code in [3, 6, 7]"):
+        assert text in answer["message"]
+    status, answer = request(api.base + "/predict", ORIGIN_EXAMPLE)
+    assert status == 400 and "column 'cp'" in answer["detail"] and "code in [3, 6, 7]" in answer["detail"]
+
+
+MLFLOW_BAD = {
+    "malformed JSON": (dict(raw=b'{"dataframe_records": [{"age": 54,'), None),
+    "empty body": (dict(raw=b""), None),
+    "wrong content type": (dict(raw=json.dumps({"dataframe_records": [PATIENT]}).encode(), content_type="text/plain"),
+                           None),
+    "missing field": (dict(body={"dataframe_records": [{k: v for k, v in PATIENT.items() if k != "chol"}]}), "chol"),
+    "wrong type": (dict(body={"dataframe_records": [{**PATIENT, "age": "old"}]}), "age"),
+    "null where required": (dict(body={"dataframe_records": [{**PATIENT, "trestbps": None}]}), "trestbps"),
+    "NaN": (dict(raw=json.dumps({"dataframe_records": [{**PATIENT, "age": float("nan")}]}).encode()), "age"),
+    "Infinity": (dict(raw=json.dumps({"dataframe_records": [{**PATIENT, "chol": float("inf")}]}).encode()), "chol"),
+    "out of range": (dict(body={"dataframe_records": [{**PATIENT, "trestbps": 20}]}), "50 <= value <= 300"),
+    "out of codebook": (dict(body={"dataframe_records": [{**PATIENT, "slope": 0}]}), "code in [1, 2, 3]"),
+    "empty list": (dict(body={"dataframe_records": []}), None),
+}
+
+
+@pytest.mark.parametrize("case", list(MLFLOW_BAD))
+def test_mlflow_serve_bad_requests_get_4xx_and_server_stays_up(mlflow_server, case):
+    kwargs, must_mention = MLFLOW_BAD[case]
+    status, answer = request(mlflow_server.base + "/invocations", kwargs.get("body"),
+                             kwargs.get("content_type", "application/json"), raw=kwargs.get("raw"))
+    assert 400 <= status < 500, (status, answer)
+    if must_mention:
+        assert must_mention in json.dumps(answer), answer
+    assert request(mlflow_server.base + "/health")[0] == 200
+
+
+def test_mlflow_serve_extra_field_is_ignored_by_mlflow(mlflow_server):
+    """MLflow's schema enforcement drops columns the signature does not name (with a
+    warning in the server log) before the model sees them. The FastAPI app refuses them."""
+    status, answer = request(mlflow_server.base + "/invocations", {"dataframe_records": [{**PATIENT, "colour": 3}]})
+    assert status == 200 and len(answer["predictions"]) == 1
+
+
+def test_mlflow_serve_large_batch(mlflow_server):
+    status, answer = request(mlflow_server.base + "/invocations", {"dataframe_records": [PATIENT] * 10_000})
+    assert status == 200 and len(answer["predictions"]) == 10_000
+
+
+# --------------------------------------------------------------------------- FastAPI app
+
+def test_predict_one_and_many(api):
+    status, one = request(api.base + "/predict", PATIENT)
+    assert status == 200
+    assert ANSWER_KEYS <= set(one)
+    assert one["model_name"] == "heart-disease" and one["model_version"] == "1" and one["model_alias"] == "champion"
+    status, many = request(api.base + "/predict", [PATIENT, {**PATIENT, "ca": None, "thal": None}])
+    assert status == 200 and len(many) == 2 and many[0] == one
+
+
+def test_same_answers_from_both_servers(api, mlflow_server):
+    _, via_api = request(api.base + "/predict", PATIENT)
+    _, via_mlflow = request(mlflow_server.base + "/invocations", {"dataframe_records": [PATIENT]})
+    for key in ANSWER_KEYS:
+        assert via_api[key] == via_mlflow["predictions"][0][key]
+
+
+def test_model_info_and_health(api, trained):
+    status, info = request(api.base + "/model-info")
+    assert status == 200
+    champion = trained.client.get_model_version_by_alias("heart-disease", "champion")
+    assert (info["name"], info["version"], info["alias"], info["source"]) == ("heart-disease", "1", "champion", "registry")
+    assert info["run_id"] == champion.run_id
+    assert info["training_data_sha256"] == "a74b7efa387bc9d108d7d0115d831fe9b414b29ae7124f331b622b4efa0427c8"
+    assert info["training_data_digest"] and info["trained_at"]
+    assert info["metrics"]["cv_roc_auc_mean"] >= 0.9 and info["validation_status"] == "VALIDATED"
+    assert request(api.base + "/health") == (200, {"status": "ok", "source": "registry", "model_name": "heart-disease",
+                                                   "model_version": "1", "model_alias": "champion"})
+    assert request(api.base + "/openapi.json")[0] == 200
+    with urllib.request.urlopen(api.base + "/docs") as docs:
+        assert docs.status == 200 and b"swagger" in docs.read().lower()
+
+
+API_BAD = {
+    "malformed JSON": (dict(raw=b'{"age": 54,'), 422, "JSON decode error"),
+    "empty body": (dict(raw=b""), 422, "body"),
+    "wrong content type": (dict(raw=json.dumps(PATIENT).encode(), content_type="text/plain"), 415, "application/json"),
+    "missing field": (dict(body={k: v for k, v in PATIENT.items() if k != "chol"}), 422, "chol"),
+    "extra field": (dict(body={**PATIENT, "colour": 3}), 422, "colour"),
+    "wrong type": (dict(body={**PATIENT, "age": "old"}), 422, "age"),
+    "null where required": (dict(body={**PATIENT, "trestbps": None}), 400, "trestbps"),
+    "NaN": (dict(raw=json.dumps({**PATIENT, "age": float("nan")}).encode()), 422, "age"),
+    "Infinity": (dict(raw=json.dumps({**PATIENT, "chol": float("inf")}).encode()), 422, "chol"),
+    "out of range": (dict(body={**PATIENT, "trestbps": 20}), 400, "50 <= value <= 300"),
+    "out of codebook": (dict(body={**PATIENT, "slope": 0}), 400, "code in [1, 2, 3]"),
+    "empty list": (dict(body=[]), 400, "at least one patient"),
+    "too many rows": (dict(body=[PATIENT] * 10_001), 413, "at most 10000"),
+}
+
+
+@pytest.mark.parametrize("case", list(API_BAD))
+def test_api_bad_requests_get_4xx_naming_the_problem(api, case):
+    kwargs, expected_status, must_mention = API_BAD[case]
+    status, answer = request(api.base + "/predict", kwargs.get("body"), kwargs.get("content_type", "application/json"),
+                             raw=kwargs.get("raw"))
+    assert status == expected_status, (status, answer)
+    assert must_mention in json.dumps(answer), answer
+    assert request(api.base + "/health")[0] == 200
+
+
+def test_api_large_batch(api):
+    status, answer = request(api.base + "/predict", [PATIENT] * 10_000)
+    assert status == 200 and len(answer) == 10_000
+
+
+def test_api_logs_one_structured_line_per_request(api):
+    request(api.base + "/health")
+    lines = [json.loads(l) for l in api.log.read_text().splitlines() if l.startswith('{"method"')]
+    assert lines and {"method", "path", "status", "latency_ms", "model_version"} <= set(lines[-1])
+    assert lines[-1]["path"] == "/health" and lines[-1]["status"] == 200
+
+
+def test_reload_switches_to_a_new_champion_without_restart(api, trained):
+    trained.steps("register", "force=[register]")  # same model registered again: v2, challenger
+    trained.client.set_registered_model_alias("heart-disease", "champion", "2")
+    assert request(api.base + "/health")[1]["model_version"] == "1"
+    status, health = request(api.base + "/reload", method="POST", raw=b"")
+    assert status == 200 and health["model_version"] == "2"
+    assert request(api.base + "/predict", PATIENT)[1]["model_version"] == "2"
+
+
+# --------------------------------------------------------------------------- load order
+
+def test_load_order_falls_back_to_latest_train_run(trained, tmp_path):
+    server = Server([sys.executable, "-m", "serving", "--alias", "no-such-alias"], trained.env, "/health",
+                    tmp_path, "fallback-run")
+    try:
+        status, health = request(server.base + "/health")
+        assert status == 200 and health["source"] == "run"
+        assert request(server.base + "/predict", PATIENT)[0] == 200
+    finally:
+        server.stop()
+
+
+def test_load_order_falls_back_to_local_directory_then_degraded(trained, tmp_path):
+    exported = tmp_path / "exported"
+    mlflow.set_tracking_uri(trained.tracking_uri)
+    mlflow.artifacts.download_artifacts("models:/heart-disease@champion", dst_path=str(exported))
+    empty = make_store(tmp_path / "empty")
+    server = Server([sys.executable, "-m", "serving", "--model-dir", str(exported)], empty.env, "/health",
+                    tmp_path, "fallback-local")
+    try:
+        status, health = request(server.base + "/health")
+        assert status == 200 and health["source"] == "local"
+        assert request(server.base + "/predict", PATIENT)[0] == 200
+    finally:
+        server.stop()
+
+    server = Server([sys.executable, "-m", "serving", "--model-dir", str(tmp_path / "nothing")], empty.env,
+                    "/health", tmp_path, "degraded")
+    try:
+        status, health = request(server.base + "/health")
+        assert status == 503 and health["status"] == "degraded"
+        assert "registry heart-disease@champion" in health["reason"] and "nothing" in health["reason"]
+        assert request(server.base + "/predict", PATIENT)[0] == 503
+    finally:
+        server.stop()
