@@ -41,11 +41,27 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass
 class Settings:
-    profile: str = os.environ.get("HEART_PROFILE", "local")
-    model_name: str = os.environ.get("HEART_MODEL_NAME", "heart-disease")
-    alias: str = os.environ.get("HEART_MODEL_ALIAS", "champion")
-    local_model_dir: str = os.environ.get("HEART_MODEL_DIR", str(PROJECT_ROOT / "serving" / "model"))
-    max_batch_rows: int = int(os.environ.get("HEART_MAX_BATCH_ROWS", "10000"))
+    profile: str = "local"
+    model_name: str = "heart-disease"
+    alias: str = "champion"
+    local_model_dir: str = str(PROJECT_ROOT / "serving" / "model")
+    max_batch_rows: int = 10000
+    # How often each worker checks whether the alias moved (0: only POST /reload).
+    poll_seconds: float = 30.0
+
+    ENV = {"profile": "HEART_PROFILE", "model_name": "HEART_MODEL_NAME", "alias": "HEART_MODEL_ALIAS",
+           "local_model_dir": "HEART_MODEL_DIR", "max_batch_rows": "HEART_MAX_BATCH_ROWS",
+           "poll_seconds": "HEART_POLL_SECONDS"}
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        """Settings from HEART_* variables: how `python -m serving` hands them to its workers."""
+        defaults = cls()
+        return cls(**{name: type(getattr(defaults, name))(os.environ[var])
+                      for name, var in cls.ENV.items() if var in os.environ})
+
+    def to_env(self) -> dict[str, str]:
+        return {var: str(getattr(self, name)) for name, var in self.ENV.items()}
 
 
 @dataclass
@@ -122,6 +138,21 @@ class ModelHolder:
             log.info(json.dumps({"event": "model loaded", "source": loaded.source, "uri": loaded.uri,
                                  "version": loaded.version, "skipped": failures}))
 
+    def alias_moved(self) -> bool:
+        """Does the alias now point at another version than the one being served?"""
+        if self.tracking is None:
+            return self.current is None
+        try:
+            version = self.tracking.client.get_model_version_by_alias(self.settings.model_name, self.settings.alias)
+        except MlflowException:
+            return False
+        return self.current is None or self.current.version != str(version.version)
+
+    def watch(self, stop: threading.Event) -> None:
+        while not stop.wait(self.settings.poll_seconds):
+            if self.alias_moved():
+                self.reload()
+
 
 def patient_schema(book: Codebook) -> type[BaseModel]:
     """One patient in UCI codes: every codebook feature, a finite number or null."""
@@ -167,33 +198,27 @@ def _evaluation_of(tracking: Optional[Tracking], train_run_id: Optional[str]) ->
 
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or Settings.from_env()
     holder = ModelHolder(settings)
     Patient = patient_schema(_codebook())
+    feature_names = list(Patient.model_fields)
+    predicting = threading.Lock()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         holder.reload()
+        stop = threading.Event()
+        if settings.poll_seconds > 0:
+            threading.Thread(target=holder.watch, args=(stop,), daemon=True, name="alias-watch").start()
         yield
+        stop.set()
 
     app = FastAPI(title="Heart disease risk", version="1", lifespan=lifespan,
                   description="Risk of heart disease from the 13 UCI Heart Disease features, in UCI codes. "
                               "Not for clinical use.")
     app.state.holder = holder
 
-    @app.middleware("http")
-    async def log_and_guard(request: Request, call_next):
-        started = time.perf_counter()
-        if request.method == "POST" and request.url.path == "/predict":
-            content_type = request.headers.get("content-type", "")
-            if not content_type.startswith("application/json"):
-                response = JSONResponse({"detail": f"Content-Type must be application/json, got "
-                                                   f"{content_type or 'none'!r}"}, status_code=415)
-                _log_request(request, response.status_code, started, holder)
-                return response
-        response = await call_next(request)
-        _log_request(request, response.status_code, started, holder)
-        return response
+    app.add_middleware(RequestLog, holder=holder)
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, err: RequestValidationError):
@@ -227,13 +252,15 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         if len(rows) > settings.max_batch_rows:
             return JSONResponse({"detail": f"{len(rows)} patients in one request; at most "
                                            f"{settings.max_batch_rows}"}, status_code=413)
-        frame = pd.DataFrame([row.model_dump() for row in rows], dtype="float64")
-        answers = loaded.model.predict(frame)
+        frame = pd.DataFrame({name: [getattr(row, name) for row in rows] for name in feature_names}, dtype="float64")
+        with predicting:  # one prediction at a time per worker: threads would only fight over the GIL
+            answers = loaded.model.predict(frame)
+        records = answers[["prediction", "probability", "confidence", "risk_level"]].to_dict(orient="records")
         identity = _identity(loaded)
-        out = [{"prediction": int(r.prediction), "probability": float(r.probability),
-                "confidence": float(r.confidence), "risk_level": r.risk_level, **identity}
-               for r in answers.itertuples()]
-        return out if isinstance(patients, list) else out[0]
+        for record in records:
+            record.update(identity)
+        # A ready Response skips FastAPI's per-field re-encoding of the answer.
+        return JSONResponse(records if isinstance(patients, list) else records[0])
 
     @app.get("/model-info")
     def model_info():
@@ -259,10 +286,35 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     return app
 
 
-def _log_request(request: Request, status: int, started: float, holder: ModelHolder) -> None:
-    loaded = holder.current
-    log.info(json.dumps({
-        "method": request.method, "path": request.url.path, "status": status,
-        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-        "model_version": (loaded.version or loaded.model_id) if loaded else None,
-    }))
+class RequestLog:
+    """Plain ASGI middleware (cheaper than @app.middleware): refuses non-JSON bodies on
+    /predict with 415 and writes one JSON log line per request."""
+
+    def __init__(self, app, holder: ModelHolder):
+        self.app, self.holder = app, holder
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        headers = dict(scope.get("headers") or [])
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        if scope["method"] == "POST" and scope["path"] == "/predict" and not content_type.startswith("application/json"):
+            response = JSONResponse({"detail": f"Content-Type must be application/json, got {content_type or 'none'!r}"},
+                                    status_code=415)
+            await response(scope, receive, send_and_note)
+        else:
+            await self.app(scope, receive, send_and_note)
+        loaded = self.holder.current
+        log.info(json.dumps({
+            "method": scope["method"], "path": scope["path"], "status": status[0],
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "model_version": (loaded.version or loaded.model_id) if loaded else None,
+        }))

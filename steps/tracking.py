@@ -349,6 +349,7 @@ class StepResult:
     status: str  # ran | reused
     seconds: float
     summary: dict[str, Any]
+    inputs: dict[str, str] = field(default_factory=dict)  # {upstream step: run id} it was built from
 
 
 def _flatten(prefix: str, value: Any) -> dict[str, Any]:
@@ -396,7 +397,7 @@ def execute(
                                     f"pass force=[{name}] to run it again.")
             tracking.client.set_terminated(own_run_id, "FINISHED")
         return StepResult(name, cached.info.run_id, "reused", time.perf_counter() - started,
-                          json.loads(cached.data.tags.get(TAG_SUMMARY, "{}")))
+                          json.loads(cached.data.tags.get(TAG_SUMMARY, "{}")), lineage)
 
     tags = {TAG_STEP: name, TAG_CACHE_KEY: key, MLFLOW_RUN_NAME: name}
     tags.update({TAG_INPUT + step_name: run_id for step_name, run_id in lineage.items()})
@@ -425,7 +426,7 @@ def execute(
             raise
         ctx.set_tags({TAG_SUMMARY: json.dumps(ctx.summary, default=str), TAG_SECONDS: f"{work_seconds:.3f}"})
     tracking.client.set_terminated(run_id, "FINISHED")
-    return StepResult(name, run_id, "ran", time.perf_counter() - started, ctx.summary)
+    return StepResult(name, run_id, "ran", time.perf_counter() - started, ctx.summary, lineage)
 
 
 # --------------------------------------------------------------------------- command line
@@ -481,7 +482,9 @@ def run_single_step(name: str, cfg: DictConfig) -> StepResult:
         tracking = connect(cfg.profile)
         result = execute(name, cfg, tracking, own_run_id=adopt_launcher_run(tracking))
         verb = "reused" if result.status == "reused" else "ran"
-        print(f"{name}: {verb} run {result.run_id} in {result.seconds:.1f}s {json.dumps(result.summary, default=str)}")
+        inputs = ", ".join(f"{step}={run_id}" for step, run_id in result.inputs.items()) or "none"
+        print(f"{name}: {verb} run {result.run_id} in {result.seconds:.1f}s {json.dumps(result.summary, default=str)}"
+              f"\n{name}: inputs from {inputs}")
         return result
 
     return exit_on_pipeline_error(go)

@@ -40,8 +40,9 @@ def build_estimator(model: DictConfig):
 
 def fit_model(transformer, train: pd.DataFrame, model: DictConfig, label: str) -> Pipeline:
     """Fit the estimator on already-transformed rows; return transformer + estimator,
-    a pipeline that takes raw features."""
-    estimator = build_estimator(model).fit(train.drop(columns=[label]), train[label])
+    a pipeline that takes raw features. The transformer outputs plain arrays, so the
+    estimator is fitted on one too."""
+    estimator = build_estimator(model).fit(train.drop(columns=[label]).to_numpy(), train[label].to_numpy())
     return Pipeline([("transform", transformer), ("model", estimator)])
 
 
@@ -91,18 +92,16 @@ def run(ctx: StepContext) -> None:
     example_output = answer(pipeline.predict_proba(features.head(2))[:, 1], config["decision_threshold"],
                             config["risk_levels"]).assign(model_name="heart-disease", model_version="1",
                                                           run_id=ctx.run_id, model_id="m-0")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), ctx.active_run():
         # MLflow hints that int columns cannot hold missing values: true, and irrelevant for 0/1.
         warnings.simplefilter("ignore", UserWarning)
-        signature = infer_signature(features, example_output)
-    with ctx.active_run():
         info = mlflow.pyfunc.log_model(
             name=cfg.train.model_name,
             python_model=str(PACKAGE_DIR / "model.py"),
             artifacts={PIPELINE_ARTIFACT: str(pipeline_dir)},
             model_config=config,
             code_paths=[str(PACKAGE_DIR)],
-            signature=signature,
+            signature=infer_signature(features, example_output),
             input_example=features.head(cfg.train.input_example_rows),
             pip_requirements=requirements,
         )

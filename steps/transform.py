@@ -42,15 +42,17 @@ def build_transformer(transform: DictConfig, book: Codebook) -> ColumnTransforme
         ],
         verbose_feature_names_out=False,
     )
-    return transformer.set_output(transform="pandas")
+    # Plain array output: inside the served model this saves milliseconds per request.
+    return transformer
 
 
 def fit_transform(sets: dict[str, pd.DataFrame], transform: DictConfig, book: Codebook):
     """Fit on sets["train"] only; return (fitted transformer, transformed sets with the label)."""
     transformer = build_transformer(transform, book).fit(sets["train"][book.features])
+    columns = transformer.get_feature_names_out()
     transformed = {}
     for name, frame in sets.items():
-        out = transformer.transform(frame[book.features])
+        out = pd.DataFrame(transformer.transform(frame[book.features]), columns=columns)
         out[book.label] = frame[book.label].to_numpy()
         transformed[name] = out
     return transformer, transformed

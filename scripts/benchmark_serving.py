@@ -1,0 +1,214 @@
+"""Benchmark: the same model three ways, side by side. Not a test: it measures and writes a table.
+
+  - in-process  mlflow.pyfunc.load_model(...).predict(DataFrame)
+  - /invocations  `mlflow models serve` (MLflow's scoring server)
+  - /predict      the FastAPI app (python -m serving)
+
+p50 / p99 latency and requests per second, at 1 and 8 concurrent clients, for 1-row
+and 100-row bodies. Each HTTP client keeps one connection open. The model is trained
+first on the real Cleveland file in a temp store; servers run on 127.0.0.1.
+
+    python scripts/benchmark_serving.py [--requests 400] [--output docs/BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_pipeline import machine  # noqa: E402  (same machine line in both tables)
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DATA = REPO / "tests" / "data" / "processed.cleveland.data"
+PATIENT = {"age": 54, "sex": 1, "cp": 4, "trestbps": 120, "chol": 240, "fbs": 0, "restecg": 0,
+           "thalach": 160, "exang": 0, "oldpeak": 0.0, "slope": 1, "ca": 0, "thal": 3}
+MARKER_START = "<!-- serving-benchmark:start -->"
+MARKER_END = "<!-- serving-benchmark:end -->"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(command: list[str], env: dict, health: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    process = subprocess.Popen([*command, "--port", str(port)], env=env, cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{health}", timeout=2)
+            return process, port
+        except OSError:
+            time.sleep(0.3)
+    process.kill()
+    raise SystemExit(f"{command} did not start")
+
+
+def run_clients(call, clients: int, per_client: int) -> dict[str, float]:
+    """Every client thread makes `per_client` calls back to back; returns latency
+    percentiles (ms), throughput (requests/s) and errors."""
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def client() -> None:
+        own, session = [], call.session()
+        for _ in range(per_client):
+            started = time.perf_counter()
+            ok = call(session)
+            own.append(time.perf_counter() - started)
+            if not ok:
+                with lock:
+                    errors[0] += 1
+        with lock:
+            latencies.extend(own)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return {"p50": statistics.median(ordered) * 1000, "p99": ordered[int(0.99 * (len(ordered) - 1))] * 1000,
+            "rps": len(ordered) / wall, "errors": errors[0]}
+
+
+class InProcess:
+    def __init__(self, model, rows: int):
+        self.model, self.frame = model, pd.DataFrame([PATIENT] * rows, dtype="float64")
+
+    def session(self):
+        return None
+
+    def __call__(self, _session) -> bool:
+        return len(self.model.predict(self.frame)) == len(self.frame)
+
+
+class Http:
+    def __init__(self, port: int, path: str, body: object, rows: int):
+        self.port, self.path, self.body, self.rows = port, path, json.dumps(body).encode(), rows
+
+    def session(self):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+
+    def __call__(self, connection) -> bool:
+        connection.request("POST", self.path, self.body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        payload = response.read()
+        return response.status == 200 and len(payload) > 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=400, help="requests per configuration")
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as root:
+        tracking_uri = f"sqlite:///{root}/mlflow.db"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_EXPERIMENT_NAME="benchmark", XDG_CACHE_HOME=f"{root}/cache",
+                   HEART_DISEASE_DATA_URL=str(DATA), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+        mlflow.MlflowClient(tracking_uri).create_experiment("benchmark", artifact_location=f"{root}/artifacts")
+        subprocess.run([sys.executable, "-m", "steps.main"], cwd=REPO, env=env, check=True, capture_output=True)
+        mlflow.set_tracking_uri(tracking_uri)
+        model = mlflow.pyfunc.load_model("models:/heart-disease@champion")
+
+        servers, ports = [], {}
+        for workers in (1, 2):
+            for name, command, health in (
+                ("mlflow models serve /invocations", [str(BIN / "mlflow"), "models", "serve", "-m",
+                 "models:/heart-disease@champion", "--env-manager", "local", "--host", "127.0.0.1"], "/ping"),
+                ("FastAPI /predict", [sys.executable, "-m", "serving"], "/health"),
+            ):
+                process, port = start([*command, "--workers", str(workers)], env, health)
+                servers.append(process)
+                ports[(name, workers)] = port
+        try:
+            results = []
+            for rows in (1, 100):
+                ways = {("in-process pyfunc predict", 0): InProcess(model, rows)}
+                for (name, workers), port in ports.items():
+                    path = "/invocations" if "invocations" in name else "/predict"
+                    body = ({"dataframe_records": [PATIENT] * rows} if path == "/invocations"
+                            else PATIENT if rows == 1 else [PATIENT] * rows)
+                    ways[(name, workers)] = Http(port, path, body, rows)
+                for (name, workers), call in ways.items():
+                    for clients in (1, 8):
+                        run_clients(call, clients, 20)  # warm-up
+                        stats = run_clients(call, clients, max(1, args.requests // clients))
+                        results.append((rows, name, workers, clients, stats))
+                        print(f"{rows:>3} rows  {name:<34} {workers} worker(s) {clients} client(s): "
+                              f"p50 {stats['p50']:.2f} ms, p99 {stats['p99']:.2f} ms, {stats['rps']:.0f} req/s, "
+                              f"{stats['errors']} errors")
+        finally:
+            for process in servers:
+                process.terminate()
+                process.wait(timeout=30)
+
+    section = render(results, args.requests)
+    print(section)
+    existing = args.output.read_text() if args.output.exists() else "# Benchmarks\n"
+    if MARKER_START in existing:
+        existing = re.sub(re.escape(MARKER_START) + ".*?" + re.escape(MARKER_END), lambda _: section, existing,
+                          flags=re.S)
+    else:
+        existing = existing.rstrip() + "\n\n" + section + "\n"
+    args.output.write_text(existing)
+
+
+def render(results, requests: int) -> str:
+    lines = [MARKER_START, "## Serving", "",
+             f"`python scripts/benchmark_serving.py --requests {requests}`: the champion trained on the Cleveland "
+             f"file; {requests} requests per line after 20 warm-up requests per client; one keep-alive connection "
+             "per client thread; servers on 127.0.0.1 with 1 or 2 uvicorn worker processes (`--workers`); the "
+             "client threads share the machine's 2 cores with the servers.", "", f"Machine: {machine()}.", "",
+             "| rows per request | way | workers | clients | p50 ms | p99 ms | requests/s | errors |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for rows, name, workers, clients, s in results:
+        lines.append(f"| {rows} | {name} | {workers or '-'} | {clients} | {s['p50']:.2f} | {s['p99']:.2f} | "
+                     f"{s['rps']:.0f} | {s['errors']} |")
+    lines.append("")
+    lookup = {(rows, name, workers, clients): s for rows, name, workers, clients, s in results}
+    for rows in (1, 100):
+        base = lookup[(rows, "in-process pyfunc predict", 0, 1)]["p50"]
+        for name in ("mlflow models serve /invocations", "FastAPI /predict"):
+            for workers in (1, 2):
+                one, eight = lookup[(rows, name, workers, 1)], lookup[(rows, name, workers, 8)]
+                gap = one["p50"] - base
+                lines.append(
+                    f"- {rows} row(s), {name}, {workers} worker(s): p50 {gap:+.2f} ms against in-process "
+                    f"(target ≤ 3 ms: {'met' if gap <= 3 else 'NOT met'}); 8 clients {eight['rps']:.0f} req/s "
+                    f"against {one['rps']:.0f} at 1 (target not lower: {'met' if eight['rps'] >= one['rps'] else 'NOT met'}).")
+    errors = sum(s["errors"] for *_, s in results)
+    lines += [f"- Errors: {errors} (target 0: {'met' if errors == 0 else 'NOT met'}).",
+              "- In-process at 8 clients is 8 threads in one interpreter sharing one GIL: it shows what threads "
+              "cost, not a way to serve.",
+              MARKER_END]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
