@@ -310,9 +310,8 @@ class StepContext:
             # MLflow's hints about int columns and ambiguous local sources do not apply here.
             warnings.simplefilter("ignore", UserWarning)
             dataset = from_pandas(frame, source=source, name=name, targets=targets)
-        self.client.log_inputs(self.run_id, [
-            DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])
-        ])
+            entity = dataset._to_mlflow_entity()
+        self.client.log_inputs(self.run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
