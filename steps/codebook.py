@@ -156,9 +156,11 @@ def _label_from(frame: pd.DataFrame, book: Codebook, problems: list[str]) -> pd.
     return label.astype("Int64")
 
 
-def validate(frame: pd.DataFrame, book: Codebook, impossible_values: str = "missing") -> tuple[pd.DataFrame, dict]:
+def validate(frame: pd.DataFrame, book: Codebook, impossible_values: str = "missing",
+             keep: Iterable[str] = ()) -> tuple[pd.DataFrame, dict]:
     """Check a whole table (features and label) and return (features + label as numbers,
-    report), or raise DataValidationError listing every broken rule."""
+    plus the `keep` columns that are present, as text; report), or raise
+    DataValidationError listing every broken rule."""
     if len(frame) == 0:
         raise DataValidationError(["input: rule 'at least one row': the table is empty (0 rows)"])
     if book.target not in frame and book.label not in frame:
@@ -176,6 +178,9 @@ def validate(frame: pd.DataFrame, book: Codebook, impossible_values: str = "miss
         raise DataValidationError(problems)
 
     clean[book.label] = label.astype("int64")
+    kept = [c for c in keep if c in frame]
+    for column in kept:
+        clean[column] = frame[column].astype(str).to_numpy()
     classes = clean[book.label].value_counts().sort_index()
     if len(classes) < 2:
         raise DataValidationError([
@@ -189,7 +194,15 @@ def validate(frame: pd.DataFrame, book: Codebook, impossible_values: str = "miss
         "missing": {c: int(n) for c, n in clean.isna().sum().items() if n},
         "impossible_as_missing": impossible_counts,
         "class_counts": {str(int(k)): int(v) for k, v in classes.items()},
-        "ignored_columns": [str(c) for c in frame.columns if c not in book.columns and c != book.label],
+        "ignored_columns": [str(c) for c in frame.columns
+                            if c not in book.columns and c != book.label and c not in kept],
     }
+    for column in kept:
+        groups = clean.groupby(column)
+        report[f"by_{column}"] = {
+            str(name): {"rows": int(len(group)), "positive_rate": round(float(group[book.label].mean()), 4),
+                        "missing_cells": int(group[book.features].isna().sum().sum())}
+            for name, group in groups
+        }
     return clean.reset_index(drop=True), report
 

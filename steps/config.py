@@ -27,6 +27,8 @@ class DataConfig:
     download_timeout_s: float = 30.0
     impossible_values: str = "missing"  # missing | fail
     seed: int = 0
+    sites: list[str] = field(default_factory=lambda: ["cleveland"])  # uci source only
+    site_sha256: dict[str, Optional[str]] = field(default_factory=dict)
 
 
 @dataclass

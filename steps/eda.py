@@ -41,7 +41,7 @@ def feature_histograms(frame: pd.DataFrame, book: Codebook, bins: int) -> Figure
 def correlation_heatmap(frame: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(9, 8))
     ax = fig.subplots()
-    sns.heatmap(frame.corr(), ax=ax, cmap="vlag", center=0, annot=True, fmt=".2f", annot_kws={"size": 7})
+    sns.heatmap(frame.corr(numeric_only=True), ax=ax, cmap="vlag", center=0, annot=True, fmt=".2f", annot_kws={"size": 7})
     ax.set_title("Pearson correlation")
     fig.tight_layout()
     return fig

@@ -20,45 +20,55 @@ from steps.codebook import Codebook, validate
 from steps.errors import PipelineError
 from steps.tracking import StepContext, launch_step
 
+SITE = "site"  # column holding a UCI row's site of origin
+
 
 @dataclass
 class RawData:
     frame: pd.DataFrame
     source: str | DatasetSource  # where it came from, for the dataset record
-    sha256: str | None
+    sha256: dict[str, str]  # per file read: site (or "file") -> sha256
     synthetic: bool
 
 
 def load_source(data: DictConfig, book: Codebook) -> RawData:
-    """Read the configured source into a DataFrame, unvalidated."""
+    """Read the configured source into a DataFrame, unvalidated. UCI rows carry their
+    site in the column `site`."""
     if data.source == "synthetic":
         if not data.rows or data.rows < 1:
             raise PipelineError(f"data.rows={data.rows}: the synthetic source needs a row count >= 1")
         origin = CodeDatasetSource({"generator": "steps.synthetic.generate",
                                     "rows": str(data.rows), "seed": str(data.seed)})
-        return RawData(synthetic.generate(int(data.rows), int(data.seed)), origin, None, True)
+        return RawData(synthetic.generate(int(data.rows), int(data.seed)), origin, {}, True)
     if data.source not in ("uci", "file"):
         raise PipelineError(f"data.source={data.source!r}: use uci, file or synthetic")
-    location = sources.location_of(data)
-    path, digest = sources.fetch(location, data.sha256, data.cache_dir, data.download_timeout_s)
-    read = sources.read_uci if data.source == "uci" else sources.read_table
-    frame = read(path, book.file_columns)
+    frames, digests = [], {}
+    for source in sources.sources_of(data):
+        path, digests[source.site or "file"] = sources.fetch(source.location, source.sha256, data.cache_dir,
+                                                             data.download_timeout_s)
+        if source.site is None:
+            frames.append(sources.read_table(path, book.file_columns))
+        else:
+            frames.append(sources.read_uci(path, book.file_columns).assign(site=source.site))
+    frame = pd.concat(frames, ignore_index=True)
     if data.rows:
         frame = frame.head(int(data.rows))
-    return RawData(frame, location, digest, False)
+    return RawData(frame, sources.sources_of(data)[0].location, digests, False)
 
 
 def run(ctx: StepContext) -> None:
     cfg = ctx.cfg
     book = Codebook.from_config(cfg.schema)
     raw = load_source(cfg.data, book)
-    clean, report = validate(raw.frame, book, cfg.data.impossible_values)
+    clean, report = validate(raw.frame, book, cfg.data.impossible_values, keep=(SITE,))
 
     ctx.log_table("raw", clean)
     ctx.log_dict(report, "validation_report.json")
     ctx.log_dataset(clean, source=raw.source, name="uci-heart-raw", context="ingest", targets=book.label)
     ctx.set_tags({"data.source": cfg.data.source, "data.synthetic": str(raw.synthetic).lower(),
-                  **({"data.sha256": raw.sha256} if raw.sha256 else {})})
+                  **{f"data.sha256.{name}": digest for name, digest in raw.sha256.items()}})
+    if len(raw.sha256) == 1:
+        ctx.set_tags({"data.sha256": next(iter(raw.sha256.values()))})
     ctx.log_metrics({
         "rows": report["rows"],
         "duplicate_rows": report["duplicate_rows"],

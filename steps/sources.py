@@ -11,6 +11,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -41,27 +42,53 @@ def _local_path(location: str) -> Path:
     return Path(location).expanduser()
 
 
-def location_of(data: DictConfig) -> str:
+UCI_SITES = ("cleveland", "hungarian", "switzerland", "va")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file to read: where it is, the checksum it must have (if pinned), and the
+    UCI site it holds (None for a `file` source)."""
+
+    location: str
+    sha256: Optional[str]
+    site: Optional[str] = None
+
+
+def sources_of(data: DictConfig) -> list[Source]:
+    """The files the `uci` or `file` source reads."""
     location = data.url if data.source == "uci" else data.path
     if not location:
         field = "data.url" if data.source == "uci" else "data.path"
         raise PipelineError(f"{field} is empty: say where the {data.source} data is")
-    return str(location)
+    if data.source == "file":
+        return [Source(str(location), data.sha256)]
+    unknown = [site for site in data.sites if site not in UCI_SITES]
+    if unknown or not data.sites:
+        raise PipelineError(f"data.sites={list(data.sites)}: choose one or more of {list(UCI_SITES)}")
+    folder = str(location).rsplit("/", 1)[0] if "/" in str(location) else "."
+    return [
+        Source(str(location), data.sha256, site) if site == "cleveland"
+        else Source(f"{folder}/processed.{site}.data", data.site_sha256.get(site), site)
+        for site in data.sites
+    ]
+
+
+def _fingerprint_one(source: Source) -> str:
+    if not _is_remote(source.location) and _local_path(source.location).is_file():
+        return f"sha256:{sha256_of(_local_path(source.location))}"
+    if source.sha256:
+        return f"sha256:{source.sha256.lower()}"
+    return f"location:{source.location}"
 
 
 def fingerprint(cfg: DictConfig) -> Optional[str]:
     """What the cache key needs to know about data outside MLflow. A local file is
     hashed (cheap, and a changed or wrong file then re-runs ingest, which checks it);
     a download is known by its pinned checksum, or else only by its URL."""
-    data = cfg.data
-    if data.source == "synthetic":
+    if cfg.data.source == "synthetic":
         return None  # fully determined by config
-    location = location_of(data)
-    if not _is_remote(location) and _local_path(location).is_file():
-        return f"sha256:{sha256_of(_local_path(location))}"
-    if data.sha256:
-        return f"sha256:{data.sha256.lower()}"
-    return f"location:{location}"
+    return " ".join(f"{s.site or 'file'}={_fingerprint_one(s)}" for s in sources_of(cfg.data))
 
 
 def _verify(path: Path, expected: Optional[str], origin: str) -> str:

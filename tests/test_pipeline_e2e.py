@@ -60,7 +60,8 @@ def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
 
     raw = pd.read_parquet(store.client.download_artifacts(by_step["ingest"].info.run_id, "data/raw.parquet",
                                                           str(store.root)))
-    assert raw.shape == (303, 14)
+    assert raw.shape == (303, 15)  # 13 features, the label and the site
+    assert set(raw["site"]) == {"cleveland"}
     assert by_step["ingest"].inputs.dataset_inputs[0].dataset.digest
 
     evaluation = by_step["evaluate"].data

@@ -1,0 +1,82 @@
+"""All four UCI sites: reading, the `site` column, per-file checksums, and what the
+other sites' files contain (written by tests/uci_sites.py)."""
+
+import hashlib
+import shutil
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from steps.codebook import Codebook, validate
+from steps.config import register_configs
+from steps.errors import PipelineError
+from steps.ingest import SITE, load_source
+from steps.sources import fingerprint
+from tests.conftest import CLEVELAND, REPO
+from tests.uci_sites import write_site_file
+
+SIZES = {"hungarian": 294, "switzerland": 123, "va": 200}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    shutil.copy(CLEVELAND, tmp_path / "processed.cleveland.data")
+    for seed, (site, rows) in enumerate(SIZES.items()):
+        write_site_file(tmp_path / f"processed.{site}.data", rows, seed)
+    return tmp_path
+
+
+def config(folder, *overrides):
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=[f"data.url={folder / 'processed.cleveland.data'}",
+                                            f"data.cache_dir={folder / 'cache'}", *overrides])
+
+
+def test_all_four_sites_load_with_their_site(folder):
+    cfg = config(folder, "data.sites=[cleveland,hungarian,switzerland,va]")
+    book = Codebook.from_config(cfg.schema)
+    raw = load_source(cfg.data, book)
+    clean, report = validate(raw.frame, book, "missing", keep=(SITE,))
+    assert clean[SITE].value_counts().to_dict() == {"cleveland": 303, **SIZES}
+    assert set(raw.sha256) == {"cleveland", *SIZES}
+    assert raw.sha256["hungarian"] == hashlib.sha256((folder / "processed.hungarian.data").read_bytes()).hexdigest()
+    assert report["impossible_as_missing"]["chol"] > 100  # chol 0 means "not measured"
+    assert clean["oldpeak"].min() < 0  # negative ST depression is kept
+    assert report["by_site"]["switzerland"]["positive_rate"] > 0.8
+    assert report["missing"]["ca"] > 450  # the other sites barely record it
+    assert report["by_site"]["cleveland"] == {"rows": 303, "positive_rate": 0.4587, "missing_cells": 6}
+
+
+def test_default_is_cleveland_only(folder):
+    cfg = config(folder)
+    raw = load_source(cfg.data, Codebook.from_config(cfg.schema))
+    assert set(raw.frame[SITE]) == {"cleveland"} and len(raw.frame) == 303
+
+
+def test_a_pinned_site_checksum_is_enforced(folder):
+    cfg = config(folder, "data.sites=[cleveland,va]", "data.site_sha256.va=" + "0" * 64)
+    with pytest.raises(PipelineError, match="checksum mismatch.*processed.va.data"):
+        load_source(cfg.data, Codebook.from_config(cfg.schema))
+
+
+def test_unknown_site_is_named(folder):
+    cfg = config(folder, "data.sites=[cleveland,mars]")
+    with pytest.raises(PipelineError, match=r"data.sites=\['cleveland', 'mars'\]"):
+        load_source(cfg.data, Codebook.from_config(cfg.schema))
+
+
+def test_each_site_file_is_part_of_the_cache_key(folder):
+    cfg = config(folder, "data.sites=[cleveland,hungarian]")
+    before = fingerprint(cfg)
+    write_site_file(folder / "processed.hungarian.data", 294, seed=99)
+    assert fingerprint(cfg) != before
+
+
+@pytest.mark.e2e
+def test_pipeline_trains_on_several_sites(folder, store):
+    store.steps("main", f"data.url={folder / 'processed.cleveland.data'}", "data.sites=[cleveland,hungarian,va]",
+                "evaluate.criteria=[]")
+    ingest = store.runs("ingest")[0]
+    assert {"data.sha256.cleveland", "data.sha256.hungarian", "data.sha256.va"} <= set(ingest.data.tags)
+    assert store.runs("register")[0].data.tags["register.decision"].startswith("v1")
