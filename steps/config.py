@@ -28,6 +28,7 @@ class DataConfig:
     impossible_values: str = "missing"  # missing | fail
     seed: int = 0
     sites: list[str] = field(default_factory=lambda: ["cleveland"])  # uci source only
+    external_sites: list[str] = field(default_factory=list)  # held out entirely, for evaluate
     site_sha256: dict[str, Optional[str]] = field(default_factory=dict)
 
 

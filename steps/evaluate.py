@@ -7,6 +7,7 @@ Tags the run `validation.status` and `validation.reasons`; register reads them.
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 import re
@@ -23,7 +24,8 @@ from sklearn.calibration import calibration_curve
 from sklearn.model_selection import RepeatedStratifiedKFold
 
 from steps.codebook import Codebook
-from steps.metrics import binary_metrics, prefixed
+from steps.ingest import SITE, TAG_EXTERNAL_UNUSABLE
+from steps.metrics import binary_metrics, calibration_line, prefixed
 from steps.errors import PipelineError
 from steps.tracking import StepContext, launch_step
 from steps.train import TAG_MODEL_URI
@@ -125,6 +127,41 @@ def evaluation_figures(y_true, probability, threshold: float) -> dict[str, Figur
     return figures
 
 
+def site_scores(y_true, probability) -> dict[str, float]:
+    """What external validation reports for one site (and for the internal test split)."""
+    slope, intercept = calibration_line(y_true, probability)
+    return {"rows": float(len(y_true)), "prevalence": float(np.mean(y_true)),
+            "roc_auc": skm.roc_auc_score(y_true, probability), "brier": skm.brier_score_loss(y_true, probability),
+            "calibration_slope": slope, "calibration_intercept": intercept}
+
+
+def external_validation(pipeline, external: pd.DataFrame, book: Codebook) -> tuple[dict, dict[str, str]]:
+    """Per-site scores of the model on held-out sites: ({site: scores}, {site: why not})."""
+    scores, unusable = {}, {}
+    for site, rows in external.groupby(SITE):
+        if rows[book.label].nunique() < 2:
+            unusable[site] = f"all {len(rows)} rows have label {int(rows[book.label].iloc[0])}: ROC-AUC is undefined"
+            continue
+        scores[site] = site_scores(rows[book.label], pipeline.predict_proba(rows[book.features])[:, 1])
+    return scores, unusable
+
+
+def site_comparison_figure(scores: dict[str, dict[str, float]]) -> Figure:
+    """ROC-AUC, Brier score and calibration slope of the internal test split next to each external site."""
+    fig = Figure(figsize=(10, 3.5))
+    axes = fig.subplots(1, 3)
+    names = list(scores)
+    for ax, metric, reference in zip(axes, ("roc_auc", "brier", "calibration_slope"), (0.5, None, 1.0)):
+        ax.bar(names, [scores[n][metric] for n in names], color=["#4c72b0"] + ["#dd8452"] * (len(names) - 1))
+        if reference is not None:
+            ax.axhline(reference, linestyle="--", color="grey")
+        ax.set_title(metric.replace("_", " "))
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle("Internal test split vs external sites")
+    fig.tight_layout()
+    return fig
+
+
 def run(ctx: StepContext) -> None:
     cfg = ctx.cfg
     book = Codebook.from_config(cfg.schema)
@@ -138,7 +175,20 @@ def run(ctx: StepContext) -> None:
     metrics = prefixed("test", binary_metrics(test[label], probability, threshold))
     metrics.update(cross_validate(pipeline, train_val[book.features], train_val[label],
                                   cfg.evaluate.cv_folds, cfg.evaluate.cv_repeats, cfg.evaluate.seed))
+    slope, intercept = calibration_line(test[label], probability)
+    metrics.update(test_calibration_slope=slope, test_calibration_intercept=intercept)
     status, reasons = judge(metrics, list(cfg.evaluate.criteria))
+
+    if ctx.has_table("ingest", "external"):
+        site_results, unusable = external_validation(pipeline, ctx.load_table("ingest", "external"), book)
+        unusable |= json.loads(ctx.input_run("ingest").data.tags.get(TAG_EXTERNAL_UNUSABLE, "{}"))
+        comparison = {"internal test": site_scores(test[label], probability), **site_results}
+        ctx.log_figure("external_validation", site_comparison_figure(comparison))
+        ctx.log_dict({"scores": comparison, "unusable": unusable}, "external_validation.json")
+        metrics.update({f"external_{site}_{name}": value for site, scores in site_results.items()
+                        for name, value in scores.items()})
+        for site, reason in unusable.items():
+            print(f"evaluate: external site {site} not scored: {reason}")
 
     ctx.log_metrics(metrics)
     for name, figure in evaluation_figures(test[label], probability, threshold).items():

@@ -8,7 +8,9 @@ and log it as `data/raw.parquet` plus an MLflow dataset input.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Optional
 
 import pandas as pd
 from mlflow.data.code_dataset_source import CodeDatasetSource
@@ -21,6 +23,7 @@ from steps.errors import PipelineError
 from steps.tracking import StepContext, launch_step
 
 SITE = "site"  # column holding a UCI row's site of origin
+TAG_EXTERNAL_UNUSABLE = "data.external_unusable"  # JSON {site: why it cannot be scored}
 
 
 @dataclass
@@ -56,17 +59,51 @@ def load_source(data: DictConfig, book: Codebook) -> RawData:
     return RawData(frame, sources.sources_of(data)[0].location, digests, False)
 
 
+@dataclass
+class ExternalSites:
+    frame: Optional[pd.DataFrame]  # validated rows of every usable held-out site
+    sha256: dict[str, str]
+    unusable: dict[str, str]  # site -> why it cannot be scored
+
+
+def load_external_sites(data: DictConfig, book: Codebook) -> ExternalSites:
+    """The held-out sites, each read and validated on its own: one that cannot be read
+    or breaks a codebook rule is reported, not fatal."""
+    frames, digests, unusable = [], {}, {}
+    for source in sources.external_sources_of(data):
+        try:
+            path, digest = sources.fetch(source.location, source.sha256, data.cache_dir, data.download_timeout_s)
+            frame = sources.read_uci(path, book.file_columns).assign(site=source.site)
+            clean, _ = validate(frame, book, data.impossible_values, keep=(SITE,))
+        except PipelineError as err:
+            unusable[source.site] = str(err)
+            continue
+        frames.append(clean)
+        digests[source.site] = digest
+    return ExternalSites(pd.concat(frames, ignore_index=True) if frames else None, digests, unusable)
+
+
 def run(ctx: StepContext) -> None:
     cfg = ctx.cfg
     book = Codebook.from_config(cfg.schema)
     raw = load_source(cfg.data, book)
     clean, report = validate(raw.frame, book, cfg.data.impossible_values, keep=(SITE,))
 
+    external = load_external_sites(cfg.data, book)
+    report["external"] = {"rows": {} if external.frame is None else external.frame[SITE].value_counts().to_dict(),
+                          "unusable": external.unusable}
+    for site, reason in external.unusable.items():
+        print(f"ingest: external site {site} cannot be scored: {reason}")
+    if external.unusable:
+        ctx.set_tags({TAG_EXTERNAL_UNUSABLE: json.dumps(external.unusable)[:5000]})
+
     ctx.log_table("raw", clean)
+    if external.frame is not None:
+        ctx.log_table("external", external.frame)
     ctx.log_dict(report, "validation_report.json")
     ctx.log_dataset(clean, source=raw.source, name="uci-heart-raw", context="ingest", targets=book.label)
     ctx.set_tags({"data.source": cfg.data.source, "data.synthetic": str(raw.synthetic).lower(),
-                  **{f"data.sha256.{name}": digest for name, digest in raw.sha256.items()}})
+                  **{f"data.sha256.{name}": digest for name, digest in (raw.sha256 | external.sha256).items()}})
     if len(raw.sha256) == 1:
         ctx.set_tags({"data.sha256": next(iter(raw.sha256.values()))})
     ctx.log_metrics({

@@ -24,5 +24,17 @@ def binary_metrics(y_true, probability, threshold: float = 0.5) -> dict[str, flo
     }
 
 
+def calibration_line(y_true, probability) -> tuple[float, float]:
+    """(slope, intercept) of the logistic recalibration y ~ intercept + slope * logit(p).
+    A well calibrated model has slope 1 and intercept 0; slope < 1 means its
+    probabilities are too extreme."""
+    from sklearn.linear_model import LogisticRegression
+
+    p = np.clip(np.asarray(probability, dtype=float), 1e-6, 1 - 1e-6)
+    logit = np.log(p / (1 - p)).reshape(-1, 1)
+    fit = LogisticRegression(C=1e6, max_iter=1000).fit(logit, np.asarray(y_true))  # ~unpenalised
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
 def prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}_{name}": float(value) for name, value in values.items()}

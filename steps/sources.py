@@ -55,23 +55,38 @@ class Source:
     site: Optional[str] = None
 
 
-def sources_of(data: DictConfig) -> list[Source]:
-    """The files the `uci` or `file` source reads."""
+def sources_of(data: DictConfig, sites: Optional[list[str]] = None) -> list[Source]:
+    """The files the `uci` or `file` source reads: for `uci`, one per site of `sites`
+    (default data.sites)."""
     location = data.url if data.source == "uci" else data.path
     if not location:
         field = "data.url" if data.source == "uci" else "data.path"
         raise PipelineError(f"{field} is empty: say where the {data.source} data is")
     if data.source == "file":
         return [Source(str(location), data.sha256)]
-    unknown = [site for site in data.sites if site not in UCI_SITES]
-    if unknown or not data.sites:
-        raise PipelineError(f"data.sites={list(data.sites)}: choose one or more of {list(UCI_SITES)}")
+    sites = list(data.sites if sites is None else sites)
+    unknown = [site for site in sites if site not in UCI_SITES]
+    if unknown:
+        raise PipelineError(f"data sites {sites}: choose from {list(UCI_SITES)}")
     folder = str(location).rsplit("/", 1)[0] if "/" in str(location) else "."
     return [
         Source(str(location), data.sha256, site) if site == "cleveland"
         else Source(f"{folder}/processed.{site}.data", data.site_sha256.get(site), site)
-        for site in data.sites
+        for site in sites
     ]
+
+
+def external_sources_of(data: DictConfig) -> list[Source]:
+    """The held-out sites' files (data.external_sites; uci source only)."""
+    if not data.external_sites:
+        return []
+    if data.source != "uci":
+        raise PipelineError("data.external_sites needs data.source=uci")
+    overlap = sorted(set(data.sites) & set(data.external_sites))
+    if overlap:
+        raise PipelineError(f"data.external_sites {overlap} are also in data.sites: a site is either trained on "
+                            "or held out")
+    return sources_of(data, list(data.external_sites))
 
 
 def _fingerprint_one(source: Source) -> str:
@@ -88,7 +103,8 @@ def fingerprint(cfg: DictConfig) -> Optional[str]:
     a download is known by its pinned checksum, or else only by its URL."""
     if cfg.data.source == "synthetic":
         return None  # fully determined by config
-    return " ".join(f"{s.site or 'file'}={_fingerprint_one(s)}" for s in sources_of(cfg.data))
+    files = sources_of(cfg.data) + external_sources_of(cfg.data)
+    return " ".join(f"{s.site or 'file'}={_fingerprint_one(s)}" for s in files)
 
 
 def _verify(path: Path, expected: Optional[str], origin: str) -> str:

@@ -273,6 +273,10 @@ class StepContext:
     def artifact_uri(self, step: str, artifact_path: str) -> str:
         return f"{self.input_run(step).info.artifact_uri}/{artifact_path}"
 
+    def has_table(self, step: str, name: str) -> bool:
+        listed = self.client.list_artifacts(self.lineage[step], "data")
+        return f"data/{name}.parquet" in {artifact.path for artifact in listed}
+
     def load_table(self, step: str, name: str):
         import pandas as pd
 

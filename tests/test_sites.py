@@ -2,7 +2,9 @@
 other sites' files contain (written by tests/uci_sites.py)."""
 
 import hashlib
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -62,7 +64,7 @@ def test_a_pinned_site_checksum_is_enforced(folder):
 
 def test_unknown_site_is_named(folder):
     cfg = config(folder, "data.sites=[cleveland,mars]")
-    with pytest.raises(PipelineError, match=r"data.sites=\['cleveland', 'mars'\]"):
+    with pytest.raises(PipelineError, match=r"data sites \[.cleveland., .mars.\]: choose from"):
         load_source(cfg.data, Codebook.from_config(cfg.schema))
 
 
@@ -80,3 +82,34 @@ def test_pipeline_trains_on_several_sites(folder, store):
     ingest = store.runs("ingest")[0]
     assert {"data.sha256.cleveland", "data.sha256.hungarian", "data.sha256.va"} <= set(ingest.data.tags)
     assert store.runs("register")[0].data.tags["register.decision"].startswith("v1")
+
+
+@pytest.mark.e2e
+def test_external_validation_scores_held_out_sites_and_explains_the_rest(folder, store):
+    write_site_file(folder / "processed.switzerland.data", 123, seed=5, healthy_share=0.0)  # one class only
+    result = store.steps("main", f"data.url={folder / 'processed.cleveland.data'}",
+                         "data.external_sites=[hungarian,va,switzerland]")
+    assert "external site switzerland not scored" in result.stdout
+    evaluation = store.runs("evaluate")[0]
+    for site in ("hungarian", "va"):
+        for name in ("roc_auc", "brier", "calibration_slope", "calibration_intercept", "prevalence", "rows"):
+            assert f"external_{site}_{name}" in evaluation.data.metrics
+    assert evaluation.data.metrics["external_va_rows"] == 200
+    assert "test_calibration_slope" in evaluation.data.metrics
+    artifacts = {a.path for a in store.client.list_artifacts(evaluation.info.run_id, "plots")}
+    assert "plots/external_validation.png" in artifacts
+    report_path = store.client.download_artifacts(evaluation.info.run_id, "external_validation.json", str(store.root))
+    report = json.loads(Path(report_path).read_text())
+    assert set(report["scores"]) == {"internal test", "hungarian", "va"}
+    assert "label 1" in report["unusable"]["switzerland"]
+    raw = store.runs("ingest")[0]
+    assert {a.path for a in store.client.list_artifacts(raw.info.run_id, "data")} == {
+        "data/raw.parquet", "data/external.parquet"}
+
+
+@pytest.mark.e2e
+def test_an_unreachable_external_site_does_not_fail_the_run(folder, store):
+    (folder / "processed.va.data").unlink()
+    result = store.steps("main", f"data.url={folder / 'processed.cleveland.data'}", "data.external_sites=[va]")
+    assert "external site va cannot be scored: data file not found" in result.stdout
+    assert store.runs("register")

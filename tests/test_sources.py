@@ -87,7 +87,8 @@ def test_fingerprint_follows_local_file_content(tmp_path):
 
     copy = tmp_path / "mine.data"
     shutil.copy(CLEVELAND, copy)
-    cfg = OmegaConf.create({"data": {"source": "file", "path": str(copy), "url": None, "sha256": None}})
+    cfg = OmegaConf.create({"data": {"source": "file", "path": str(copy), "url": None, "sha256": None,
+                                     "external_sites": []}})
     before = fingerprint(cfg)
     copy.write_bytes(copy.read_bytes() + b"\n")
     assert fingerprint(cfg) != before
