@@ -68,12 +68,29 @@ class TransformConfig:
 
 
 @dataclass
+class ThresholdConfig:
+    strategy: str = "sensitivity"  # sensitivity | fixed
+    target: float = 0.90
+    value: float = 0.5
+
+
+@dataclass
+class RiskLevelsConfig:
+    strategy: str = "data"  # data | fixed
+    low_sensitivity: float = 0.97
+    high_specificity: float = 0.90
+    bounds: dict[str, float] = field(default_factory=lambda: {"Low": 0.3, "Moderate": 0.6, "High": 1.0})
+
+
+@dataclass
 class TrainConfig:
     model_name: str = "model"
     input_example_rows: int = 3
     skops_trusted_types: list[str] = field(default_factory=list)
-    decision_threshold: float = 0.5
-    risk_levels: dict[str, float] = field(default_factory=dict)
+    calibration: str = "none"  # none | sigmoid | isotonic
+    calibration_folds: int = 5
+    threshold: ThresholdConfig = field(default_factory=lambda: ThresholdConfig())
+    risk_levels: RiskLevelsConfig = field(default_factory=lambda: RiskLevelsConfig())
 
 
 @dataclass

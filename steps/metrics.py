@@ -17,7 +17,8 @@ def binary_metrics(y_true, probability, threshold: float = 0.5) -> dict[str, flo
         "pr_auc": skm.average_precision_score(y_true, probability),
         "accuracy": skm.accuracy_score(y_true, predicted),
         "precision": skm.precision_score(y_true, predicted, zero_division=0),
-        "recall": skm.recall_score(y_true, predicted, zero_division=0),
+        "recall": skm.recall_score(y_true, predicted, zero_division=0),  # sensitivity
+        "specificity": skm.recall_score(y_true, predicted, pos_label=0, zero_division=0),
         "f1": skm.f1_score(y_true, predicted, zero_division=0),
         "brier": skm.brier_score_loss(y_true, probability),
         "log_loss": skm.log_loss(y_true, probability, labels=[0, 1]),
@@ -34,6 +35,28 @@ def calibration_line(y_true, probability) -> tuple[float, float]:
     logit = np.log(p / (1 - p)).reshape(-1, 1)
     fit = LogisticRegression(C=1e6, max_iter=1000).fit(logit, np.asarray(y_true))  # ~unpenalised
     return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
+def threshold_for_sensitivity(y_true, probability, target: float) -> float:
+    """The highest threshold t at which (probability >= t) still finds `target` of the
+    positives: the strictest cut that misses no more patients than allowed."""
+    y_true, probability = np.asarray(y_true), np.asarray(probability, dtype=float)
+    positives = np.sort(probability[y_true == 1])[::-1]
+    if len(positives) == 0:
+        raise ValueError("no positive rows to choose a threshold on")
+    needed = int(np.ceil(target * len(positives)))
+    return float(positives[max(needed, 1) - 1])
+
+
+def threshold_for_specificity(y_true, probability, target: float) -> float:
+    """The lowest threshold t at which (probability < t) holds for `target` of the
+    negatives: above t, few healthy patients remain."""
+    y_true, probability = np.asarray(y_true), np.asarray(probability, dtype=float)
+    negatives = np.sort(probability[y_true == 0])
+    if len(negatives) == 0:
+        raise ValueError("no negative rows to choose a threshold on")
+    needed = int(np.ceil(target * len(negatives)))
+    return float(np.nextafter(negatives[needed - 1], np.inf)) if needed else 0.0
 
 
 def prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:

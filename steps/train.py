@@ -14,12 +14,14 @@ import mlflow
 import pandas as pd
 import skops.io
 from hydra.utils import instantiate
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from omegaconf import DictConfig
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.pipeline import Pipeline
 
 from steps.codebook import Codebook
-from steps.metrics import binary_metrics, prefixed
+from steps.metrics import binary_metrics, prefixed, threshold_for_sensitivity, threshold_for_specificity
 from steps.errors import PipelineError
 from steps.model import PIPELINE_ARTIFACT, answer
 from steps.tracking import PACKAGE_DIR, StepContext, launch_step
@@ -38,11 +40,17 @@ def build_estimator(model: DictConfig):
         raise PipelineError(f"model config cannot build an estimator: {err}") from None
 
 
-def fit_model(transformer, train: pd.DataFrame, model: DictConfig, label: str) -> Pipeline:
-    """Fit the estimator on already-transformed rows; return transformer + estimator,
-    a pipeline that takes raw features. The transformer outputs plain arrays, so the
-    estimator is fitted on one too."""
-    estimator = build_estimator(model).fit(train.drop(columns=[label]).to_numpy(), train[label].to_numpy())
+def fit_model(transformer, train: pd.DataFrame, model: DictConfig, label: str, calibration: str = "none",
+              calibration_folds: int = 5) -> Pipeline:
+    """Fit the estimator (recalibrated by cross-validation on these rows if asked) on
+    already-transformed rows; return transformer + estimator, a pipeline that takes raw
+    features. The transformer outputs plain arrays, so the estimator is fitted on one too."""
+    estimator = build_estimator(model)
+    if calibration != "none":
+        if calibration not in ("sigmoid", "isotonic"):
+            raise PipelineError(f"train.calibration={calibration!r}: use none, sigmoid or isotonic")
+        estimator = CalibratedClassifierCV(estimator, method=calibration, cv=calibration_folds)
+    estimator.fit(train.drop(columns=[label]).to_numpy(), train[label].to_numpy())
     return Pipeline([("transform", transformer), ("model", estimator)])
 
 
@@ -51,16 +59,36 @@ def model_description(model: DictConfig) -> str:
     return f"{model._target_.rsplit('.', 1)[-1]}({params})"
 
 
-def model_config(book: Codebook, train: pd.DataFrame, cfg: DictConfig) -> dict:
+def choose_threshold(y_val, p_val, threshold: DictConfig) -> float:
+    """The decision threshold, from the validation split's labels and probabilities."""
+    if threshold.strategy == "fixed":
+        return float(threshold.value)
+    if threshold.strategy == "sensitivity":
+        return threshold_for_sensitivity(y_val, p_val, threshold.target)
+    raise PipelineError(f"train.threshold.strategy={threshold.strategy!r}: use sensitivity or fixed")
+
+
+def choose_risk_bands(y_val, p_val, levels: DictConfig) -> dict[str, float]:
+    """Upper bound of each risk level, from the validation split or fixed in config."""
+    if levels.strategy == "fixed":
+        bands = dict(levels.bounds)
+        if list(bands.values()) != sorted(bands.values()) or list(bands.values())[-1] != 1.0:
+            raise PipelineError(f"train.risk_levels.bounds={bands}: upper bounds must increase and the last be 1.0")
+        return bands
+    if levels.strategy == "data":
+        high_from = threshold_for_specificity(y_val, p_val, levels.high_specificity)
+        low_below = min(threshold_for_sensitivity(y_val, p_val, levels.low_sensitivity), high_from)
+        return {"Low": low_below, "Moderate": high_from, "High": 1.0}
+    raise PipelineError(f"train.risk_levels.strategy={levels.strategy!r}: use data or fixed")
+
+
+def model_config(book: Codebook, train: pd.DataFrame, threshold: float, bands: dict[str, float]) -> dict:
     """What the served model needs besides the fitted pipeline (steps/model.py)."""
-    bands = dict(cfg.train.risk_levels)
-    if not bands or list(bands.values()) != sorted(bands.values()) or list(bands.values())[-1] != 1.0:
-        raise PipelineError(f"train.risk_levels={bands}: upper bounds must increase and the last must be 1.0")
     return {
         "codebook": book.to_dict(),
         # Missing values are accepted only where the training data had them.
         "imputable": sorted(c for c in book.features if train[c].isna().any()),
-        "decision_threshold": float(cfg.train.decision_threshold),
+        "decision_threshold": threshold,
         "risk_levels": bands,
     }
 
@@ -71,13 +99,19 @@ def run(ctx: StepContext) -> None:
     label = book.label
     trusted = list(cfg.train.skops_trusted_types)
     transformer = skops.io.load(ctx.download("transform", TRANSFORMER_PATH), trusted=trusted)
-    pipeline = fit_model(transformer, ctx.load_table("transform", "train"), cfg.model, label)
+    pipeline = fit_model(transformer, ctx.load_table("transform", "train"), cfg.model, label,
+                         cfg.train.calibration, cfg.train.calibration_folds)
 
-    metrics = {}
+    val = ctx.load_table("split", "val")
+    p_val = pipeline.predict_proba(val[book.features])[:, 1]
+    threshold = choose_threshold(val[label], p_val, cfg.train.threshold)
+    bands = choose_risk_bands(val[label], p_val, cfg.train.risk_levels)
+    metrics = {"decision_threshold": threshold,
+               **{f"risk_{level.lower()}_below": bound for level, bound in bands.items() if bound < 1.0}}
     for name in ("train", "val"):
         rows = ctx.load_table("split", name)
         probability = pipeline.predict_proba(rows[book.features])[:, 1]
-        metrics.update(prefixed(name, binary_metrics(rows[label], probability, cfg.train.decision_threshold)))
+        metrics.update(prefixed(name, binary_metrics(rows[label], probability, threshold)))
     ctx.log_metrics(metrics)
 
     raw_train = ctx.load_table("split", "train")
@@ -86,9 +120,15 @@ def run(ctx: StepContext) -> None:
                     name="train", context="training", targets=label)
     requirements = [f"{package}=={version(package)}" for package in MODEL_REQUIREMENTS]
     pipeline_dir = ctx.workdir / PIPELINE_ARTIFACT
-    mlflow.sklearn.save_model(pipeline, str(pipeline_dir), serialization_format="skops",
-                              skops_trusted_types=trusted, pip_requirements=requirements)
-    config = model_config(book, raw_train, cfg)
+    try:
+        mlflow.sklearn.save_model(pipeline, str(pipeline_dir), serialization_format="skops",
+                                  skops_trusted_types=trusted, pip_requirements=requirements)
+    except MlflowException as err:
+        if "untrusted types" not in err.message:
+            raise
+        raise PipelineError(f"{err.message.split('Root error: ')[-1]} Review them and add them to "
+                            "train.skops_trusted_types (conf/train/default.yaml).") from None
+    config = model_config(book, raw_train, threshold, bands)
     example_output = answer(pipeline.predict_proba(features.head(2))[:, 1], config["decision_threshold"],
                             config["risk_levels"]).assign(model_name="heart-disease", model_version="1",
                                                           run_id=ctx.run_id, model_id="m-0")
@@ -106,7 +146,8 @@ def run(ctx: StepContext) -> None:
             pip_requirements=requirements,
         )
     ctx.set_tags({TAG_MODEL_URI: info.model_uri, "model.class": cfg.model._target_})
-    ctx.summary.update(model=model_description(cfg.model), val_roc_auc=round(metrics["val_roc_auc"], 4))
+    ctx.summary.update(model=model_description(cfg.model), val_roc_auc=round(metrics["val_roc_auc"], 4),
+                       threshold=round(threshold, 3))
 
 
 if __name__ == "__main__":

@@ -50,5 +50,11 @@ def test_no_test_row_is_seen_by_any_fitted_statistic(store, tmp_path):
     train = tables["train"][columns]
     np.testing.assert_allclose(scaled.named_steps["simpleimputer"].statistics_, train.median())
     np.testing.assert_allclose(scaled.named_steps["standardscaler"].mean_, train.fillna(train.median()).mean())
+    # The decision threshold comes from the validation rows.
+    from steps.metrics import threshold_for_sensitivity
+
+    features = list(model.codebook.features)
+    p_val = model.pipeline.predict_proba(tables["val"][features])[:, 1]
+    assert model.threshold == threshold_for_sensitivity(tables["val"]["target"], p_val, 0.90)
     with_test = pd.concat([train, tables["test"][columns]])
     assert not np.allclose(scaled.named_steps["standardscaler"].mean_, with_test.fillna(with_test.median()).mean())

@@ -153,3 +153,51 @@ def test_synthetic_data_is_valid_seeded_and_learnable(cfg, book):
 
     auc = roc_auc_score(sets["test"]["target"], pipeline.predict_proba(sets["test"][book.features])[:, 1])
     assert auc > 0.75
+
+
+def test_threshold_for_sensitivity_is_the_strictest_that_reaches_the_target():
+    from steps.metrics import threshold_for_sensitivity
+
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 1])
+    p = np.array([0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.3, 0.2, 0.15, 0.1])
+    t = threshold_for_sensitivity(y, p, 0.66)  # 4 of 6 positives
+    assert t == 0.6
+    assert ((p >= t) & (y == 1)).sum() / (y == 1).sum() >= 0.66
+    assert threshold_for_sensitivity(y, p, 1.0) == 0.1
+
+
+def test_threshold_for_specificity_is_the_lowest_that_reaches_the_target():
+    from steps.metrics import threshold_for_specificity
+
+    y = np.array([0, 0, 0, 0, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.4, 0.35, 0.9])
+    t = threshold_for_specificity(y, p, 0.75)  # 3 of 4 negatives below t
+    assert 0.3 < t < 0.31
+    assert ((p < t) & (y == 0)).sum() == 3
+
+
+def test_risk_bands_from_validation_data(cfg):
+    from steps.train import choose_risk_bands, choose_threshold
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    p = np.clip(0.35 * y + rng.random(500) * 0.65, 0, 1)
+    bands = choose_risk_bands(y, p, cfg.train.risk_levels)
+    assert list(bands) == ["Low", "Moderate", "High"] and bands["Low"] <= bands["Moderate"] < bands["High"] == 1.0
+    assert ((p < bands["Low"]) & (y == 1)).sum() <= 0.03 * (y == 1).sum() + 1  # rule-out misses few patients
+    assert ((p >= bands["Moderate"]) & (y == 0)).sum() <= 0.10 * (y == 0).sum() + 1  # rule-in: few healthy
+    assert choose_threshold(y, p, cfg.train.threshold) <= bands["Moderate"]
+
+
+def test_calibration_wraps_the_estimator(cfg, book, raw):
+    from sklearn.calibration import CalibratedClassifierCV
+
+    from steps.train import fit_model
+
+    sets, _ = split_data(raw, "target", 0.2, 0.2, 42)
+    transformer, transformed = fit_transform(sets, cfg.transform, book)
+    pipeline = fit_model(transformer, transformed["train"], cfg.model, "target", "sigmoid", 3)
+    assert isinstance(pipeline.named_steps["model"], CalibratedClassifierCV)
+    assert pipeline.predict_proba(sets["test"][book.features]).shape == (len(sets["test"]), 2)
+    with pytest.raises(PipelineError, match="train.calibration='platt'"):
+        fit_model(transformer, transformed["train"], cfg.model, "target", "platt")
