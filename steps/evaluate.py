@@ -59,8 +59,9 @@ def judge(metrics: dict[str, float], criteria: list[str]) -> tuple[str, list[str
 
 
 def cross_validate(pipeline, features: pd.DataFrame, label: pd.Series, folds: int, repeats: int,
-                   seed: int) -> dict[str, float]:
-    """Refit a fresh copy of the pipeline on each fold. Reports the mean of each metric
+                   seed: int, threshold: float = 0.5) -> dict[str, float]:
+    """Refit a fresh copy of the pipeline on each fold; decisions use the model's
+    threshold, as on the test split. Reports the mean of each metric
     and a 95 % interval from the corrected resampled t-test (Nadeau & Bengio 2003),
     which widens the naive interval because repeated folds share training rows."""
     splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
@@ -68,7 +69,7 @@ def cross_validate(pipeline, features: pd.DataFrame, label: pd.Series, folds: in
     for train_index, test_index in splitter.split(features, label):
         model = clone(pipeline).fit(features.iloc[train_index], label.iloc[train_index])
         probability = model.predict_proba(features.iloc[test_index])[:, 1]
-        for name, value in binary_metrics(label.iloc[test_index], probability).items():
+        for name, value in binary_metrics(label.iloc[test_index], probability, threshold).items():
             scores.setdefault(name, []).append(value)
     n = folds * repeats
     test_share = 1 / folds
@@ -174,7 +175,7 @@ def run(ctx: StepContext) -> None:
     probability = pipeline.predict_proba(test[book.features])[:, 1]
     metrics = prefixed("test", binary_metrics(test[label], probability, threshold))
     metrics.update(cross_validate(pipeline, train_val[book.features], train_val[label],
-                                  cfg.evaluate.cv_folds, cfg.evaluate.cv_repeats, cfg.evaluate.seed))
+                                  cfg.evaluate.cv_folds, cfg.evaluate.cv_repeats, cfg.evaluate.seed, threshold))
     slope, intercept = calibration_line(test[label], probability)
     metrics.update(test_calibration_slope=slope, test_calibration_intercept=intercept)
     status, reasons = judge(metrics, list(cfg.evaluate.criteria))

@@ -6,14 +6,21 @@ into the version's tags. Aliases and tags only: no stages.
 
 from __future__ import annotations
 
+import json
+import shlex
+import subprocess
 from typing import Optional
 
 import mlflow
+from hydra.core.hydra_config import HydraConfig
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 
-from steps.evaluate import TAG_REASONS, TAG_STATUS, VALIDATED
+from steps.codebook import Codebook
 from steps.errors import PipelineError
-from steps.tracking import StepContext, launch_step
+from steps.evaluate import TAG_REASONS, TAG_STATUS, VALIDATED
+from steps.model_card import card_sections, to_html, to_markdown
+from steps.tracking import PROJECT_ROOT, StepContext, launch_step
 from steps.train import TAG_MODEL_URI
 
 TAG_PRIMARY_VALUE = "primary_metric_value"
@@ -29,6 +36,82 @@ def champion_decision(new_value: float, champion_version: Optional[str], champio
     if new_value > champion_value:
         return True, f"{metric} {new_value:.4f} beats champion v{champion_version} ({champion_value:.4f})"
     return False, f"{metric} {new_value:.4f} does not beat champion v{champion_version} ({champion_value:.4f})"
+
+
+def _reproduce_command() -> tuple[str, str]:
+    """(the `mlflow run` command with this run's overrides, the git commit or why there is none)."""
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not inside a Hydra app
+        overrides = []
+    joined = " ".join(shlex.quote(o) for o in overrides if not o.startswith("force="))
+    command = "mlflow run . -e main --env-manager local --experiment-name heart-disease"
+    if joined:
+        command += f" -P overrides={shlex.quote(joined)}"
+    git = ["git", "-C", str(PROJECT_ROOT)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return command, "unknown (not a git checkout)"
+    return command, commit + (" plus uncommitted changes" if dirty else "")
+
+
+def card_facts(ctx: StepContext, name: str) -> dict:
+    """Everything the model card states, read from the runs this version was built from."""
+    ingest, split, train, evaluation = (ctx.input_run(s) for s in ("ingest", "split", "train", "evaluate"))
+    report = json.loads(ctx.download("ingest", "validation_report.json").read_text())
+    raw = ctx.load_table("ingest", "raw")
+    config = Model.load(train.data.tags[TAG_MODEL_URI]).flavors["python_function"]["config"]
+    book = Codebook.from_config(config["codebook"])
+    threshold = float(config["decision_threshold"])
+    predictions = ctx.load_table("evaluate", "test_predictions")
+    predicted, actual = predictions["probability"] >= threshold, predictions[book.label] == 1
+    external = {}
+    if "external_validation.json" in {a.path for a in ctx.client.list_artifacts(evaluation.info.run_id)}:
+        external = json.loads(ctx.download("evaluate", "external_validation.json").read_text())
+    params = train.data.params
+    command, commit = _reproduce_command()
+    strategy = params.get("train.threshold.strategy", "fixed")
+    return {
+        "name": name, "version": None,  # known once registered
+        "data_source": ingest.data.tags.get("data.source"),
+        "sites": sorted(raw["site"].unique()) if "site" in raw else [],
+        "rows": report["rows"], "duplicates_dropped": int(split.data.metrics.get("duplicates_dropped", 0)),
+        "split_rows": " / ".join(str(int(split.data.metrics[f"{s}_rows"])) for s in ("train", "val", "test")),
+        "test_rows": int(split.data.metrics["test_rows"]),
+        "dataset_digest": ingest.inputs.dataset_inputs[0].dataset.digest if ingest.inputs.dataset_inputs else "n/a",
+        "sha256": {k.split(".", 2)[2]: v for k, v in ingest.data.tags.items() if k.startswith("data.sha256.")},
+        "missing": report["missing"], "impossible": report["impossible_as_missing"],
+        "male_share": float((raw["sex"] == 1).mean()),
+        "codebook": {column: book.columns[column].describe() for column in book.features},
+        "model": f"{train.data.tags.get('model.class')} "
+                 + ", ".join(f"{k[6:]}={v}" for k, v in params.items() if k.startswith("model.") and k != "model._target_"),
+        "calibration": params.get("train.calibration", "none"),
+        "status": evaluation.data.tags.get(TAG_STATUS), "reasons": evaluation.data.tags.get(TAG_REASONS, ""),
+        "metrics": evaluation.data.metrics,
+        "threshold": threshold,
+        "threshold_rule": (f"the highest threshold with validation sensitivity at least "
+                           f"{params.get('train.threshold.target')}" if strategy == "sensitivity" else "fixed in config"),
+        "confusion": (f"{int((predicted & actual).sum())} true positives, {int((~predicted & actual).sum())} missed "
+                      f"patients, {int((predicted & ~actual).sum())} false alarms, "
+                      f"{int((~predicted & ~actual).sum())} true negatives"),
+        "bands": {str(k): float(v) for k, v in sorted(config["risk_levels"].items(), key=lambda kv: kv[1])},
+        "external": {k: v for k, v in external.get("scores", {}).items() if k != "internal test"},
+        "external_unusable": external.get("unusable", {}),
+        "command": command, "commit": commit,
+        "train_run_id": train.info.run_id, "evaluate_run_id": evaluation.info.run_id,
+    }
+
+
+def write_model_card(ctx: StepContext, facts: dict, version: str) -> str:
+    """Log model_card.md and .html to this run; return where the Markdown is."""
+    facts = {**facts, "version": version}
+    sections = card_sections(facts)
+    title = f"Model card: {facts['name']} version {version}"
+    ctx.log_text(to_markdown(title, sections), "model_card.md")
+    ctx.log_text(to_html(title, sections), "model_card.html")
+    return f"{ctx.client.get_run(ctx.run_id).info.artifact_uri}/model_card.md"
 
 
 def _current_champion(client, name: str, alias: str):
@@ -65,6 +148,7 @@ def run(ctx: StepContext) -> None:
     if status != VALIDATED:
         becomes_champion, reason = False, f"registered although {status} (register.allow_unvalidated)"
 
+    facts = card_facts(ctx, reg.model_name)  # every read before the registry changes
     version = mlflow.register_model(
         training.data.tags[TAG_MODEL_URI],
         reg.model_name,
@@ -78,6 +162,11 @@ def run(ctx: StepContext) -> None:
             "decision_reason": reason,
         },
     )
+    card = write_model_card(ctx, facts, str(version.version))
+    client.update_model_version(reg.model_name, version.version, description=(
+        f"{reason}. Model card: {card} (and model_card.html beside it), in register run {ctx.run_id}. "
+        "Not for clinical use."))
+    client.set_model_version_tag(reg.model_name, version.version, "model_card", card)
     client.set_registered_model_alias(reg.model_name, reg.challenger_alias, version.version)
     if becomes_champion:
         client.set_registered_model_alias(reg.model_name, reg.champion_alias, version.version)

@@ -78,6 +78,20 @@ def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
     assert str(store.client.get_model_version_by_alias("heart-disease", "challenger").version) == "1"
     assert champion.run_id == by_step["train"].info.run_id
 
+    # Every registered version carries a model card, linked from its description.
+    register_run = by_step["register"].info.run_id
+    assert {"model_card.md", "model_card.html"} <= artifacts("register")
+    assert champion.tags["model_card"].endswith(f"{register_run}/artifacts/model_card.md")
+    assert "Model card:" in champion.description and "Not for clinical use" in champion.description
+    card = open(store.client.download_artifacts(register_run, "model_card.md", str(store.root))).read()
+    threshold = by_step["train"].data.metrics["decision_threshold"]
+    for text in ("Not for clinical use", "cross-validated mean [95 % interval]", f"at least **{threshold:.3f}**",
+                 "missed patients", "Known limitations", "Sex imbalance", "code in [1, 2, 3, 4]",
+                 "mlflow run . -e main", "cleveland `a74b7efa"):
+        assert text in card, text
+    html_card = open(store.client.download_artifacts(register_run, "model_card.html", str(store.root))).read()
+    assert html_card.startswith("<!doctype html>") and "<table>" in html_card and "Known limitations" in html_card
+
 
 def test_second_run_reuses_every_step(store):
     before = step_run_count(store)

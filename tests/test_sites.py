@@ -102,6 +102,9 @@ def test_external_validation_scores_held_out_sites_and_explains_the_rest(folder,
     report = json.loads(Path(report_path).read_text())
     assert set(report["scores"]) == {"internal test", "hungarian", "va"}
     assert "label 1" in report["unusable"]["switzerland"]
+    register = store.runs("register")[0]
+    card = Path(store.client.download_artifacts(register.info.run_id, "model_card.md", str(store.root))).read_text()
+    assert "Other sites (external validation)" in card and "| hungarian |" in card and "switzerland" in card
     raw = store.runs("ingest")[0]
     assert {a.path for a in store.client.list_artifacts(raw.info.run_id, "data")} == {
         "data/raw.parquet", "data/external.parquet"}
