@@ -95,6 +95,8 @@ def test_judge_names_failed_criteria():
     status, reasons = judge(metrics, ["cv_roc_auc_mean >= 0.9", "test_roc_auc>=0.85"])
     assert status == REJECTED
     assert reasons == ["test_roc_auc = 0.8200 fails >= 0.85"]
+    # A Brier bound gates registration like any other criterion.
+    assert judge({**metrics, "test_brier": 0.21}, ["test_brier <= 0.2"]) == (REJECTED, ["test_brier = 0.2100 fails <= 0.2"])
     with pytest.raises(PipelineError, match="unknown metric 'auc'"):
         judge(metrics, ["auc >= 0.5"])
     with pytest.raises(PipelineError, match="cannot read"):
