@@ -19,8 +19,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from omegaconf import DictConfig, OmegaConf
 
-from steps.pipeline import SIDE_BRANCHES, STEPS
+from steps.cards import pipeline_card
+from steps.pipeline import DIAGRAM, SIDE_BRANCHES, STEPS
 from steps.tracking import (
+    CARD,
     PipelineError,
     StepResult,
     Tracking,
@@ -94,26 +96,28 @@ def main(cfg: DictConfig) -> None:
         try:
             results = run_pipeline(cfg, tracking, parent_run_id)
         except _ChainFailed as failed:
-            _record(tracking, parent_run_id, failed.completed, "FAILED")
+            _record(tracking, parent_run_id, failed.completed, "FAILED", time.perf_counter() - started)
             if failed.completed:
                 print(summary_table(failed.completed), file=sys.stderr)
             if isinstance(failed.cause, PipelineError):
                 raise failed.cause
             raise failed.cause from None
-        _record(tracking, parent_run_id, results, "FINISHED")
+        _record(tracking, parent_run_id, results, "FINISHED", time.perf_counter() - started)
         table = summary_table(results)
         print(f"\npipeline finished in {time.perf_counter() - started:.1f}s (parent run {parent_run_id})\n{table}")
 
     exit_on_pipeline_error(go)
 
 
-def _record(tracking: Tracking, parent_run_id: str, results: list[StepResult], status: str) -> None:
+def _record(tracking: Tracking, parent_run_id: str, results: list[StepResult], status: str, seconds: float) -> None:
     client = tracking.client
     for result in results:
         client.set_tag(parent_run_id, f"pipeline.{result.step}.run_id", result.run_id)
         client.set_tag(parent_run_id, f"pipeline.{result.step}.status", result.status)
     client.log_text(parent_run_id, summary_table(results), "pipeline_summary.txt")
     client.log_dict(parent_run_id, [r.__dict__ for r in results], "pipeline_summary.json")
+    rows = [{**r.__dict__, "card_uri": f"{client.get_run(r.run_id).info.artifact_uri}/{CARD}"} for r in results]
+    client.log_text(parent_run_id, pipeline_card(parent_run_id, DIAGRAM, rows, seconds, status), CARD)
     client.set_terminated(parent_run_id, status)
 
 

@@ -1,16 +1,18 @@
 """The DAG: which steps exist, what each one reads, and which config it depends on.
 
-Reading this file shows the whole pipeline. `steps/tracking.py` runs a step;
-`steps/main.py` walks this list in order.
-
-    ingest ──► split ──► transform ──► train ──► evaluate ──► register
-       └─────► eda
+Reading this file shows the whole pipeline (DIAGRAM below). `steps/tracking.py` runs
+a step; `steps/main.py` walks STEPS in order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
+
+
+DIAGRAM = """\
+ingest ──► split ──► transform ──► train ──► evaluate ──► register
+   └─────► eda"""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
+from steps.cards import step_card
 from steps.config import STEP_NAMES
 from steps.errors import PipelineError
 from steps.pipeline import STEPS, Step
@@ -44,6 +45,7 @@ TAG_SUMMARY = "pipeline.summary"
 TAG_SECONDS = "pipeline.step_seconds"
 TAG_REUSED = "pipeline.reused_run_id"
 TAG_ERROR = "pipeline.error"
+CARD = "card.html"
 
 
 # --------------------------------------------------------------------------- where
@@ -253,6 +255,9 @@ class StepContext:
     lineage: dict[str, str]
     workdir: Path
     summary: dict[str, Any] = field(default_factory=dict)
+    # What the step logged, for its card.
+    metrics: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
 
     @property
     def client(self) -> MlflowClient:
@@ -293,6 +298,7 @@ class StepContext:
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, bbox_inches="tight")
         self.client.log_artifact(self.run_id, str(path), "plots")
+        self.figures[name] = path
         return path
 
     def log_file(self, path: Path, artifact_dir: Optional[str] = None) -> None:
@@ -320,6 +326,7 @@ class StepContext:
     def log_metrics(self, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
+        self.metrics.update(metrics)
         now = int(time.time() * 1000)
         self.client.log_batch(
             self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
@@ -334,6 +341,15 @@ class StepContext:
         from mlflow.entities import RunTag
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def outputs(self) -> list[str]:
+        """Artifact paths of this run (two levels deep) and its logged model, if any."""
+        paths = []
+        for artifact in self.client.list_artifacts(self.run_id):
+            children = self.client.list_artifacts(self.run_id, artifact.path) if artifact.is_dir else []
+            paths += [child.path for child in children] or [artifact.path]
+        model_uri = self.client.get_run(self.run_id).data.tags.get("pipeline.model_uri")
+        return paths + ([f"MLflow model {model_uri}"] if model_uri else [])
 
     def active_run(self):
         """The step run as MLflow's fluent active run, for APIs that only log there
@@ -427,6 +443,8 @@ def execute(
             tracking.client.set_tag(run_id, TAG_ERROR, str(err)[:5000])
             tracking.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
             raise
+        ctx.log_text(step_card(name, run_id, lineage, ctx.outputs(), ctx.summary, ctx.metrics, ctx.figures,
+                               work_seconds, key), CARD)
         ctx.set_tags({TAG_SUMMARY: json.dumps(ctx.summary, default=str), TAG_SECONDS: f"{work_seconds:.3f}"})
     tracking.client.set_terminated(run_id, "FINISHED")
     return StepResult(name, run_id, "ran", time.perf_counter() - started, ctx.summary, lineage)

@@ -1,0 +1,82 @@
+"""Cards: one self-contained HTML page per step run (`card.html`) and one for the
+pipeline (`card.html` of the `main` run), so a person learns what happened without
+reading logs. Pure functions: facts in, HTML out.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+STYLE = ("body{font-family:sans-serif;max-width:68em;margin:2em auto;line-height:1.4}"
+         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;"
+         "text-align:left;vertical-align:top}code{font-size:.9em}img{max-width:100%}"
+         ".ran{color:#1a7f37}.reused{color:#6e7781}.failed{color:#cf222e}pre{background:#f4f4f4;padding:.6em}")
+
+
+def _page(title: str, body: list[str]) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(body)}</body></html>")
+
+
+def _table(rows: list[tuple[Any, Any]], header: tuple[str, str] = ("", "")) -> str:
+    cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{v}</td></tr>" for k, v in rows)
+    head = f"<tr><th>{html.escape(header[0])}</th><th>{html.escape(header[1])}</th></tr>" if any(header) else ""
+    return f"<table>{head}{cells}</table>"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return f"<code>{html.escape(json.dumps(value, default=str))}</code>"
+    return html.escape(str(value))
+
+
+def step_card(step: str, run_id: str, inputs: dict[str, str], outputs: list[str], summary: dict[str, Any],
+              metrics: dict[str, float], figures: dict[str, Path], seconds: float, cache_key: str) -> str:
+    """The card of one step run."""
+    body = [
+        f"<p>Run <code>{run_id}</code> <span class='ran'>ran</span> in {seconds:.2f} s. A later run with the "
+        f"same cache key reuses it instead of running again.</p>",
+        "<h2>Inputs</h2>",
+        _table([(name, f"<code>{rid}</code>") for name, rid in inputs.items()], ("upstream step", "run id"))
+        if inputs else "<p>None from MLflow: this step reads its source directly (see its config).</p>",
+        "<h2>Outputs</h2><ul>" + "".join(f"<li><code>{html.escape(o)}</code></li>" for o in outputs) + "</ul>",
+        "<h2>Key statistics</h2>", _table([(k, _value(v)) for k, v in summary.items()]),
+    ]
+    if metrics:
+        body += ["<h2>Metrics</h2>", _table([(k, _value(v)) for k, v in sorted(metrics.items())])]
+    for name, path in figures.items():
+        encoded = base64.b64encode(path.read_bytes()).decode()
+        body.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2><img src='data:image/png;base64,{encoded}'>")
+    body += ["<h2>Cache key</h2>", f"<p><code>{cache_key}</code>: code of the step and the project modules it "
+             "imports, its resolved config sections and its upstream run id.</p>"]
+    return _page(f"Step card: {step}", body)
+
+
+def pipeline_card(parent_run_id: str, dag: str, results: list[dict[str, Any]], seconds: float,
+                  status: str) -> str:
+    """The card of a `main` run: the DAG, each step's outcome, and links to the step cards."""
+    rows = []
+    for r in results:
+        outputs = ", ".join(f"{k}={v}" for k, v in r["summary"].items())
+        link = f"<a href='{html.escape(r['card_uri'])}'>card</a>" if r.get("card_uri") else ""
+        rows.append(f"<tr><td>{html.escape(r['step'])}</td><td class='{r['status']}'>{r['status']}</td>"
+                    f"<td><code>{r['run_id']}</code></td><td>{r['seconds']:.2f}</td>"
+                    f"<td>{html.escape(outputs)}</td><td>{link}</td></tr>")
+    register = next((r["summary"] for r in results if r["step"] == "register"), {})
+    decision = ": ".join(str(register[k]) for k in ("decision", "reason") if k in register)
+    body = [
+        f"<p>Parent run <code>{parent_run_id}</code>: <span class='{status.lower()}'>{status}</span> in "
+        f"{seconds:.1f} s. {sum(r['status'] == 'ran' for r in results)} step(s) ran, "
+        f"{sum(r['status'] == 'reused' for r in results)} reused.</p>",
+        "<h2>DAG</h2>", f"<pre>{html.escape(dag)}</pre>",
+        "<h2>Steps</h2><table><tr><th>step</th><th>status</th><th>run id</th><th>seconds</th>"
+        "<th>key outputs</th><th>step card</th></tr>" + "".join(rows) + "</table>",
+        "<h2>Registration</h2>", f"<p>{html.escape(str(decision or 'register did not run'))}</p>",
+    ]
+    return _page("Pipeline card", body)
