@@ -197,3 +197,20 @@ def test_model_flavour_and_params_from_a_different_group(store):
     params = store.client.get_run(run_id).data.params
     assert params["model._target_"] == "sklearn.ensemble.RandomForestClassifier"
     assert params["model.n_estimators"] == "40" and params["model.max_depth"] == "3"
+
+
+def test_leaderboard_ranks_every_trained_model(store):
+    result = store.steps("leaderboard")
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["train", "run", "model"]
+    rows = lines[2:]
+    trained = {r.info.run_id for r in store.runs("train")}
+    evaluated = {r.data.tags["pipeline.input.train"] for r in store.runs("evaluate")}
+    assert {row.split()[0] for row in rows} == trained & evaluated
+    scores = [float(row.split("[")[0].split()[-1]) for row in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert any("@champion" in row for row in rows) and all("LogisticRegression" in row for row in rows)
+
+    parent = latest_main(store).info.run_id
+    only = store.steps("leaderboard", "--parent", parent).stdout.strip().splitlines()[2:]
+    assert [row.split()[0] for row in only] == [latest_main(store).data.tags["pipeline.train.run_id"]]

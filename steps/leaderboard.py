@@ -1,0 +1,107 @@
+"""The best models of the experiment as a table, like `dvc exp show`:
+
+    python -m steps.leaderboard                    # every evaluated model, best first
+    python -m steps.leaderboard --parent <run id>  # only those under one main (or sweep) run
+    python -m steps.leaderboard --top 5 --sort test_roc_auc
+
+One row per trained model (its latest FINISHED evaluate run): model and key params, CV ROC-AUC with
+its 95 % interval, test ROC-AUC, Brier score, validation status, and the registered
+version and aliases of that model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Optional
+
+from steps.errors import PipelineError
+from steps.tracking import TAG_STEP, Tracking, connect, exit_on_pipeline_error
+
+COLUMNS = ["train run", "model", "params", "cv roc_auc [95% CI]", "test roc_auc", "test brier", "status",
+           "registered"]
+
+
+def _parents(run) -> set[str]:
+    return {run.data.tags.get("mlflow.parentRunId", "")}
+
+
+def leaderboard(tracking: Tracking, parent: Optional[str] = None, sort: str = "cv_roc_auc_mean",
+                top: Optional[int] = None, model_name: str = "heart-disease") -> list[dict[str, Any]]:
+    """Rows of the table, best first by `sort` (higher is better, except Brier and log loss)."""
+    client = tracking.client
+    evaluations = client.search_runs([tracking.experiment_id],
+                                     f"tags.`{TAG_STEP}` = 'evaluate' and attributes.status = 'FINISHED'",
+                                     order_by=["attributes.start_time DESC"], max_results=5000)
+    if parent:
+        evaluations = [e for e in evaluations if parent in _parents(e) | _parents(client.get_run(
+            e.data.tags["pipeline.input.train"]))]
+    versions: dict[str, list[str]] = {}
+    try:
+        model = client.get_registered_model(model_name)
+        aliases_of: dict[str, list[str]] = {}
+        for alias, version in model.aliases.items():
+            aliases_of.setdefault(str(version), []).append(alias)
+        for version in sorted(client.search_model_versions(f"name = '{model_name}'"), key=lambda v: int(v.version)):
+            label = f"v{version.version}" + "".join(f"@{a}" for a in sorted(aliases_of.get(str(version.version), [])))
+            versions.setdefault(version.run_id, []).append(label)
+    except Exception:  # nothing registered yet
+        pass
+
+    rows, seen = [], set()
+    for evaluation in evaluations:
+        if evaluation.data.tags["pipeline.input.train"] in seen:
+            continue  # an older evaluation of the same model
+        seen.add(evaluation.data.tags["pipeline.input.train"])
+        m = evaluation.data.metrics
+        if sort not in m:
+            raise PipelineError(f"--sort {sort}: not a metric of evaluate runs; e.g. cv_roc_auc_mean, test_brier")
+        train = client.get_run(evaluation.data.tags["pipeline.input.train"])
+        params = {k[len("model."):]: v for k, v in train.data.params.items()
+                  if k.startswith("model.") and k != "model._target_"}
+        if train.data.params.get("train.calibration", "none") != "none":
+            params["calibration"] = train.data.params["train.calibration"]
+        rows.append({
+            "train run": train.info.run_id,
+            "model": train.data.params.get("model._target_", "?").rsplit(".", 1)[-1],
+            "params": " ".join(f"{k}={v}" for k, v in sorted(params.items())),
+            "cv roc_auc [95% CI]": f"{m['cv_roc_auc_mean']:.4f} [{m['cv_roc_auc_ci_low']:.3f}, "
+                                   f"{m['cv_roc_auc_ci_high']:.3f}]",
+            "test roc_auc": f"{m['test_roc_auc']:.4f}",
+            "test brier": f"{m['test_brier']:.4f}",
+            "status": evaluation.data.tags.get("validation.status", "?"),
+            "registered": " ".join(versions.get(train.info.run_id, [])) or "-",
+            "_key": m[sort],
+        })
+    lower_is_better = any(word in sort for word in ("brier", "log_loss"))
+    rows.sort(key=lambda row: row["_key"], reverse=not lower_is_better)
+    return rows[:top] if top else rows
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    table = [COLUMNS] + [[str(row[c]) for c in COLUMNS] for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table]
+    lines.insert(1, "-" * max(len(l) for l in lines))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m steps.leaderboard", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="local")
+    parser.add_argument("--parent", help="only models trained under this run (a main or sweep run id)")
+    parser.add_argument("--sort", default="cv_roc_auc_mean", help="metric of the evaluate runs to rank by")
+    parser.add_argument("--top", type=int, help="show only the best N")
+    parser.add_argument("--model-name", default="heart-disease")
+    args = parser.parse_args()
+
+    def go() -> None:
+        rows = leaderboard(connect(args.profile), args.parent, args.sort, args.top, args.model_name)
+        print(render(rows) if rows else "no FINISHED evaluate runs yet: run `mlflow run . -e main` first")
+
+    exit_on_pipeline_error(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
