@@ -111,6 +111,14 @@ class RegisterConfig:
 
 
 @dataclass
+class SweepConfig:
+    # Rank trials by this evaluate metric (higher is better).
+    metric: str = "cv_roc_auc_mean"
+    # Send the best trial through register (it registers only if VALIDATED).
+    register_best: bool = False
+
+
+@dataclass
 class UpstreamConfig:
     ingest: Optional[str] = None
     split: Optional[str] = None
@@ -133,6 +141,7 @@ class PipelineConfig:
     profile: str = "local"
     force: list[str] = field(default_factory=list)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register_configs() -> None:

@@ -22,8 +22,16 @@ COLUMNS = ["train run", "model", "params", "cv roc_auc [95% CI]", "test roc_auc"
            "registered"]
 
 
-def _parents(run) -> set[str]:
-    return {run.data.tags.get("mlflow.parentRunId", "")}
+def _ancestors(client, run, depth: int = 3) -> set[str]:
+    """Run ids of the parent, grandparent, ... of `run` (main -> step, sweep -> trial -> step)."""
+    found = set()
+    for _ in range(depth):
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if not parent:
+            break
+        found.add(parent)
+        run = client.get_run(parent)
+    return found
 
 
 def leaderboard(tracking: Tracking, parent: Optional[str] = None, sort: str = "cv_roc_auc_mean",
@@ -34,8 +42,7 @@ def leaderboard(tracking: Tracking, parent: Optional[str] = None, sort: str = "c
                                      f"tags.`{TAG_STEP}` = 'evaluate' and attributes.status = 'FINISHED'",
                                      order_by=["attributes.start_time DESC"], max_results=5000)
     if parent:
-        evaluations = [e for e in evaluations if parent in _parents(e) | _parents(client.get_run(
-            e.data.tags["pipeline.input.train"]))]
+        evaluations = [e for e in evaluations if parent in _ancestors(client, e)]
     versions: dict[str, list[str]] = {}
     try:
         model = client.get_registered_model(model_name)
@@ -90,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m steps.leaderboard", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="local")
-    parser.add_argument("--parent", help="only models trained under this run (a main or sweep run id)")
+    parser.add_argument("--parent", help="only models evaluated under this run (a main or sweep run id)")
     parser.add_argument("--sort", default="cv_roc_auc_mean", help="metric of the evaluate runs to rank by")
     parser.add_argument("--top", type=int, help="show only the best N")
     parser.add_argument("--model-name", default="heart-disease")

@@ -471,8 +471,8 @@ def _argv_from_mlproject(argv: list[str]) -> list[str]:
     return out
 
 
-def launch(task: Callable[[DictConfig], Any]) -> None:
-    """Entry for `python -m steps.<step>`: run `task` as a Hydra app on conf/config.yaml,
+def launch(task: Callable[[DictConfig], Any], config_name: str = "config", multirun: bool = False) -> None:
+    """Entry for `python -m steps.<step>`: run `task` as a Hydra app on conf/<config_name>.yaml,
     accepting MLproject's `--overrides/--profile` form as well as plain overrides."""
     import hydra
 
@@ -480,7 +480,9 @@ def launch(task: Callable[[DictConfig], Any]) -> None:
 
     register_configs()
     sys.argv = _argv_from_mlproject(sys.argv)
-    hydra.main(config_path=str(PROJECT_ROOT / "conf"), config_name="config", version_base="1.3")(task)()
+    if multirun and "--multirun" not in sys.argv and "-m" not in sys.argv:
+        sys.argv.insert(1, "--multirun")
+    hydra.main(config_path=str(PROJECT_ROOT / "conf"), config_name=config_name, version_base="1.3")(task)()
 
 
 def launch_step(name: str) -> None:

@@ -1,0 +1,39 @@
+"""A sweep through `mlflow run . -e sweep`: one parent, one child per trial, upstream
+steps from the cache, a leaderboard on the parent."""
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_sweep_runs_trials_under_one_parent_on_cached_upstream(store):
+    store.steps("main")  # upstream steps are cached now
+    upstream_before = {s: len(store.runs(s)) for s in ("ingest", "split", "transform")}
+
+    result = store.mlflow_run("sweep", "model.C=0.03,0.1,0.3 'evaluate.criteria=[\"cv_roc_auc_mean >= 0.5\"]'")
+    assert "3 trial(s) ranked" in result.stdout
+
+    assert {s: len(store.runs(s)) for s in ("ingest", "split", "transform")} == upstream_before
+    client = store.client
+    sweep = client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'")[0]
+    assert sweep.info.status == "FINISHED" and sweep.data.tags["mlflow.project.entryPoint"] == "sweep"
+    trials = client.search_runs([store.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and "
+                                "tags.`pipeline.role` = 'trial'")
+    assert sorted(t.data.tags["mlflow.runName"] for t in trials) == ["C=0.03", "C=0.1", "C=0.3"]
+    for trial in trials:
+        children = client.search_runs([store.experiment_id], f"tags.`mlflow.parentRunId` = '{trial.info.run_id}'")
+        ran = sorted(c.data.tags["pipeline.step"] for c in children)
+        # C=0.1 is the default: main trained it already, so that trial reuses the cached train run.
+        reused = trial.data.tags["mlflow.runName"] == "C=0.1"
+        assert ran == (["evaluate"] if reused else ["evaluate", "train"])
+        assert trial.data.tags["pipeline.train.status"] == ("reused" if reused else "ran")
+        assert "cv_roc_auc_mean" in trial.data.metrics and "model.C" in trial.data.params
+
+    artifacts = {a.path for a in client.list_artifacts(sweep.info.run_id)}
+    assert {"leaderboard.csv", "leaderboard.html"} <= artifacts
+    best = max(trials, key=lambda t: t.data.metrics["cv_roc_auc_mean"])
+    assert sweep.data.metrics["best_cv_roc_auc_mean"] == best.data.metrics["cv_roc_auc_mean"]
+    assert sweep.data.params["best.model.C"] == best.data.params["model.C"]
+
+    ranked = store.steps("leaderboard", "--parent", sweep.info.run_id).stdout.strip().splitlines()[2:]
+    assert len(ranked) == 3
