@@ -22,16 +22,12 @@ COLUMNS = ["train run", "model", "params", "cv roc_auc [95% CI]", "test roc_auc"
            "registered"]
 
 
-def _ancestors(client, run, depth: int = 3) -> set[str]:
-    """Run ids of the parent, grandparent, ... of `run` (main -> step, sweep -> trial -> step)."""
-    found = set()
-    for _ in range(depth):
-        parent = run.data.tags.get("mlflow.parentRunId")
-        if not parent:
-            break
-        found.add(parent)
-        run = client.get_run(parent)
-    return found
+def evaluations_under(tracking: Tracking, parent: str) -> set[str]:
+    """Evaluate run ids a main or sweep run used, reused ones included: the parent's own
+    `pipeline.evaluate.run_id` (main) and those of its children (sweep trials)."""
+    runs = [tracking.client.get_run(parent)] + tracking.client.search_runs(
+        [tracking.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=5000)
+    return {run.data.tags["pipeline.evaluate.run_id"] for run in runs if "pipeline.evaluate.run_id" in run.data.tags}
 
 
 def leaderboard(tracking: Tracking, parent: Optional[str] = None, sort: str = "cv_roc_auc_mean",
@@ -42,7 +38,8 @@ def leaderboard(tracking: Tracking, parent: Optional[str] = None, sort: str = "c
                                      f"tags.`{TAG_STEP}` = 'evaluate' and attributes.status = 'FINISHED'",
                                      order_by=["attributes.start_time DESC"], max_results=5000)
     if parent:
-        evaluations = [e for e in evaluations if parent in _ancestors(client, e)]
+        used = evaluations_under(tracking, parent)
+        evaluations = [e for e in evaluations if e.info.run_id in used]
     versions: dict[str, list[str]] = {}
     try:
         model = client.get_registered_model(model_name)

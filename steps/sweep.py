@@ -65,9 +65,9 @@ def run_trial(cfg: DictConfig) -> float:
         result = execute(name, cfg, tracking, parent_run_id=sweep_run, upstream_run=upstream)
         upstream = client.get_run(result.run_id)
 
-    name = trial_name(list(HydraConfig.get().overrides.task), set(os.environ[ENV_SWEEP_KEYS].split()))
+    title = trial_name(list(HydraConfig.get().overrides.task), set(os.environ[ENV_SWEEP_KEYS].split()))
     trial = client.create_run(tracking.experiment_id, tags={
-        MLFLOW_PARENT_RUN_ID: sweep_run, MLFLOW_RUN_NAME: name, TAG_ROLE: "trial"}).info.run_id
+        MLFLOW_PARENT_RUN_ID: sweep_run, MLFLOW_RUN_NAME: title, TAG_ROLE: "trial"}).info.run_id
     try:
         for name, value in _flatten("", step_config(cfg, STEPS["train"])).items():
             if not name.startswith("schema") and not name.startswith("train.skops"):
@@ -81,11 +81,11 @@ def run_trial(cfg: DictConfig) -> float:
         client.set_tag(trial, f"pipeline.{result.step}.run_id", result.run_id)
         client.set_tag(trial, f"pipeline.{result.step}.status", result.status)
     metrics = client.get_run(evaluation.run_id).data.metrics
-    for name in ("cv_roc_auc_mean", "cv_roc_auc_ci_low", "cv_roc_auc_ci_high", "test_roc_auc", "test_brier"):
-        client.log_metric(trial, name, metrics[name])
+    for metric in ("cv_roc_auc_mean", "cv_roc_auc_ci_low", "cv_roc_auc_ci_high", "test_roc_auc", "test_brier"):
+        client.log_metric(trial, metric, metrics[metric])
     client.set_tag(trial, "validation.status", client.get_run(evaluation.run_id).data.tags.get("validation.status"))
     client.set_terminated(trial, "FINISHED")
-    print(f"sweep: trial {name}: {cfg.sweep.metric} = {metrics[cfg.sweep.metric]:.4f}")
+    print(f"sweep: trial {title}: {cfg.sweep.metric} = {metrics[cfg.sweep.metric]:.4f}")
     return metrics[cfg.sweep.metric]
 
 
@@ -101,6 +101,12 @@ class SweepRun(Callback):
         tracking.client.set_tag(run_id, "sweep.overrides", " ".join(overrides))
         swept = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
         os.environ[ENV_SWEEP_RUN], os.environ[ENV_SWEEP_KEYS] = run_id, " ".join(swept)
+        # Run (or find cached) the upstream steps once, before parallel trials could race to
+        # build the same ones. A sweep over data/split/transform keys builds its own per trial.
+        upstream = None
+        for name in UPSTREAM:
+            result = execute(name, config, tracking, parent_run_id=run_id, upstream_run=upstream)
+            upstream = tracking.client.get_run(result.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         tracking = connect(config.profile)

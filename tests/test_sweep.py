@@ -37,3 +37,20 @@ def test_sweep_runs_trials_under_one_parent_on_cached_upstream(store):
 
     ranked = store.steps("leaderboard", "--parent", sweep.info.run_id).stdout.strip().splitlines()[2:]
     assert len(ranked) == 3
+
+
+def test_parallel_sweep_on_sqlite_records_every_trial(store):
+    """8 trials on 2 joblib worker processes writing to one SQLite store: none may be lost
+    to "database is locked"."""
+    values = "0.01,0.02,0.04,0.06,0.08,0.15,0.25,0.5"
+    result = store.mlflow_run("sweep", f"hydra/launcher=joblib hydra.launcher.n_jobs=2 model.C={values} "
+                                       "evaluate.cv_repeats=2")
+    assert "database is locked" not in result.stdout + result.stderr
+    assert "8 trial(s) ranked" in result.stdout
+    client = store.client
+    sweep = client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'")[0]
+    trials = client.search_runs([store.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and "
+                                "tags.`pipeline.role` = 'trial'")
+    assert sorted(t.data.tags["mlflow.runName"] for t in trials) == sorted(f"C={v}" for v in values.split(","))
+    assert all(t.info.status == "FINISHED" and "cv_roc_auc_mean" in t.data.metrics for t in trials)
+    assert len(store.runs("ingest")) == 1  # the trials shared one upstream run, however parallel
