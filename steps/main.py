@@ -23,6 +23,7 @@ from steps.cards import pipeline_card
 from steps.pipeline import DIAGRAM, SIDE_BRANCHES, STEPS
 from steps.tracking import (
     CARD,
+    TAG_ROLE,
     PipelineError,
     StepResult,
     Tracking,
@@ -32,8 +33,6 @@ from steps.tracking import (
     exit_on_pipeline_error,
     launch,
 )
-
-TAG_ROLE = "pipeline.role"
 
 
 def summary_table(results: list[StepResult]) -> str:

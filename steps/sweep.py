@@ -13,33 +13,32 @@ best trial goes through register (sweep.register_best=true).
 
 from __future__ import annotations
 
-import html
 import os
 from typing import Any
 
+import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
-
+from mlflow.entities import Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from omegaconf import DictConfig
 
 from steps.leaderboard import COLUMNS, leaderboard
 from steps.pipeline import STEPS
 from steps.tracking import (
+    TAG_ROLE,
     TAG_STEP,
-    _flatten,
     adopt_launcher_run,
+    config_params,
     connect,
     execute,
     exit_on_pipeline_error,
     launch,
-    step_config,
 )
 
 ENV_SWEEP_RUN = "HEART_SWEEP_RUN_ID"  # the sweep parent run, for the trials
 ENV_SWEEP_KEYS = "HEART_SWEEP_KEYS"  # the config keys the sweep varies, which name the trials
-TAG_ROLE = "pipeline.role"
 UPSTREAM = ("ingest", "split", "transform")
 
 
@@ -69,9 +68,7 @@ def run_trial(cfg: DictConfig) -> float:
     trial = client.create_run(tracking.experiment_id, tags={
         MLFLOW_PARENT_RUN_ID: sweep_run, MLFLOW_RUN_NAME: title, TAG_ROLE: "trial"}).info.run_id
     try:
-        for name, value in _flatten("", step_config(cfg, STEPS["train"])).items():
-            if not name.startswith("schema") and not name.startswith("train.skops"):
-                client.log_param(trial, name, value)
+        client.log_batch(trial, params=[Param(k, str(v)) for k, v in config_params(cfg, STEPS["train"]).items()])
         train = execute("train", cfg, tracking, parent_run_id=trial, upstream_run=upstream)
         evaluation = execute("evaluate", cfg, tracking, parent_run_id=trial, upstream_run=client.get_run(train.run_id))
     except BaseException:
@@ -112,8 +109,6 @@ class SweepRun(Callback):
         tracking = connect(config.profile)
         client, run_id = tracking.client, os.environ[ENV_SWEEP_RUN]
         rows = leaderboard(tracking, parent=run_id, sort=config.sweep.metric)
-        import pandas as pd
-
         table = pd.DataFrame([{c: row[c] for c in COLUMNS} for row in rows], columns=COLUMNS)
         client.log_text(run_id, table.to_csv(index=False), "leaderboard.csv")
         client.log_text(run_id, "<!doctype html><html><head><meta charset='utf-8'><title>Sweep leaderboard"
@@ -135,7 +130,7 @@ class SweepRun(Callback):
                 print(f"sweep: best trial {result.summary}")
         client.set_terminated(run_id, "FINISHED")
         print(f"sweep: {len(rows)} trial(s) ranked in run {run_id}:")
-        print(html.unescape(table.to_string(index=False)) if rows else "  none finished")
+        print(table.to_string(index=False) if rows else "  none finished")
 
 
 if __name__ == "__main__":

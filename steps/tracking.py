@@ -45,6 +45,7 @@ TAG_SUMMARY = "pipeline.summary"
 TAG_SECONDS = "pipeline.step_seconds"
 TAG_REUSED = "pipeline.reused_run_id"
 TAG_ERROR = "pipeline.error"
+TAG_ROLE = "pipeline.role"  # main | sweep | trial, on runs that group step runs
 CARD = "card.html"
 
 
@@ -371,6 +372,12 @@ class StepResult:
     inputs: dict[str, str] = field(default_factory=dict)  # {upstream step: run id} it was built from
 
 
+def config_params(cfg: DictConfig, step: Step) -> dict[str, Any]:
+    """The step's config sections as flat MLflow params (`model.C`, `split.seed`, ...);
+    the codebook is left out: it is the same for every run and long."""
+    return {k: v for k, v in _flatten("", step_config(cfg, step)).items() if k.split(".")[0] != "schema"}
+
+
 def _flatten(prefix: str, value: Any) -> dict[str, Any]:
     if isinstance(value, dict):
         out: dict[str, Any] = {}
@@ -432,7 +439,7 @@ def execute(
     config = step_config(cfg, step)
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as workdir:
         ctx = StepContext(tracking, run_id, cfg, lineage, Path(workdir))
-        ctx.log_params({k: v for k, v in _flatten("", config).items() if k.split(".")[0] != "schema"})
+        ctx.log_params(config_params(cfg, step))
         ctx.log_dict(config, "config.yaml")
         try:
             module = importlib.import_module(step.module)
