@@ -28,6 +28,7 @@ from steps.tracking import (
     StepResult,
     Tracking,
     adopt_launcher_run,
+    code_fingerprint,
     connect,
     execute,
     exit_on_pipeline_error,
@@ -49,6 +50,8 @@ def summary_table(results: list[StepResult]) -> str:
 def run_pipeline(cfg: DictConfig, tracking: Tracking, parent_run_id: str) -> list[StepResult]:
     """Execute or reuse every step under `parent_run_id`; return results in DAG order.
     A failing step stops the chain: nothing downstream of it runs or is registered."""
+    for step in STEPS.values():  # parse sources here, not in the side-branch thread
+        code_fingerprint(step.module)
     results: dict[str, StepResult] = {}
     side: dict[str, Future] = {}
     failure: BaseException | None = None

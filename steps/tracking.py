@@ -11,6 +11,7 @@ A step run carries these tags:
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib
 import json
@@ -18,6 +19,7 @@ import os
 import shlex
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -127,10 +129,17 @@ def adopt_launcher_run(tracking: Tracking) -> Optional[str]:
 # --------------------------------------------------------------------------- cache keys
 
 
+# CPython 3.11's ast.parse is not thread-safe ("AST constructor recursion depth mismatch"),
+# and main computes eda's cache key in a thread beside the chain's.
+_AST_LOCK = threading.Lock()
+
+
 def _imported_step_modules(path: Path) -> set[Path]:
     """Files of the `steps` package that `path` imports (directly)."""
     found: set[Path] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    with _AST_LOCK:
+        tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -147,9 +156,10 @@ def _imported_step_modules(path: Path) -> set[Path]:
     return found
 
 
+@functools.lru_cache(maxsize=None)
 def code_fingerprint(module: str) -> str:
     """sha256 over the source of a step module and every project module it imports,
-    read from disk, so uncommitted edits change the key."""
+    read from disk, so uncommitted edits change the key. Computed once per process."""
     start = PACKAGE_DIR / (module.split(".", 1)[1] + ".py")
     seen, todo = set(), [start]
     while todo:

@@ -203,3 +203,4 @@ def test_calibration_wraps_the_estimator(cfg, book, raw):
     assert pipeline.predict_proba(sets["test"][book.features]).shape == (len(sets["test"]), 2)
     with pytest.raises(PipelineError, match="train.calibration='platt'"):
         fit_model(transformer, transformed["train"], cfg.model, "target", "platt")
+
