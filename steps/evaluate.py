@@ -16,7 +16,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from omegaconf import DictConfig
 from scipy import stats
 from sklearn import metrics as skm
 from sklearn.base import clone

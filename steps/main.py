@@ -12,7 +12,6 @@ logging) a table: step, run id, ran or reused, seconds, key outputs.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor

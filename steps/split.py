@@ -7,7 +7,6 @@ score a memory test. Logs data/{train,val,test}.parquet and each set's class cou
 from __future__ import annotations
 
 import pandas as pd
-from omegaconf import DictConfig
 from sklearn.model_selection import train_test_split
 
 from steps.errors import PipelineError

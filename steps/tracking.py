@@ -323,7 +323,6 @@ class StepContext:
 
     def log_dataset(self, frame, source: str, name: str, context: str, targets: Optional[str] = None) -> None:
         """Record `frame` as an MLflow dataset input of this run (source, digest, schema)."""
-        import mlflow.data
         from mlflow.data.pandas_dataset import from_pandas
         from mlflow.entities import DatasetInput, InputTag
 
