@@ -45,8 +45,9 @@ def load_source(data: DictConfig, book: Codebook) -> RawData:
         return RawData(synthetic.generate(int(data.rows), int(data.seed)), origin, {}, True)
     if data.source not in ("uci", "file"):
         raise PipelineError(f"data.source={data.source!r}: use uci, file or synthetic")
+    files = sources.sources_of(data)
     frames, digests = [], {}
-    for source in sources.sources_of(data):
+    for source in files:
         path, digests[source.site or "file"] = sources.fetch(source.location, source.sha256, data.cache_dir,
                                                              data.download_timeout_s)
         if source.site is None:
@@ -56,7 +57,7 @@ def load_source(data: DictConfig, book: Codebook) -> RawData:
     frame = pd.concat(frames, ignore_index=True)
     if data.rows:
         frame = frame.head(int(data.rows))
-    return RawData(frame, sources.sources_of(data)[0].location, digests, False)
+    return RawData(frame, files[0].location, digests, False)
 
 
 @dataclass

@@ -76,6 +76,7 @@ def leaderboard(tracking: Tracking, parent: Optional[str] = None, sort: str = "c
             "status": evaluation.data.tags.get("validation.status", "?"),
             "registered": " ".join(versions.get(train.info.run_id, [])) or "-",
             "_key": m[sort],
+            "_evaluate_run": evaluation,
         })
     lower_is_better = any(word in sort for word in ("brier", "log_loss"))
     rows.sort(key=lambda row: row["_key"], reverse=not lower_is_better)

@@ -28,7 +28,6 @@ from steps.leaderboard import COLUMNS, leaderboard
 from steps.pipeline import STEPS
 from steps.tracking import (
     TAG_ROLE,
-    TAG_STEP,
     adopt_launcher_run,
     config_params,
     connect,
@@ -120,9 +119,7 @@ class SweepRun(Callback):
             for name, value in best.data.params.items():
                 if name.startswith(("model.", "train.calibration", "train.threshold")):
                     client.log_param(run_id, f"best.{name}", value)
-            best_evaluation = client.search_runs(
-                [tracking.experiment_id], f"tags.`pipeline.input.train` = '{best.info.run_id}' and "
-                f"tags.`{TAG_STEP}` = 'evaluate'", order_by=["attributes.start_time DESC"], max_results=1)[0]
+            best_evaluation = rows[0]["_evaluate_run"]
             for name, value in best_evaluation.data.metrics.items():
                 client.log_metric(run_id, f"best_{name}", value)
             if config.sweep.register_best:
