@@ -80,3 +80,43 @@ def pipeline_card(parent_run_id: str, dag: str, results: list[dict[str, Any]], s
         "<h2>Registration</h2>", f"<p>{html.escape(str(decision or 'register did not run'))}</p>",
     ]
     return _page("Pipeline card", body)
+
+
+def _grid(columns: list[str], rows: list[dict[str, Any]], links: dict[str, str] | None = None) -> str:
+    """A table with a header row; `links` maps a column to the row key holding its URL."""
+    links = links or {}
+
+    def cell(row: dict[str, Any], column: str) -> str:
+        text = html.escape(str(row[column]))
+        return f"<a href='{html.escape(row[links[column]])}'>{text}</a>" if column in links else text
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(row, c)}</td>" for c in columns) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def leaderboard_page(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    """`leaderboard.html` of a sweep run: the ranked trials, best first."""
+    return _page("Sweep leaderboard", [_grid(columns, rows)])
+
+
+def sweep_card(run_id: str, setup: dict[str, Any], upstream: list[dict[str, Any]], columns: list[str],
+               rows: list[dict[str, Any]], failed: list[str], metric: str, best: dict[str, Any],
+               decision: str, seconds: float) -> str:
+    """The card of a sweep run: how trials were chosen and run, the shared upstream runs,
+    the ranked trials (each linking to its evaluate card), the best one and what became of it."""
+    body = [
+        f"<p>Sweep run <code>{run_id}</code>: {len(rows)} trial(s) finished, {len(failed)} failed, "
+        f"in {seconds:.1f} s. Trials are ranked by <code>{html.escape(metric)}</code>.</p>",
+        "<h2>Setup</h2>", _table([(k, _value(v)) for k, v in setup.items()]),
+        "<h2>Upstream (shared by every trial)</h2>",
+        _table([(u["step"], f"<code>{u['run_id']}</code> <span class='{u['status']}'>{u['status']}</span>")
+                for u in upstream], ("step", "run id")),
+        "<h2>Trials</h2>", _grid(columns, rows, links={"train run": "card_uri"}) if rows else "<p>None finished.</p>",
+    ]
+    if failed:
+        body.append("<p class='failed'>Failed trials: " + ", ".join(html.escape(f) for f in failed) + "</p>")
+    if best:
+        body += ["<h2>Best trial</h2>", _table([(k, _value(v)) for k, v in best.items()])]
+    body += ["<h2>Registration</h2>", f"<p>{html.escape(decision)}</p>"]
+    return _page("Sweep card", body)

@@ -30,6 +30,15 @@ def evaluations_under(tracking: Tracking, parent: str) -> set[str]:
     return {run.data.tags["pipeline.evaluate.run_id"] for run in runs if "pipeline.evaluate.run_id" in run.data.tags}
 
 
+def short(value: str) -> str:
+    """A param value for display: `0.15119336467641012` -> `0.1512` (the run keeps it whole)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return f"{number:.4g}" if "." in value and len(value) > 6 else value
+
+
 def leaderboard(tracking: Tracking, parent: Optional[str] = None, sort: str = "cv_roc_auc_mean",
                 top: Optional[int] = None, model_name: str = "heart-disease") -> list[dict[str, Any]]:
     """Rows of the table, best first by `sort` (higher is better, except Brier and log loss)."""
@@ -68,7 +77,7 @@ def leaderboard(tracking: Tracking, parent: Optional[str] = None, sort: str = "c
         rows.append({
             "train run": train.info.run_id,
             "model": train.data.params.get("model._target_", "?").rsplit(".", 1)[-1],
-            "params": " ".join(f"{k}={v}" for k, v in sorted(params.items())),
+            "params": " ".join(f"{k}={short(v)}" for k, v in sorted(params.items())),
             "cv roc_auc [95% CI]": f"{m['cv_roc_auc_mean']:.4f} [{m['cv_roc_auc_ci_low']:.3f}, "
                                    f"{m['cv_roc_auc_ci_high']:.3f}]",
             "test roc_auc": f"{m['test_roc_auc']:.4f}",

@@ -3,30 +3,36 @@
     mlflow run . -e sweep --env-manager local --experiment-name heart-disease \\
         -P overrides="model.C=0.03,0.1,0.3"
     python -m steps.sweep model=logreg,hist_gradient_boosting
+    mlflow run . -e sweep ... -P overrides="search=logreg"   # Optuna: conf/search/logreg.yaml
 
 Each trial is a child run of the sweep run, named after the values it sweeps, with
 train and evaluate nested under it. ingest, split and transform come from the cache
 (they run once if nothing is cached). When the multirun ends, the sweep run gets the
-leaderboard (CSV and HTML), the best trial's params and metrics, and optionally the
-best trial goes through register (sweep.register_best=true).
+leaderboard (CSV and HTML), its card, the best trial's params and metrics, and
+optionally the best trial goes through register (sweep.register_best=true).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import time
 from typing import Any
 
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from mlflow.entities import Param
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig
 
-from steps.leaderboard import COLUMNS, leaderboard
+from steps.cards import leaderboard_page, sweep_card
+from steps.leaderboard import COLUMNS, leaderboard, render, short
 from steps.pipeline import STEPS
 from steps.tracking import (
+    CARD,
     TAG_ROLE,
     adopt_launcher_run,
     config_params,
@@ -39,6 +45,8 @@ from steps.tracking import (
 ENV_SWEEP_RUN = "HEART_SWEEP_RUN_ID"  # the sweep parent run, for the trials
 ENV_SWEEP_KEYS = "HEART_SWEEP_KEYS"  # the config keys the sweep varies, which name the trials
 UPSTREAM = ("ingest", "split", "transform")
+# Each trial run carries these evaluate metrics, so the compare view lines trials up.
+TRIAL_METRICS = ("cv_roc_auc_mean", "cv_roc_auc_ci_low", "cv_roc_auc_ci_high", "test_roc_auc", "test_brier")
 
 
 def trial_name(overrides: list[str], swept: set[str]) -> str:
@@ -48,8 +56,31 @@ def trial_name(overrides: list[str], swept: set[str]) -> str:
     for override in overrides:
         key, _, value = override.partition("=")
         if key in swept:
-            parts.append(value if "." not in key else f"{key.rsplit('.', 1)[-1]}={value}")
+            parts.append(short(value) if "." not in key else f"{key.rsplit('.', 1)[-1]}={short(value)}")
     return " ".join(parts) or "defaults"
+
+
+def swept_keys(hydra_cfg: DictConfig) -> list[str]:
+    """The config keys a sweep varies: sweep syntax on the command line (`model.C=0.1,1`) and,
+    for the Optuna sweeper, its search space (`hydra.sweeper.params`)."""
+    overrides = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+    keys = [o.key_or_group for o in overrides if o.is_sweep_override()]
+    return keys + [str(k) for k in (hydra_cfg.sweeper.get("params") or {}) if str(k) not in keys]
+
+
+def sweep_setup(hydra_cfg: DictConfig) -> dict[str, str]:
+    """How the trials are chosen and run, logged as the sweep run's params (sweep.*)."""
+    setup = {"sweep.overrides": " ".join(hydra_cfg.overrides.task),
+             "sweep.sweeper": hydra_cfg.sweeper._target_.rsplit(".", 1)[-1],
+             "sweep.launcher": hydra_cfg.launcher._target_.rsplit(".", 1)[-1]}
+    if "n_jobs" in hydra_cfg.launcher:
+        setup["sweep.launcher.n_jobs"] = str(hydra_cfg.launcher.n_jobs)
+    if hydra_cfg.sweeper.get("params"):  # an optimising sweeper: what it searched, how, how long
+        setup.update({f"sweep.space.{key}": str(space) for key, space in hydra_cfg.sweeper.params.items()})
+        setup["sweep.sampler"] = hydra_cfg.sweeper.sampler._target_.rsplit(".", 1)[-1]
+        setup["sweep.sampler.seed"] = str(hydra_cfg.sweeper.sampler.get("seed"))
+        setup["sweep.n_trials"] = str(hydra_cfg.sweeper.n_trials)
+    return setup
 
 
 def run_trial(cfg: DictConfig) -> float:
@@ -77,12 +108,26 @@ def run_trial(cfg: DictConfig) -> float:
         client.set_tag(trial, f"pipeline.{result.step}.run_id", result.run_id)
         client.set_tag(trial, f"pipeline.{result.step}.status", result.status)
     metrics = client.get_run(evaluation.run_id).data.metrics
-    for metric in ("cv_roc_auc_mean", "cv_roc_auc_ci_low", "cv_roc_auc_ci_high", "test_roc_auc", "test_brier"):
+    for metric in TRIAL_METRICS:
         client.log_metric(trial, metric, metrics[metric])
     client.set_tag(trial, "validation.status", client.get_run(evaluation.run_id).data.tags.get("validation.status"))
     client.set_terminated(trial, "FINISHED")
     print(f"sweep: trial {title}: {cfg.sweep.metric} = {metrics[cfg.sweep.metric]:.4f}")
     return metrics[cfg.sweep.metric]
+
+
+def log_best_trial(client: MlflowClient, run_id: str, best: dict[str, Any]) -> dict[str, Any]:
+    """Put the best trial's params (best.model.*) and metrics (best_*) on the sweep run, so
+    sweeps line up in the compare view too; returns the key facts for the sweep card."""
+    train, evaluation = client.get_run(best["train run"]), best["_evaluate_run"]
+    client.set_tag(run_id, "sweep.best_train_run", train.info.run_id)
+    params = {f"best.{k}": v for k, v in train.data.params.items()
+              if k.startswith(("model.", "train.calibration", "train.threshold"))}
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
+                     metrics=[Metric(f"best_{k}", v, int(time.time() * 1000), 0)
+                              for k, v in evaluation.data.metrics.items()])
+    return {"train run": train.info.run_id, **params,
+            **{f"best_{k}": evaluation.data.metrics[k] for k in TRIAL_METRICS}}
 
 
 class SweepRun(Callback):
@@ -93,41 +138,56 @@ class SweepRun(Callback):
         run_id = adopt_launcher_run(tracking) or tracking.client.create_run(
             tracking.experiment_id, run_name="sweep").info.run_id
         tracking.client.set_tag(run_id, TAG_ROLE, "sweep")
-        overrides = list(config.hydra.overrides.task)
-        tracking.client.set_tag(run_id, "sweep.overrides", " ".join(overrides))
-        swept = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
-        os.environ[ENV_SWEEP_RUN], os.environ[ENV_SWEEP_KEYS] = run_id, " ".join(swept)
+        atexit.register(close_unfinished_sweep, tracking.client, run_id)
+        self.setup = sweep_setup(config.hydra)
+        tracking.client.log_batch(run_id, params=[Param(k, v) for k, v in self.setup.items()])
+        # The trials read these; joblib's worker processes inherit them.
+        os.environ[ENV_SWEEP_RUN], os.environ[ENV_SWEEP_KEYS] = run_id, " ".join(swept_keys(config.hydra))
+        # Parallel trials would interleave MLflow's download progress bars into noise.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         # Run (or find cached) the upstream steps once, before parallel trials could race to
         # build the same ones. A sweep over data/split/transform keys builds its own per trial.
-        upstream = None
+        self.upstream, upstream = [], None
         for name in UPSTREAM:
             result = execute(name, config, tracking, parent_run_id=run_id, upstream_run=upstream)
             upstream = tracking.client.get_run(result.run_id)
+            self.upstream.append({"step": name, "run_id": result.run_id, "status": result.status})
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         tracking = connect(config.profile)
         client, run_id = tracking.client, os.environ[ENV_SWEEP_RUN]
         rows = leaderboard(tracking, parent=run_id, sort=config.sweep.metric)
-        table = pd.DataFrame([{c: row[c] for c in COLUMNS} for row in rows], columns=COLUMNS)
-        client.log_text(run_id, table.to_csv(index=False), "leaderboard.csv")
-        client.log_text(run_id, "<!doctype html><html><head><meta charset='utf-8'><title>Sweep leaderboard"
-                                "</title></head><body><h1>Sweep leaderboard</h1>"
-                        + table.to_html(index=False, escape=True) + "</body></html>", "leaderboard.html")
+        best, decision = {}, "not asked for (sweep.register_best=false)"
         if rows:
-            best = client.get_run(rows[0]["train run"])
-            client.set_tag(run_id, "sweep.best_train_run", best.info.run_id)
-            for name, value in best.data.params.items():
-                if name.startswith(("model.", "train.calibration", "train.threshold")):
-                    client.log_param(run_id, f"best.{name}", value)
-            best_evaluation = rows[0]["_evaluate_run"]
-            for name, value in best_evaluation.data.metrics.items():
-                client.log_metric(run_id, f"best_{name}", value)
+            best = log_best_trial(client, run_id, rows[0])
             if config.sweep.register_best:
-                result = execute("register", config, tracking, parent_run_id=run_id, upstream_run=best_evaluation)
+                result = execute("register", config, tracking, parent_run_id=run_id,
+                                 upstream_run=rows[0]["_evaluate_run"])
+                decision = ": ".join(str(result.summary[k]) for k in ("decision", "reason") if k in result.summary)
                 print(f"sweep: best trial {result.summary}")
+        if config.sweep.register_best:  # rank again: the table shows the version just registered
+            rows = leaderboard(tracking, parent=run_id, sort=config.sweep.metric)
+        table = [{c: row[c] for c in COLUMNS} for row in rows]
+        client.log_text(run_id, pd.DataFrame(table, columns=COLUMNS).to_csv(index=False), "leaderboard.csv")
+        client.log_text(run_id, leaderboard_page(COLUMNS, table), "leaderboard.html")
+        trials = client.search_runs([tracking.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}' and "
+                                    f"tags.`{TAG_ROLE}` = 'trial'", max_results=5000)
+        failed = [t.data.tags[MLFLOW_RUN_NAME] for t in trials if t.info.status == "FAILED"]
+        seconds = time.time() - client.get_run(run_id).info.start_time / 1000
+        for row, ranked in zip(table, rows):
+            row["card_uri"] = f"{ranked['_evaluate_run'].info.artifact_uri}/{CARD}"
+        client.log_text(run_id, sweep_card(run_id, self.setup, self.upstream, COLUMNS, table, failed,
+                                           config.sweep.metric, best, decision, seconds), CARD)
         client.set_terminated(run_id, "FINISHED")
         print(f"sweep: {len(rows)} trial(s) ranked in run {run_id}:")
-        print(table.to_string(index=False) if rows else "  none finished")
+        print(render(rows) if rows else "  none finished")
+
+
+def close_unfinished_sweep(client: MlflowClient, run_id: str) -> None:
+    """A trial that raised ends the multirun before on_multirun_end: mark the sweep run
+    FAILED rather than leave it RUNNING for ever."""
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, "FAILED")
 
 
 if __name__ == "__main__":

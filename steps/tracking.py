@@ -496,7 +496,8 @@ def launch(task: Callable[[DictConfig], Any], config_name: str = "config", multi
 
     register_configs()
     sys.argv = _argv_from_mlproject(sys.argv)
-    if multirun and "--multirun" not in sys.argv and "-m" not in sys.argv:
+    # Hydra refuses --multirun beside its other modes (--cfg, --info, --help, ...).
+    if multirun and not any(arg.startswith("-") for arg in sys.argv[1:]):
         sys.argv.insert(1, "--multirun")
     hydra.main(config_path=str(PROJECT_ROOT / "conf"), config_name=config_name, version_base="1.3")(task)()
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,27 @@ from mlflow.tracking import MlflowClient
 REPO = Path(__file__).resolve().parent.parent
 CLEVELAND = REPO / "tests" / "data" / "processed.cleveland.data"
 BIN = Path(sys.executable).parent
+
+
+class _Balance(HTMLParser):
+    """Checks that every opened element is closed in order (void elements aside)."""
+
+    VOID = {"meta", "img", "br", "hr", "input", "link"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.text = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes {self.stack[-1:]}"
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
 
 
 @dataclass
@@ -56,6 +78,14 @@ class Store:
         if check and result.returncode != 0:
             raise AssertionError(f"{command} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
         return result
+
+    def card(self, run_id: str, name: str = "card.html") -> str:
+        """A run's HTML card, checked to be well-formed; returns its text."""
+        page = open(self.client.download_artifacts(run_id, name, str(self.root / run_id))).read()
+        parser = _Balance()
+        parser.feed(page)
+        assert page.startswith("<!doctype html>") and parser.stack == []
+        return " ".join(parser.text)
 
     def runs(self, step: str | None = None):
         filters = []

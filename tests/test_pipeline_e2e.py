@@ -3,7 +3,6 @@ real SQLite store. The tests in this module share one store and run in order:
 cold run, fully reused run, a train change, force, then each entry point alone."""
 
 import json
-from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
@@ -18,36 +17,6 @@ STEP_ORDER = ["ingest", "eda", "split", "transform", "train", "evaluate", "regis
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("e2e"))
-
-
-class _Balance(HTMLParser):
-    """Checks that every opened element is closed in order (void elements aside)."""
-
-    VOID = {"meta", "img", "br", "hr", "input", "link"}
-
-    def __init__(self):
-        super().__init__()
-        self.stack, self.text = [], []
-
-    def handle_starttag(self, tag, attrs):
-        if tag not in self.VOID:
-            self.stack.append(tag)
-
-    def handle_endtag(self, tag):
-        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes {self.stack[-1:]}"
-        self.stack.pop()
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
-def read_card(store, run_id):
-    """card.html of a run, checked to be well-formed; returns its text."""
-    page = open(store.client.download_artifacts(run_id, "card.html", str(store.root / run_id))).read()
-    parser = _Balance()
-    parser.feed(page)
-    assert page.startswith("<!doctype html>") and parser.stack == []
-    return " ".join(parser.text)
 
 
 def latest_main(store):
@@ -111,12 +80,12 @@ def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
 
     # Every step and the pipeline have a card that tells what happened.
     for step, child in by_step.items():
-        text = read_card(store, child.info.run_id)
+        text = store.card(child.info.run_id)
         assert f"Step card: {step}" in text and child.info.run_id in text and "Cache key" in text
         assert child.data.tags["pipeline.cache_key"] in text
-    assert "roc curve" in read_card(store, by_step["evaluate"].info.run_id)
-    assert by_step["transform"].info.run_id in read_card(store, by_step["train"].info.run_id)  # its input
-    pipeline_text = read_card(store, parent.info.run_id)
+    assert "roc curve" in store.card(by_step["evaluate"].info.run_id)
+    assert by_step["transform"].info.run_id in store.card(by_step["train"].info.run_id)  # its input
+    pipeline_text = store.card(parent.info.run_id)
     assert "7 step(s) ran, 0 reused" in pipeline_text and "v1 champion" in pipeline_text
 
     # Every registered version carries a model card, linked from its description.
@@ -140,7 +109,7 @@ def test_second_run_reuses_every_step(store):
     assert statuses(latest_main(store)) == {step: "reused" for step in STEP_ORDER}
     assert step_run_count(store) == before
     assert result.stdout.count(" reused ") == len(STEP_ORDER)
-    assert "0 step(s) ran, 7 reused" in read_card(store, latest_main(store).info.run_id)
+    assert "0 step(s) ran, 7 reused" in store.card(latest_main(store).info.run_id)
     assert store.registry_state()["heart-disease"]["versions"] == [1]
 
 

@@ -30,7 +30,16 @@ def test_sweep_runs_trials_under_one_parent_on_cached_upstream(store):
         assert "cv_roc_auc_mean" in trial.data.metrics and "model.C" in trial.data.params
 
     artifacts = {a.path for a in client.list_artifacts(sweep.info.run_id)}
-    assert {"leaderboard.csv", "leaderboard.html"} <= artifacts
+    assert {"leaderboard.csv", "leaderboard.html", "card.html"} <= artifacts
+    leaderboard_page = store.card(sweep.info.run_id, "leaderboard.html")
+    assert all(t.data.tags["pipeline.train.run_id"] in leaderboard_page for t in trials)
+    card = store.card(sweep.info.run_id)
+    assert "3 trial(s) finished, 0 failed" in card and "BasicSweeper" in card
+    for step in ("ingest", "split", "transform"):  # the shared upstream runs, reused from main
+        assert store.runs(step)[0].info.run_id in card
+    raw = open(client.download_artifacts(sweep.info.run_id, "card.html", str(store.root / "raw"))).read()
+    for trial in trials:  # each ranked trial links to its evaluate card
+        assert f"{trial.data.tags['pipeline.evaluate.run_id']}/artifacts/card.html" in raw
     best = max(trials, key=lambda t: t.data.metrics["cv_roc_auc_mean"])
     assert sweep.data.metrics["best_cv_roc_auc_mean"] == best.data.metrics["cv_roc_auc_mean"]
     assert sweep.data.params["best.model.C"] == best.data.params["model.C"]
@@ -54,3 +63,37 @@ def test_parallel_sweep_on_sqlite_records_every_trial(store):
     assert sorted(t.data.tags["mlflow.runName"] for t in trials) == sorted(f"C={v}" for v in values.split(","))
     assert all(t.info.status == "FINISHED" and "cv_roc_auc_mean" in t.data.metrics for t in trials)
     assert len(store.runs("ingest")) == 1  # the trials shared one upstream run, however parallel
+
+
+def test_optuna_search_from_conf_records_its_trials_and_space(store):
+    """`search=logreg`: Optuna's TPE sampler draws model.C from the space in
+    conf/search/logreg.yaml; trials run two at a time on the joblib launcher."""
+    result = store.mlflow_run("sweep", "search=logreg hydra.sweeper.n_trials=4 evaluate.cv_repeats=2")
+    assert "4 trial(s) ranked" in result.stdout
+    client = store.client
+    sweep = client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'")[0]
+    assert sweep.data.params["sweep.sweeper"] == "OptunaSweeper"
+    assert sweep.data.params["sweep.launcher"] == "JoblibLauncher"
+    assert sweep.data.params["sweep.space.model.C"] == "tag(log, interval(0.001, 10.0))"
+    assert sweep.data.params["sweep.sampler"] == "TPESampler" and sweep.data.params["sweep.n_trials"] == "4"
+    trials = client.search_runs([store.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and "
+                                "tags.`pipeline.role` = 'trial'")
+    assert len(trials) == 4 and all(t.info.status == "FINISHED" for t in trials)
+    values = [float(t.data.params["model.C"]) for t in trials]
+    assert all(0.001 <= c <= 10.0 for c in values) and len(set(values)) == 4  # drawn, not the default
+    for trial, c in zip(trials, values):
+        assert trial.data.tags["mlflow.runName"] == f"C={c:.4g}"
+    best = max(trials, key=lambda t: t.data.metrics["cv_roc_auc_mean"])
+    assert sweep.data.params["best.model.C"] == best.data.params["model.C"]
+    assert "OptunaSweeper" in store.card(sweep.info.run_id)
+
+
+def test_failing_trial_fails_the_sweep_run_instead_of_leaving_it_running(store):
+    result = store.mlflow_run("sweep", "model.C=0.1,-1", check=False)
+    assert result.returncode != 0
+    client = store.client
+    sweep = client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'")[0]
+    assert sweep.info.status == "FAILED"
+    trials = client.search_runs([store.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and "
+                                "tags.`pipeline.role` = 'trial'")
+    assert {t.data.tags["mlflow.runName"]: t.info.status for t in trials}["C=-1"] == "FAILED"
