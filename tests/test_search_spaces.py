@@ -1,0 +1,44 @@
+"""Every Optuna search space in conf/search/ names keys of its model and yields values
+the model accepts, at both ends of every range (a typo or a float where sklearn wants an
+int would otherwise surface only trials into a sweep)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution
+
+from steps.config import register_configs
+
+REPO = Path(__file__).resolve().parent.parent
+SEARCHES = sorted(p.stem for p in (REPO / "conf" / "search").glob("*.yaml"))
+
+
+def ends(distribution) -> list:
+    if isinstance(distribution, CategoricalDistribution):
+        return [distribution.choices[0], distribution.choices[-1]]
+    return [distribution.low, distribution.high]
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_search_space_fits_its_model(search):
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("sweep", overrides=[f"search={search}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.direction == "maximize" and cfg.model._target_.endswith(
+        {"logreg": "LogisticRegression", "random_forest": "RandomForestClassifier",
+         "hist_gradient_boosting": "HistGradientBoostingClassifier"}[search])
+    space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()])
+    assert space and not fixed
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 4)), np.arange(60) % 2
+    for end in (0, 1):
+        model_cfg = OmegaConf.to_container(cfg.model)
+        for key, distribution in space.items():
+            assert key.startswith("model.") and key[len("model."):] in model_cfg, f"{key} is not a model key"
+            model_cfg[key[len("model."):]] = ends(distribution)[end]
+        instantiate(model_cfg).fit(X, y)
