@@ -98,7 +98,8 @@ def run_trial(cfg: DictConfig) -> float:
     trial = client.create_run(tracking.experiment_id, tags={
         MLFLOW_PARENT_RUN_ID: sweep_run, MLFLOW_RUN_NAME: title, TAG_ROLE: "trial"}).info.run_id
     try:
-        client.log_batch(trial, params=[Param(k, str(v)) for k, v in config_params(cfg, STEPS["train"]).items()])
+        params = {**config_params(cfg, STEPS["train"]), **config_params(cfg, STEPS["evaluate"])}
+        client.log_batch(trial, params=[Param(k, str(v)) for k, v in params.items()])
         train = execute("train", cfg, tracking, parent_run_id=trial, upstream_run=upstream)
         evaluation = execute("evaluate", cfg, tracking, parent_run_id=trial, upstream_run=client.get_run(train.run_id))
     except BaseException:

@@ -331,7 +331,16 @@ class StepContext:
             warnings.simplefilter("ignore", UserWarning)
             dataset = from_pandas(frame, source=source, name=name, targets=targets)
             entity = dataset._to_mlflow_entity()
-        self.client.log_inputs(self.run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
+        inputs = [DatasetInput(entity, [InputTag("mlflow.data.context", context)])]
+        try:
+            self.client.log_inputs(self.run_id, inputs)
+        except mlflow.MlflowException as err:
+            # MLflow looks the dataset up, then inserts it: parallel trials logging the same new
+            # dataset can both insert, and the store refuses the second. By now the first has
+            # committed, so logging again links this run to it.
+            if "UNIQUE constraint failed: datasets." not in str(err):
+                raise
+            self.client.log_inputs(self.run_id, inputs)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric

@@ -38,3 +38,46 @@ def test_explicit_tracking_uri_wins_over_the_profile(tmp_path, monkeypatch):
 def test_unknown_profile_lists_the_known_ones():
     with pytest.raises(PipelineError, match=r"profile 'nope' not found.*\['local', 'server'\]"):
         connect("nope")
+
+
+def _log_same_dataset(tracking_uri, experiment_id, round_, barrier, errors):
+    """One of several processes that log the same new dataset at the same moment, as
+    parallel sweep trials do with their shared training data."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from steps.tracking import StepContext, Tracking
+
+    client = MlflowClient(tracking_uri)
+    run_id = client.create_run(experiment_id).info.run_id
+    context = StepContext(Tracking(client, experiment_id, tracking_uri), run_id, None, {}, None)
+    frame = pd.DataFrame({"age": [63.0 + round_, 41.0], "num": [1, 0]})
+    barrier.wait()
+    try:
+        context.log_dataset(frame, source="data/train.parquet", name="train", context="training")
+    except Exception as err:  # reported to the test, which names it
+        errors.put(f"{type(err).__name__}: {err}")
+
+
+def test_parallel_processes_log_one_new_dataset_without_losing_a_run(tmp_path):
+    """MLflow checks whether a dataset exists, then inserts it: two processes can both
+    insert, and SQLite refuses the second. log_dataset must survive that race."""
+    import multiprocessing
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = MlflowClient(uri).create_experiment("race", artifact_location=str(tmp_path / "artifacts"))
+    spawn = multiprocessing.get_context("spawn")
+    errors = spawn.Queue()
+    for round_ in range(3):
+        barrier = spawn.Barrier(4)
+        workers = [spawn.Process(target=_log_same_dataset, args=(uri, experiment_id, round_, barrier, errors))
+                   for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+        assert not errors.qsize() and all(w.exitcode == 0 for w in workers), errors.get(timeout=1)
+    runs = MlflowClient(uri).search_runs([experiment_id])
+    assert len(runs) == 12 and all(len(r.inputs.dataset_inputs) == 1 for r in runs)
