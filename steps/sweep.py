@@ -49,15 +49,15 @@ UPSTREAM = ("ingest", "split", "transform")
 TRIAL_METRICS = ("cv_roc_auc_mean", "cv_roc_auc_ci_low", "cv_roc_auc_ci_high", "test_roc_auc", "test_brier")
 
 
-def trial_name(overrides: list[str], swept: set[str]) -> str:
-    """The values a trial takes for the swept keys:
-    `model=random_forest model.n_estimators=300` -> `random_forest n_estimators=300`."""
-    parts = []
+def trial_name(model: str, overrides: list[str], swept: set[str]) -> str:
+    """The trial's model and the values it takes for the swept keys:
+    `logreg C=0.03`, `random_forest max_depth=4 n_estimators=300`."""
+    parts = [model]
     for override in overrides:
         key, _, value = override.partition("=")
-        if key in swept:
-            parts.append(short(value) if "." not in key else f"{key.rsplit('.', 1)[-1]}={short(value)}")
-    return " ".join(parts) or "defaults"
+        if key in swept and key != "model":
+            parts.append(f"{key.rsplit('.', 1)[-1]}={short(value)}")
+    return " ".join(parts)
 
 
 def swept_keys(hydra_cfg: DictConfig) -> list[str]:
@@ -94,7 +94,9 @@ def run_trial(cfg: DictConfig) -> float:
         result = execute(name, cfg, tracking, parent_run_id=sweep_run, upstream_run=upstream)
         upstream = client.get_run(result.run_id)
 
-    title = trial_name(list(HydraConfig.get().overrides.task), set(os.environ[ENV_SWEEP_KEYS].split()))
+    hydra_cfg = HydraConfig.get()
+    title = trial_name(hydra_cfg.runtime.choices["model"], list(hydra_cfg.overrides.task),
+                       set(os.environ[ENV_SWEEP_KEYS].split()))
     trial = client.create_run(tracking.experiment_id, tags={
         MLFLOW_PARENT_RUN_ID: sweep_run, MLFLOW_RUN_NAME: title, TAG_ROLE: "trial"}).info.run_id
     try:

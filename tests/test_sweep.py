@@ -19,12 +19,12 @@ def test_sweep_runs_trials_under_one_parent_on_cached_upstream(store):
     assert sweep.info.status == "FINISHED" and sweep.data.tags["mlflow.project.entryPoint"] == "sweep"
     trials = client.search_runs([store.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and "
                                 "tags.`pipeline.role` = 'trial'")
-    assert sorted(t.data.tags["mlflow.runName"] for t in trials) == ["C=0.03", "C=0.1", "C=0.3"]
+    assert sorted(t.data.tags["mlflow.runName"] for t in trials) == ["logreg C=0.03", "logreg C=0.1", "logreg C=0.3"]
     for trial in trials:
         children = client.search_runs([store.experiment_id], f"tags.`mlflow.parentRunId` = '{trial.info.run_id}'")
         ran = sorted(c.data.tags["pipeline.step"] for c in children)
         # C=0.1 is the default: main trained it already, so that trial reuses the cached train run.
-        reused = trial.data.tags["mlflow.runName"] == "C=0.1"
+        reused = trial.data.tags["mlflow.runName"] == "logreg C=0.1"
         assert ran == (["evaluate"] if reused else ["evaluate", "train"])
         assert trial.data.tags["pipeline.train.status"] == ("reused" if reused else "ran")
         assert "cv_roc_auc_mean" in trial.data.metrics and "model.C" in trial.data.params
@@ -60,7 +60,7 @@ def test_parallel_sweep_on_sqlite_records_every_trial(store):
     sweep = client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'")[0]
     trials = client.search_runs([store.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and "
                                 "tags.`pipeline.role` = 'trial'")
-    assert sorted(t.data.tags["mlflow.runName"] for t in trials) == sorted(f"C={v}" for v in values.split(","))
+    assert sorted(t.data.tags["mlflow.runName"] for t in trials) == sorted(f"logreg C={v}" for v in values.split(","))
     assert all(t.info.status == "FINISHED" and "cv_roc_auc_mean" in t.data.metrics for t in trials)
     assert len(store.runs("ingest")) == 1  # the trials shared one upstream run, however parallel
 
@@ -82,7 +82,7 @@ def test_optuna_search_from_conf_records_its_trials_and_space(store):
     values = [float(t.data.params["model.C"]) for t in trials]
     assert all(0.001 <= c <= 10.0 for c in values) and len(set(values)) == 4  # drawn, not the default
     for trial, c in zip(trials, values):
-        assert trial.data.tags["mlflow.runName"] == f"C={c:.4g}"
+        assert trial.data.tags["mlflow.runName"] == f"logreg C={c:.4g}"
     best = max(trials, key=lambda t: t.data.metrics["cv_roc_auc_mean"])
     assert sweep.data.params["best.model.C"] == best.data.params["model.C"]
     assert "OptunaSweeper" in store.card(sweep.info.run_id)
@@ -96,4 +96,4 @@ def test_failing_trial_fails_the_sweep_run_instead_of_leaving_it_running(store):
     assert sweep.info.status == "FAILED"
     trials = client.search_runs([store.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and "
                                 "tags.`pipeline.role` = 'trial'")
-    assert {t.data.tags["mlflow.runName"]: t.info.status for t in trials}["C=-1"] == "FAILED"
+    assert {t.data.tags["mlflow.runName"]: t.info.status for t in trials}["logreg C=-1"] == "FAILED"
