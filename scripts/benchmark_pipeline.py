@@ -132,6 +132,19 @@ def render(samples: list[dict[str, tuple[float, float]]], repeats: int) -> str:
     ])
 
 
+def write_section(output: Path, section: str) -> None:
+    """Put `section` (which starts and ends with its HTML-comment markers) into `output`,
+    replacing its previous version, so each benchmark script rewrites only its own table."""
+    start, end = section.splitlines()[0], section.splitlines()[-1]
+    existing = output.read_text() if output.exists() else "# Benchmarks\n"
+    if start in existing:
+        existing = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: section, existing, flags=re.S)
+    else:
+        existing = existing.rstrip() + "\n\n" + section + "\n"
+    output.parent.mkdir(exist_ok=True)
+    output.write_text(existing)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -144,13 +157,7 @@ def main() -> None:
         print(f"repeat {repeat + 1}: " + ", ".join(f"{k}: {w:.1f}s wall" for k, (w, _) in samples[-1].items()))
     section = render(samples, args.repeats)
     print(section)
-    existing = args.output.read_text() if args.output.exists() else "# Benchmarks\n"
-    if MARKER_START in existing:
-        existing = re.sub(re.escape(MARKER_START) + ".*?" + re.escape(MARKER_END), lambda _: section, existing, flags=re.S)
-    else:
-        existing = existing.rstrip() + "\n\n" + section + "\n"
-    args.output.parent.mkdir(exist_ok=True)
-    args.output.write_text(existing)
+    write_section(args.output, section)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import argparse
 import http.client
 import json
 import os
-import re
 import socket
 import statistics
 import subprocess
@@ -32,7 +31,7 @@ import mlflow
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_pipeline import machine  # noqa: E402  (same machine line in both tables)
+from benchmark_pipeline import machine, write_section  # noqa: E402  (same machine line in both tables)
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -170,13 +169,7 @@ def main() -> None:
 
     section = render(results, args.requests)
     print(section)
-    existing = args.output.read_text() if args.output.exists() else "# Benchmarks\n"
-    if MARKER_START in existing:
-        existing = re.sub(re.escape(MARKER_START) + ".*?" + re.escape(MARKER_END), lambda _: section, existing,
-                          flags=re.S)
-    else:
-        existing = existing.rstrip() + "\n\n" + section + "\n"
-    args.output.write_text(existing)
+    write_section(args.output, section)
 
 
 def render(results, requests: int) -> str:
