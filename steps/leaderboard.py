@@ -2,6 +2,7 @@
 
     python -m steps.leaderboard                    # every evaluated model, best first
     python -m steps.leaderboard --parent <run id>  # only those under one main (or sweep) run
+    python -m steps.leaderboard --sweep            # only the trials of the latest sweep
     python -m steps.leaderboard --top 5 --sort test_roc_auc
 
 One row per trained model (its latest FINISHED evaluate run): model and key params, CV ROC-AUC with
@@ -16,7 +17,7 @@ import sys
 from typing import Any, Optional
 
 from steps.errors import PipelineError
-from steps.tracking import TAG_STEP, Tracking, connect, exit_on_pipeline_error
+from steps.tracking import TAG_ROLE, TAG_STEP, Tracking, connect, exit_on_pipeline_error
 
 COLUMNS = ["train run", "model", "params", "cv roc_auc [95% CI]", "test roc_auc", "test brier", "status",
            "registered"]
@@ -92,6 +93,14 @@ def leaderboard(tracking: Tracking, parent: Optional[str] = None, sort: str = "c
     return rows[:top] if top else rows
 
 
+def latest_sweep(tracking: Tracking) -> str:
+    sweeps = tracking.client.search_runs([tracking.experiment_id], f"tags.`{TAG_ROLE}` = 'sweep'",
+                                         order_by=["attributes.start_time DESC"], max_results=1)
+    if not sweeps:
+        raise PipelineError("no sweep run in this experiment yet: run `mlflow run . -e sweep -P overrides=...` first")
+    return sweeps[0].info.run_id
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     table = [COLUMNS] + [[str(row[c]) for c in COLUMNS] for row in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
@@ -105,13 +114,17 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="local")
     parser.add_argument("--parent", help="only models evaluated under this run (a main or sweep run id)")
+    parser.add_argument("--sweep", nargs="?", const="latest", metavar="RUN_ID",
+                        help="only the trials of this sweep run; without an id, of the latest sweep")
     parser.add_argument("--sort", default="cv_roc_auc_mean", help="metric of the evaluate runs to rank by")
     parser.add_argument("--top", type=int, help="show only the best N")
     parser.add_argument("--model-name", default="heart-disease")
     args = parser.parse_args()
 
     def go() -> None:
-        rows = leaderboard(connect(args.profile), args.parent, args.sort, args.top, args.model_name)
+        tracking = connect(args.profile)
+        parent = latest_sweep(tracking) if args.sweep == "latest" else args.sweep or args.parent
+        rows = leaderboard(tracking, parent, args.sort, args.top, args.model_name)
         print(render(rows) if rows else "no FINISHED evaluate runs yet: run `mlflow run . -e main` first")
 
     exit_on_pipeline_error(go)
