@@ -36,3 +36,10 @@ def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text()
     assert "./run.sh test" in readme and "./run.sh main" in readme
     assert re.search(r"^\s*(exec\s+)?\./run\.sh test\b", ci, re.M)
+
+
+def test_every_file_the_readme_links_to_is_in_the_repo():
+    readme = (REPO / "README.md").read_text()
+    targets = {t for t in re.findall(r"\]\(([^)#\s]+)\)", readme) if not t.startswith(("http://", "https://"))}
+    assert "docs/sweep-compare.png" in targets
+    assert [t for t in sorted(targets) if not (REPO / t).exists()] == []
