@@ -31,6 +31,10 @@ def evaluations_under(tracking: Tracking, parent: str) -> set[str]:
     return {run.data.tags["pipeline.evaluate.run_id"] for run in runs if "pipeline.evaluate.run_id" in run.data.tags}
 
 
+def lower_is_better(metric: str) -> bool:
+    return any(word in metric for word in ("brier", "log_loss"))
+
+
 def short(value: str) -> str:
     """A param value for display: `0.15119336467641012` -> `0.1512` (the run keeps it whole)."""
     try:
@@ -88,8 +92,7 @@ def leaderboard(tracking: Tracking, parent: Optional[str] = None, sort: str = "c
             "_key": m[sort],
             "_evaluate_run": evaluation,
         })
-    lower_is_better = any(word in sort for word in ("brier", "log_loss"))
-    rows.sort(key=lambda row: row["_key"], reverse=not lower_is_better)
+    rows.sort(key=lambda row: row["_key"], reverse=not lower_is_better(sort))
     return rows[:top] if top else rows
 
 

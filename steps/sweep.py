@@ -15,21 +15,25 @@ optionally the best trial goes through register (sweep.register_best=true).
 from __future__ import annotations
 
 import atexit
+import functools
 import os
+import sys
 import time
-from typing import Any
+import traceback
+from typing import Any, Callable
 
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig
 
 from steps.cards import leaderboard_page, sweep_card
-from steps.leaderboard import COLUMNS, leaderboard, render, short
+from steps.errors import PipelineError
+from steps.leaderboard import COLUMNS, leaderboard, lower_is_better, render, short
 from steps.pipeline import STEPS
 from steps.tracking import (
     CARD,
@@ -66,6 +70,14 @@ def swept_keys(hydra_cfg: DictConfig) -> list[str]:
     overrides = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
     keys = [o.key_or_group for o in overrides if o.is_sweep_override()]
     return keys + [str(k) for k in (hydra_cfg.sweeper.get("params") or {}) if str(k) not in keys]
+
+
+def check_direction(direction: str, metric: str) -> None:
+    """An optimiser told to maximise test_brier would search for the worst model: refuse."""
+    wanted = "minimize" if lower_is_better(metric) else "maximize"
+    if str(direction) != wanted:
+        raise PipelineError(f"sweep.metric={metric} is better {'lower' if wanted == 'minimize' else 'higher'}, "
+                            f"but hydra.sweeper.direction={direction}: add hydra.sweeper.direction={wanted}")
 
 
 def sweep_setup(hydra_cfg: DictConfig) -> dict[str, str]:
@@ -107,13 +119,14 @@ def run_trial(cfg: DictConfig) -> float:
     except BaseException:
         client.set_terminated(trial, "FAILED")
         raise
+    evaluated = client.get_run(evaluation.run_id).data
+    metrics, now = evaluated.metrics, int(time.time() * 1000)
+    tags = [RunTag("validation.status", evaluated.tags.get("validation.status", "?"))]
     for result in (train, evaluation):  # a trial may reuse a cached train run: say which
-        client.set_tag(trial, f"pipeline.{result.step}.run_id", result.run_id)
-        client.set_tag(trial, f"pipeline.{result.step}.status", result.status)
-    metrics = client.get_run(evaluation.run_id).data.metrics
-    for metric in TRIAL_METRICS:
-        client.log_metric(trial, metric, metrics[metric])
-    client.set_tag(trial, "validation.status", client.get_run(evaluation.run_id).data.tags.get("validation.status"))
+        tags += [RunTag(f"pipeline.{result.step}.run_id", result.run_id),
+                 RunTag(f"pipeline.{result.step}.status", result.status)]
+    # One write for all of it: parallel trials share one SQLite file.
+    client.log_batch(trial, metrics=[Metric(m, metrics[m], now, 0) for m in TRIAL_METRICS], tags=tags)
     client.set_terminated(trial, "FINISHED")
     print(f"sweep: trial {title}: {cfg.sweep.metric} = {metrics[cfg.sweep.metric]:.4f}")
     return metrics[cfg.sweep.metric]
@@ -133,10 +146,28 @@ def log_best_trial(client: MlflowClient, run_id: str, best: dict[str, Any]) -> d
             **{f"best_{k}": evaluation.data.metrics[k] for k in TRIAL_METRICS}}
 
 
+def stop_on_error(hook: Callable[..., None]) -> Callable[..., None]:
+    """Hydra turns an exception in a callback into a warning and goes on with the trials; a
+    sweep without its parent run, upstream data or results must stop instead."""
+
+    @functools.wraps(hook)
+    def guarded(self: Callback, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            exit_on_pipeline_error(lambda: hook(self, config, **kwargs))
+        except Exception:
+            traceback.print_exc()
+            sys.exit(1)  # SystemExit is not an Exception: Hydra lets it through
+
+    return guarded
+
+
 class SweepRun(Callback):
     """Opens the sweep parent run before the trials and closes it with the results."""
 
+    @stop_on_error
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if "direction" in config.hydra.sweeper:
+            check_direction(config.hydra.sweeper.direction, config.sweep.metric)
         tracking = connect(config.profile)
         run_id = adopt_launcher_run(tracking) or tracking.client.create_run(
             tracking.experiment_id, run_name="sweep").info.run_id
@@ -156,6 +187,7 @@ class SweepRun(Callback):
             upstream = tracking.client.get_run(result.run_id)
             self.upstream.append({"step": name, "run_id": result.run_id, "status": result.status})
 
+    @stop_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         tracking = connect(config.profile)
         client, run_id = tracking.client, os.environ[ENV_SWEEP_RUN]

@@ -100,3 +100,17 @@ def test_failing_trial_fails_the_sweep_run_instead_of_leaving_it_running(store):
     trials = client.search_runs([store.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and "
                                 "tags.`pipeline.role` = 'trial'")
     assert {t.data.tags["mlflow.runName"]: t.info.status for t in trials}["logreg C=-1"] == "FAILED"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["search=logreg", "sweep.metric=test_brier"], "add hydra.sweeper.direction=minimize"),
+    (["model.C=0.1,1", "data.url=/no/such/processed.cleveland.data"], "/no/such/processed.cleveland.data"),
+])
+def test_a_sweep_that_cannot_start_stops_before_any_trial(store, overrides, message):
+    """Hydra only warns when a callback raises; the sweep must stop with the reason instead."""
+    result = store.steps("sweep", *overrides, check=False)
+    assert result.returncode == 1 and message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    client = store.client
+    assert not client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'trial'")
+    assert all(r.info.status == "FAILED" for r in client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'"))
