@@ -58,6 +58,11 @@ def step_card(step: str, run_id: str, inputs: dict[str, str], outputs: list[str]
     return _page(f"Step card: {step}", body)
 
 
+def decision_text(register_summary: dict[str, Any]) -> str:
+    """register's decision and its reason, as one line."""
+    return ": ".join(str(register_summary[k]) for k in ("decision", "reason") if k in register_summary)
+
+
 def pipeline_card(parent_run_id: str, dag: str, results: list[dict[str, Any]], seconds: float,
                   status: str) -> str:
     """The card of a `main` run: the DAG, each step's outcome, and links to the step cards."""
@@ -69,7 +74,7 @@ def pipeline_card(parent_run_id: str, dag: str, results: list[dict[str, Any]], s
                     f"<td><code>{r['run_id']}</code></td><td>{r['seconds']:.2f}</td>"
                     f"<td>{html.escape(outputs)}</td><td>{link}</td></tr>")
     register = next((r["summary"] for r in results if r["step"] == "register"), {})
-    decision = ": ".join(str(register[k]) for k in ("decision", "reason") if k in register)
+    decision = decision_text(register)
     body = [
         f"<p>Parent run <code>{parent_run_id}</code>: <span class='{status.lower()}'>{status}</span> in "
         f"{seconds:.1f} s. {sum(r['status'] == 'ran' for r in results)} step(s) ran, "
@@ -100,23 +105,27 @@ def leaderboard_page(columns: list[str], rows: list[dict[str, Any]]) -> str:
     return _page("Sweep leaderboard", [_grid(columns, rows)])
 
 
-def sweep_card(run_id: str, setup: dict[str, Any], upstream: list[dict[str, Any]], columns: list[str],
-               rows: list[dict[str, Any]], failed: list[str], metric: str, best: dict[str, Any],
+def sweep_card(run_id: str, setup: dict[str, Any], upstream: list[dict[str, Any]], trials: int, columns: list[str],
+               rows: list[dict[str, Any]], failed: dict[str, str], metric: str, best: dict[str, Any],
                decision: str, seconds: float) -> str:
-    """The card of a sweep run: how trials were chosen and run, the shared upstream runs,
-    the ranked trials (each linking to its evaluate card), the best one and what became of it."""
+    """The card of a sweep run: how trials were chosen and run, the upstream runs, the ranked
+    models (each linking to its evaluate card), the failed trials and why, the best model
+    and what became of it."""
     body = [
-        f"<p>Sweep run <code>{run_id}</code>: {len(rows)} trial(s) finished, {len(failed)} failed, "
-        f"in {seconds:.1f} s. Trials are ranked by <code>{html.escape(metric)}</code>.</p>",
+        f"<p>Sweep run <code>{run_id}</code>: {trials - len(failed)} of {trials} trial(s) finished "
+        f"({len(rows)} distinct model(s): trials with the same config share one train run), "
+        f"{len(failed)} failed, in {seconds:.1f} s. Models are ranked by <code>{html.escape(metric)}</code>.</p>",
         "<h2>Setup</h2>", _table([(k, _value(v)) for k, v in setup.items()]),
-        "<h2>Upstream (shared by every trial)</h2>",
+        "<h2>Upstream (built or found before the trials)</h2>",
         _table([(u["step"], f"<code>{u['run_id']}</code> <span class='{u['status']}'>{u['status']}</span>")
                 for u in upstream], ("step", "run id")),
-        "<h2>Trials</h2>", _grid(columns, rows, links={"train run": "card_uri"}) if rows else "<p>None finished.</p>",
+        "<h2>Models</h2>", _grid(columns, rows, links={"status": "card_uri"}) if rows else "<p>None finished.</p>",
     ]
     if failed:
-        body.append("<p class='failed'>Failed trials: " + ", ".join(html.escape(f) for f in failed) + "</p>")
+        body += ["<h2 class='failed'>Failed trials</h2>",
+                 _table([(name, f"<code>{html.escape(error)}</code>") for name, error in failed.items()],
+                        ("trial", "error"))]
     if best:
-        body += ["<h2>Best trial</h2>", _table([(k, _value(v)) for k, v in best.items()])]
+        body += ["<h2>Best model</h2>", _table([(k, _value(v)) for k, v in best.items()])]
     body += ["<h2>Registration</h2>", f"<p>{html.escape(decision)}</p>"]
     return _page("Sweep card", body)

@@ -112,9 +112,9 @@ class RegisterConfig:
 
 @dataclass
 class SweepConfig:
-    # Rank trials by this evaluate metric (higher is better).
+    # Rank trials by this evaluate metric (higher is better, but for Brier scores and log loss).
     metric: str = "cv_roc_auc_mean"
-    # Send the best trial through register (it registers only if VALIDATED).
+    # Send the best VALIDATED trial through register.
     register_best: bool = False
 
 

@@ -12,7 +12,6 @@ import subprocess
 from typing import Optional
 
 import mlflow
-from hydra.core.hydra_config import HydraConfig
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
@@ -20,7 +19,7 @@ from steps.codebook import Codebook
 from steps.errors import PipelineError
 from steps.evaluate import TAG_REASONS, TAG_STATUS, VALIDATED
 from steps.model_card import card_sections, to_html, to_markdown
-from steps.tracking import PROJECT_ROOT, StepContext, launch_step
+from steps.tracking import PROJECT_ROOT, TAG_OVERRIDES, StepContext, launch_step
 from steps.train import TAG_MODEL_URI
 
 TAG_PRIMARY_VALUE = "primary_metric_value"
@@ -38,13 +37,9 @@ def champion_decision(new_value: float, champion_version: Optional[str], champio
     return False, f"{metric} {new_value:.4f} does not beat champion v{champion_version} ({champion_value:.4f})"
 
 
-def _reproduce_command() -> tuple[str, str]:
-    """(the `mlflow run` command with this run's overrides, the git commit or why there is none)."""
-    try:
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:  # not inside a Hydra app
-        overrides = []
-    joined = " ".join(shlex.quote(o) for o in overrides if not o.startswith("force="))
+def _reproduce_command(overrides: list[str]) -> tuple[str, str]:
+    """(the `mlflow run` command with the model's overrides, the git commit or why there is none)."""
+    joined = " ".join(shlex.quote(o) for o in overrides)
     command = "mlflow run . -e main --env-manager local --experiment-name heart-disease"
     if joined:
         command += f" -P overrides={shlex.quote(joined)}"
@@ -71,7 +66,9 @@ def card_facts(ctx: StepContext, name: str) -> dict:
     if "external_validation.json" in {a.path for a in ctx.client.list_artifacts(evaluation.info.run_id)}:
         external = json.loads(ctx.download("evaluate", "external_validation.json").read_text())
     params = train.data.params
-    command, commit = _reproduce_command()
+    # The overrides the train run was made with: a sweep registers from its own process,
+    # whose command line is not the model's.
+    command, commit = _reproduce_command(json.loads(train.data.tags.get(TAG_OVERRIDES, "[]")))
     strategy = params.get("train.threshold.strategy", "fixed")
     return {
         "name": name, "version": None,  # known once registered

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import math
 import os
 import sys
 import time
@@ -31,13 +32,16 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig
 
-from steps.cards import leaderboard_page, sweep_card
+from steps.cards import decision_text, leaderboard_page, sweep_card
+from steps.config import STEP_NAMES
 from steps.errors import PipelineError
 from steps.leaderboard import COLUMNS, leaderboard, lower_is_better, render, short
 from steps.pipeline import STEPS
 from steps.tracking import (
     CARD,
+    TAG_ERROR,
     TAG_ROLE,
+    Tracking,
     adopt_launcher_run,
     config_params,
     connect,
@@ -58,7 +62,7 @@ def trial_name(model: str, overrides: list[str], swept: set[str]) -> str:
     `logreg C=0.03`, `random_forest max_depth=4 n_estimators=300`."""
     parts = [model]
     for override in overrides:
-        key, _, value = override.partition("=")
+        key, _, value = override.lstrip("+~").partition("=")
         if key in swept and key != "model":
             parts.append(f"{key.rsplit('.', 1)[-1]}={short(value)}")
     return " ".join(parts)
@@ -72,10 +76,11 @@ def swept_keys(hydra_cfg: DictConfig) -> list[str]:
     return keys + [str(k) for k in (hydra_cfg.sweeper.get("params") or {}) if str(k) not in keys]
 
 
-def check_direction(direction: str, metric: str) -> None:
+def check_direction(direction: Any, metric: str) -> None:
     """An optimiser told to maximise test_brier would search for the worst model: refuse."""
     wanted = "minimize" if lower_is_better(metric) else "maximize"
-    if str(direction) != wanted:
+    direction = getattr(direction, "name", direction)  # the Optuna plugin's own default is an enum
+    if direction != wanted:
         raise PipelineError(f"sweep.metric={metric} is better {'lower' if wanted == 'minimize' else 'higher'}, "
                             f"but hydra.sweeper.direction={direction}: add hydra.sweeper.direction={wanted}")
 
@@ -87,39 +92,55 @@ def sweep_setup(hydra_cfg: DictConfig) -> dict[str, str]:
              "sweep.launcher": hydra_cfg.launcher._target_.rsplit(".", 1)[-1]}
     if "n_jobs" in hydra_cfg.launcher:
         setup["sweep.launcher.n_jobs"] = str(hydra_cfg.launcher.n_jobs)
-    if hydra_cfg.sweeper.get("params"):  # an optimising sweeper: what it searched, how, how long
-        setup.update({f"sweep.space.{key}": str(space) for key, space in hydra_cfg.sweeper.params.items()})
+    if "sampler" in hydra_cfg.sweeper:  # an optimising sweeper: what it searched, how, how long
+        setup.update({f"sweep.space.{key}": str(space) for key, space in (hydra_cfg.sweeper.params or {}).items()})
         setup["sweep.sampler"] = hydra_cfg.sweeper.sampler._target_.rsplit(".", 1)[-1]
         setup["sweep.sampler.seed"] = str(hydra_cfg.sweeper.sampler.get("seed"))
         setup["sweep.n_trials"] = str(hydra_cfg.sweeper.n_trials)
+        setup["sweep.batch_size"] = str(hydra_cfg.sweeper.n_jobs)  # trials asked for, and launched, at once
     return setup
 
 
 def run_trial(cfg: DictConfig) -> float:
-    """One trial: reuse or run the upstream steps, then train and evaluate under a trial run.
-    Returns the sweep metric (what an optimising sweeper would maximise)."""
+    """One trial: train and evaluate under a trial run, on the upstream runs the sweep built.
+    Returns the sweep metric (what an optimising sweeper optimises), or NaN if the trial
+    failed: the trial run records why, the other trials go on, and the sweep ends FAILED."""
     tracking = connect(cfg.profile)
     client = tracking.client
-    sweep_run = os.environ[ENV_SWEEP_RUN]
-    upstream = None
-    for name in UPSTREAM:
-        result = execute(name, cfg, tracking, parent_run_id=sweep_run, upstream_run=upstream)
-        upstream = client.get_run(result.run_id)
-
     hydra_cfg = HydraConfig.get()
     title = trial_name(hydra_cfg.runtime.choices["model"], list(hydra_cfg.overrides.task),
                        set(os.environ[ENV_SWEEP_KEYS].split()))
     trial = client.create_run(tracking.experiment_id, tags={
-        MLFLOW_PARENT_RUN_ID: sweep_run, MLFLOW_RUN_NAME: title, TAG_ROLE: "trial"}).info.run_id
+        MLFLOW_PARENT_RUN_ID: os.environ[ENV_SWEEP_RUN], MLFLOW_RUN_NAME: title, TAG_ROLE: "trial"}).info.run_id
     try:
-        params = {**config_params(cfg, STEPS["train"]), **config_params(cfg, STEPS["evaluate"])}
-        client.log_batch(trial, params=[Param(k, str(v)) for k, v in params.items()])
-        train = execute("train", cfg, tracking, parent_run_id=trial, upstream_run=upstream)
-        evaluation = execute("evaluate", cfg, tracking, parent_run_id=trial, upstream_run=client.get_run(train.run_id))
-    except BaseException:
+        value = train_and_evaluate(cfg, tracking, trial)
+    except Exception as err:  # a bad value in one trial must not cost the others their results
+        client.set_tag(trial, TAG_ERROR, str(err)[:5000])
         client.set_terminated(trial, "FAILED")
-        raise
+        print(f"sweep: trial {title} FAILED: {type(err).__name__}: {err}", file=sys.stderr)
+        return math.nan
+    print(f"sweep: trial {title}: {cfg.sweep.metric} = {value:.4f}")
+    return value
+
+
+def train_and_evaluate(cfg: DictConfig, tracking: Tracking, trial: str) -> float:
+    client = tracking.client
+    # force= was applied to the upstream steps once, before the trials; here they are found
+    # in the cache, unless the trial varies their config.
+    forced = [s for s in (STEP_NAMES if "all" in cfg.force else cfg.force) if s not in UPSTREAM]
+    cfg.force = forced
+    upstream = None
+    for name in UPSTREAM:
+        result = execute(name, cfg, tracking, parent_run_id=os.environ[ENV_SWEEP_RUN], upstream_run=upstream)
+        upstream = client.get_run(result.run_id)
+    params = {**config_params(cfg, STEPS["train"]), **config_params(cfg, STEPS["evaluate"])}
+    client.log_batch(trial, params=[Param(k, str(v)) for k, v in params.items()])
+    train = execute("train", cfg, tracking, parent_run_id=trial, upstream_run=upstream)
+    evaluation = execute("evaluate", cfg, tracking, parent_run_id=trial, upstream_run=client.get_run(train.run_id))
     evaluated = client.get_run(evaluation.run_id).data
+    if cfg.sweep.metric not in evaluated.metrics:
+        raise PipelineError(f"sweep.metric={cfg.sweep.metric} is not a metric of evaluate; "
+                            f"it has {sorted(evaluated.metrics)}")
     metrics, now = evaluated.metrics, int(time.time() * 1000)
     tags = [RunTag("validation.status", evaluated.tags.get("validation.status", "?"))]
     for result in (train, evaluation):  # a trial may reuse a cached train run: say which
@@ -128,7 +149,6 @@ def run_trial(cfg: DictConfig) -> float:
     # One write for all of it: parallel trials share one SQLite file.
     client.log_batch(trial, metrics=[Metric(m, metrics[m], now, 0) for m in TRIAL_METRICS], tags=tags)
     client.set_terminated(trial, "FINISHED")
-    print(f"sweep: trial {title}: {cfg.sweep.metric} = {metrics[cfg.sweep.metric]:.4f}")
     return metrics[cfg.sweep.metric]
 
 
@@ -195,27 +215,35 @@ class SweepRun(Callback):
         best, decision = {}, "not asked for (sweep.register_best=false)"
         if rows:
             best = log_best_trial(client, run_id, rows[0])
-            if config.sweep.register_best:
+        if config.sweep.register_best:
+            # The best trial that passed evaluate's gate: register refuses the others anyway.
+            validated = next((row for row in rows if row["status"] == "VALIDATED"), None)
+            decision = "no trial was VALIDATED: nothing registered"
+            if validated:
                 result = execute("register", config, tracking, parent_run_id=run_id,
-                                 upstream_run=rows[0]["_evaluate_run"])
-                decision = ": ".join(str(result.summary[k]) for k in ("decision", "reason") if k in result.summary)
-                print(f"sweep: best trial {result.summary}")
-        if config.sweep.register_best:  # rank again: the table shows the version just registered
-            rows = leaderboard(tracking, parent=run_id, sort=config.sweep.metric)
+                                 upstream_run=validated["_evaluate_run"])
+                decision = f"{validated['train run']}: {decision_text(result.summary)}"
+                print(f"sweep: registered the best validated trial: {decision}")
+                rows = leaderboard(tracking, parent=run_id, sort=config.sweep.metric)  # shows the new version
         table = [{c: row[c] for c in COLUMNS} for row in rows]
         client.log_text(run_id, pd.DataFrame(table, columns=COLUMNS).to_csv(index=False), "leaderboard.csv")
         client.log_text(run_id, leaderboard_page(COLUMNS, table), "leaderboard.html")
         trials = client.search_runs([tracking.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}' and "
                                     f"tags.`{TAG_ROLE}` = 'trial'", max_results=5000)
-        failed = [t.data.tags[MLFLOW_RUN_NAME] for t in trials if t.info.status == "FAILED"]
+        failed = {t.data.tags[MLFLOW_RUN_NAME]: t.data.tags.get(TAG_ERROR, "?") for t in trials
+                  if t.info.status == "FAILED"}
         seconds = time.time() - client.get_run(run_id).info.start_time / 1000
         for row, ranked in zip(table, rows):
             row["card_uri"] = f"{ranked['_evaluate_run'].info.artifact_uri}/{CARD}"
-        client.log_text(run_id, sweep_card(run_id, self.setup, self.upstream, COLUMNS, table, failed,
+        client.log_text(run_id, sweep_card(run_id, self.setup, self.upstream, len(trials), COLUMNS, table, failed,
                                            config.sweep.metric, best, decision, seconds), CARD)
-        client.set_terminated(run_id, "FINISHED")
-        print(f"sweep: {len(rows)} trial(s) ranked in run {run_id}:")
+        print(f"sweep: {len(trials) - len(failed)} of {len(trials)} trial(s) finished, "
+              f"{len(rows)} model(s) ranked in run {run_id}:")
         print(render(rows) if rows else "  none finished")
+        if failed:
+            client.set_terminated(run_id, "FAILED")
+            sys.exit(f"sweep: {len(failed)} trial(s) FAILED: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+        client.set_terminated(run_id, "FINISHED")
 
 
 def close_unfinished_sweep(client: MlflowClient, run_id: str) -> None:
@@ -226,4 +254,4 @@ def close_unfinished_sweep(client: MlflowClient, run_id: str) -> None:
 
 
 if __name__ == "__main__":
-    launch(lambda cfg: exit_on_pipeline_error(lambda: run_trial(cfg)), config_name="sweep", multirun=True)
+    launch(run_trial, config_name="sweep", multirun=True)

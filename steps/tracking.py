@@ -47,6 +47,7 @@ TAG_SUMMARY = "pipeline.summary"
 TAG_SECONDS = "pipeline.step_seconds"
 TAG_REUSED = "pipeline.reused_run_id"
 TAG_ERROR = "pipeline.error"
+TAG_OVERRIDES = "pipeline.overrides"  # what rebuilds the run's config with `-e main`, as JSON
 TAG_ROLE = "pipeline.role"  # main | sweep | trial, on runs that group step runs
 CARD = "card.html"
 
@@ -334,12 +335,11 @@ class StepContext:
         inputs = [DatasetInput(entity, [InputTag("mlflow.data.context", context)])]
         try:
             self.client.log_inputs(self.run_id, inputs)
-        except mlflow.MlflowException as err:
+        except mlflow.MlflowException:
             # MLflow looks the dataset up, then inserts it: parallel trials logging the same new
-            # dataset can both insert, and the store refuses the second. By now the first has
-            # committed, so logging again links this run to it.
-            if "UNIQUE constraint failed: datasets." not in str(err):
-                raise
+            # dataset can both insert, and the store refuses the second (how it says so depends
+            # on the database). By now the first has committed, so logging again links this run
+            # to it; any other error comes back the second time.
             self.client.log_inputs(self.run_id, inputs)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
@@ -405,6 +405,23 @@ def _flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
+def main_overrides() -> list[str]:
+    """The overrides that rebuild this process's config with `mlflow run . -e main`: the
+    command line's, less those that only steer a run (force, upstream pins, sweep settings, profile),
+    with the model that a sweep's search config chose made explicit."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # a sweep's own callbacks, or a caller outside Hydra
+        return []
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    kept = [o for o in overrides
+            if not o.lstrip("+~").startswith(("force=", "upstream.", "sweep.", "search=", "profile="))]
+    if any(o.lstrip("+").startswith("search=") for o in overrides):
+        kept.insert(0, f"model={hydra_cfg.runtime.choices['model']}")
+    return kept
+
+
 def _forced(cfg: DictConfig, name: str) -> bool:
     force = list(cfg.force)
     unknown = set(force) - set(STEP_NAMES) - {"all"}
@@ -443,7 +460,7 @@ def execute(
         return StepResult(name, cached.info.run_id, "reused", time.perf_counter() - started,
                           json.loads(cached.data.tags.get(TAG_SUMMARY, "{}")), lineage)
 
-    tags = {TAG_STEP: name, TAG_CACHE_KEY: key, MLFLOW_RUN_NAME: name}
+    tags = {TAG_STEP: name, TAG_CACHE_KEY: key, MLFLOW_RUN_NAME: name, TAG_OVERRIDES: json.dumps(main_overrides())}
     tags.update({TAG_INPUT + step_name: run_id for step_name, run_id in lineage.items()})
     if parent_run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
@@ -506,7 +523,9 @@ def launch(task: Callable[[DictConfig], Any], config_name: str = "config", multi
     register_configs()
     sys.argv = _argv_from_mlproject(sys.argv)
     # Hydra refuses --multirun beside its other modes (--cfg, --info, --help, ...).
-    if multirun and not any(arg.startswith("-") for arg in sys.argv[1:]):
+    modes = {"--multirun", "-m", "--run", "-r", "--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help",
+             "--shell-completion", "-sc"}
+    if multirun and not modes & {arg.split("=")[0] for arg in sys.argv[1:]}:
         sys.argv.insert(1, "--multirun")
     hydra.main(config_path=str(PROJECT_ROOT / "conf"), config_name=config_name, version_base="1.3")(task)()
 

@@ -11,7 +11,7 @@ def test_sweep_runs_trials_under_one_parent_on_cached_upstream(store):
     upstream_before = {s: len(store.runs(s)) for s in ("ingest", "split", "transform")}
 
     result = store.mlflow_run("sweep", "model.C=0.03,0.1,0.3 'evaluate.criteria=[\"cv_roc_auc_mean >= 0.5\"]'")
-    assert "3 trial(s) ranked" in result.stdout
+    assert "3 of 3 trial(s) finished, 3 model(s) ranked" in result.stdout
 
     assert {s: len(store.runs(s)) for s in ("ingest", "split", "transform")} == upstream_before
     client = store.client
@@ -34,7 +34,7 @@ def test_sweep_runs_trials_under_one_parent_on_cached_upstream(store):
     leaderboard_page = store.card(sweep.info.run_id, "leaderboard.html")
     assert all(t.data.tags["pipeline.train.run_id"] in leaderboard_page for t in trials)
     card = store.card(sweep.info.run_id)
-    assert "3 trial(s) finished, 0 failed" in card and "BasicSweeper" in card
+    assert "3 of 3 trial(s) finished" in card and "0 failed" in card and "BasicSweeper" in card
     for step in ("ingest", "split", "transform"):  # the shared upstream runs, reused from main
         assert store.runs(step)[0].info.run_id in card
     raw = open(client.download_artifacts(sweep.info.run_id, "card.html", str(store.root / "raw"))).read()
@@ -58,7 +58,7 @@ def test_parallel_sweep_on_sqlite_records_every_trial(store):
     result = store.mlflow_run("sweep", f"hydra/launcher=joblib hydra.launcher.n_jobs=2 model.C={values} "
                                        "evaluate.cv_repeats=2")
     assert "database is locked" not in result.stdout + result.stderr
-    assert "8 trial(s) ranked" in result.stdout
+    assert "8 of 8 trial(s) finished, 8 model(s) ranked" in result.stdout
     client = store.client
     sweep = client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'")[0]
     trials = client.search_runs([store.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and "
@@ -71,8 +71,9 @@ def test_parallel_sweep_on_sqlite_records_every_trial(store):
 def test_optuna_search_from_conf_records_its_trials_and_space(store):
     """`search=logreg`: Optuna's TPE sampler draws model.C from the space in
     conf/search/logreg.yaml; trials run two at a time on the joblib launcher."""
-    result = store.mlflow_run("sweep", "search=logreg hydra.sweeper.n_trials=4 evaluate.cv_repeats=2")
-    assert "4 trial(s) ranked" in result.stdout
+    result = store.mlflow_run("sweep", "search=logreg hydra.sweeper.n_trials=4 evaluate.cv_repeats=2 "
+                                       "sweep.register_best=true")
+    assert "4 of 4 trial(s) finished" in result.stdout
     client = store.client
     sweep = client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'")[0]
     assert sweep.data.params["sweep.sweeper"] == "OptunaSweeper"
@@ -90,16 +91,30 @@ def test_optuna_search_from_conf_records_its_trials_and_space(store):
     assert sweep.data.params["best.model.C"] == best.data.params["model.C"]
     assert "OptunaSweeper" in store.card(sweep.info.run_id)
 
+    # The best trial went through register, and its model card rebuilds that trial's model.
+    version = client.get_model_version_by_alias("heart-disease", "champion")
+    assert version.run_id == best.data.tags["pipeline.train.run_id"]
+    register = client.search_runs([store.experiment_id], "tags.`pipeline.step` = 'register'")[0]
+    model_card = open(client.download_artifacts(register.info.run_id, "model_card.md", str(store.root))).read()
+    assert f"-P overrides='model=logreg model.C={best.data.params['model.C']} evaluate.cv_repeats=2'" in model_card
 
-def test_failing_trial_fails_the_sweep_run_instead_of_leaving_it_running(store):
-    result = store.mlflow_run("sweep", "model.C=0.1,-1", check=False)
-    assert result.returncode != 0
+
+def test_a_failing_trial_costs_the_others_nothing_and_fails_the_sweep(store):
+    """`python -m` (not `mlflow run`, which would mark its own launcher run FAILED anyway)."""
+    result = store.steps("sweep", "model.C=-1,0.1", check=False)
+    assert result.returncode == 1 and "trial logreg C=-1 FAILED" in result.stderr
     client = store.client
     sweep = client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'")[0]
     assert sweep.info.status == "FAILED"
-    trials = client.search_runs([store.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and "
-                                "tags.`pipeline.role` = 'trial'")
-    assert {t.data.tags["mlflow.runName"]: t.info.status for t in trials}["logreg C=-1"] == "FAILED"
+    trials = {t.data.tags["mlflow.runName"]: t for t in client.search_runs(
+        [store.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and tags.`pipeline.role` = 'trial'")}
+    assert trials["logreg C=-1"].info.status == "FAILED"
+    assert "'C' parameter of LogisticRegression" in trials["logreg C=-1"].data.tags["pipeline.error"]
+    assert trials["logreg C=0.1"].info.status == "FINISHED"  # ran after the failure, and counted
+    leaderboard = open(client.download_artifacts(sweep.info.run_id, "leaderboard.csv", str(store.root))).read()
+    assert len(leaderboard.strip().splitlines()) == 2 and "C=0.1" in leaderboard
+    card = store.card(sweep.info.run_id)
+    assert "1 of 2 trial(s) finished" in card and "Failed trials" in card and "logreg C=-1" in card
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -113,4 +128,6 @@ def test_a_sweep_that_cannot_start_stops_before_any_trial(store, overrides, mess
     assert "Traceback" not in result.stderr
     client = store.client
     assert not client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'trial'")
-    assert all(r.info.status == "FAILED" for r in client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'"))
+    # The direction is checked before the sweep run exists; ingest fails inside it.
+    sweeps = client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'")
+    assert [r.info.status for r in sweeps] == ([] if "direction" in message else ["FAILED"])
