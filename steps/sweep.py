@@ -92,8 +92,14 @@ def sweep_setup(hydra_cfg: DictConfig) -> dict[str, str]:
              "sweep.launcher": hydra_cfg.launcher._target_.rsplit(".", 1)[-1]}
     if "n_jobs" in hydra_cfg.launcher:
         setup["sweep.launcher.n_jobs"] = str(hydra_cfg.launcher.n_jobs)
-    if "sampler" in hydra_cfg.sweeper:  # an optimising sweeper: what it searched, how, how long
-        setup.update({f"sweep.space.{key}": str(space) for key, space in (hydra_cfg.sweeper.params or {}).items()})
+    # The space searched: the config's (hydra.sweeper.params), where the command line's sweep
+    # syntax replaces it key by key, as the sweepers do.
+    space = {str(key): str(value) for key, value in (hydra_cfg.sweeper.get("params") or {}).items()}
+    for override in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task)):
+        if override.is_sweep_override():
+            space[override.key_or_group] = override.input_line.partition("=")[2]
+    setup.update({f"sweep.space.{key}": value for key, value in space.items()})
+    if "sampler" in hydra_cfg.sweeper:  # an optimising sweeper: how it samples, how long
         setup["sweep.sampler"] = hydra_cfg.sweeper.sampler._target_.rsplit(".", 1)[-1]
         setup["sweep.sampler.seed"] = str(hydra_cfg.sweeper.sampler.get("seed"))
         setup["sweep.n_trials"] = str(hydra_cfg.sweeper.n_trials)
