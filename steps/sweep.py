@@ -41,6 +41,7 @@ from steps.tracking import (
     CARD,
     TAG_ERROR,
     TAG_ROLE,
+    StepResult,
     Tracking,
     adopt_launcher_run,
     config_params,
@@ -107,6 +108,15 @@ def sweep_setup(hydra_cfg: DictConfig) -> dict[str, str]:
     return setup
 
 
+def build_upstream(cfg: DictConfig, tracking: Tracking, sweep_run: str) -> list[StepResult]:
+    """ingest, split and transform, each run under the sweep run or found in the cache."""
+    results: list[StepResult] = []
+    for name in UPSTREAM:
+        upstream = tracking.client.get_run(results[-1].run_id) if results else None
+        results.append(execute(name, cfg, tracking, parent_run_id=sweep_run, upstream_run=upstream))
+    return results
+
+
 def run_trial(cfg: DictConfig) -> float:
     """One trial: train and evaluate under a trial run, on the upstream runs the sweep built.
     Returns the sweep metric (what an optimising sweeper optimises), or NaN if the trial
@@ -133,15 +143,11 @@ def train_and_evaluate(cfg: DictConfig, tracking: Tracking, trial: str) -> float
     client = tracking.client
     # force= was applied to the upstream steps once, before the trials; here they are found
     # in the cache, unless the trial varies their config.
-    forced = [s for s in (STEP_NAMES if "all" in cfg.force else cfg.force) if s not in UPSTREAM]
-    cfg.force = forced
-    upstream = None
-    for name in UPSTREAM:
-        result = execute(name, cfg, tracking, parent_run_id=os.environ[ENV_SWEEP_RUN], upstream_run=upstream)
-        upstream = client.get_run(result.run_id)
+    cfg.force = [s for s in (STEP_NAMES if "all" in cfg.force else cfg.force) if s not in UPSTREAM]
+    upstream = build_upstream(cfg, tracking, os.environ[ENV_SWEEP_RUN])[-1]
     params = {**config_params(cfg, STEPS["train"]), **config_params(cfg, STEPS["evaluate"])}
     client.log_batch(trial, params=[Param(k, str(v)) for k, v in params.items()])
-    train = execute("train", cfg, tracking, parent_run_id=trial, upstream_run=upstream)
+    train = execute("train", cfg, tracking, parent_run_id=trial, upstream_run=client.get_run(upstream.run_id))
     evaluation = execute("evaluate", cfg, tracking, parent_run_id=trial, upstream_run=client.get_run(train.run_id))
     evaluated = client.get_run(evaluation.run_id).data
     if cfg.sweep.metric not in evaluated.metrics:
@@ -207,11 +213,8 @@ class SweepRun(Callback):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         # Run (or find cached) the upstream steps once, before parallel trials could race to
         # build the same ones. A sweep over data/split/transform keys builds its own per trial.
-        self.upstream, upstream = [], None
-        for name in UPSTREAM:
-            result = execute(name, config, tracking, parent_run_id=run_id, upstream_run=upstream)
-            upstream = tracking.client.get_run(result.run_id)
-            self.upstream.append({"step": name, "run_id": result.run_id, "status": result.status})
+        self.upstream = [{"step": r.step, "run_id": r.run_id, "status": r.status}
+                         for r in build_upstream(config, tracking, run_id)]
 
     @stop_on_error
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

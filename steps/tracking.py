@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import mlflow
-from mlflow.entities import RunStatus
+from mlflow.entities import RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
@@ -357,8 +357,6 @@ class StepContext:
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def outputs(self) -> list[str]:
@@ -466,8 +464,7 @@ def execute(
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     if own_run_id:
         run_id = own_run_id
-        for tag, value in tags.items():
-            tracking.client.set_tag(run_id, tag, value)
+        tracking.client.log_batch(run_id, tags=[RunTag(tag, value) for tag, value in tags.items()])
     else:
         run_id = tracking.client.create_run(tracking.experiment_id, tags=tags).info.run_id
 
