@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from steps.codebook import Codebook
-from steps.tracking import TAG_STEP, Tracking, connect
+from steps.tracking import TAG_INPUT, TAG_STEP, Tracking, connect, latest_finished
 from steps.train import TAG_MODEL_URI
 
 log = logging.getLogger("serving")
@@ -92,14 +92,12 @@ def _load_in_order(settings: Settings, tracking: Optional[Tracking]) -> tuple[Op
         except Exception as err:
             failures.append(f"registry {settings.model_name}@{settings.alias}: {err}")
         try:
-            runs = client.search_runs([tracking.experiment_id],
-                                      f"tags.`{TAG_STEP}` = 'train' and attributes.status = 'FINISHED'",
-                                      order_by=["attributes.start_time DESC"], max_results=1)
-            if not runs:
+            train = latest_finished(tracking, f"tags.`{TAG_STEP}` = 'train'")
+            if train is None:
                 raise LookupError("no FINISHED train run in the experiment")
-            uri = runs[0].data.tags[TAG_MODEL_URI]
+            uri = train.data.tags[TAG_MODEL_URI]
             model = mlflow.pyfunc.load_model(uri)
-            return LoadedModel(model, "run", uri, None, None, None, runs[0].info.run_id,
+            return LoadedModel(model, "run", uri, None, None, None, train.info.run_id,
                                model.metadata.model_id), failures
         except Exception as err:
             failures.append(f"latest train run: {err}")
@@ -172,10 +170,9 @@ def _evaluation_of(tracking: Optional[Tracking], train_run_id: Optional[str]) ->
         return {}
     try:
         train = tracking.client.get_run(train_run_id)
-        runs = tracking.client.search_runs(
-            [train.info.experiment_id],
-            f"tags.`pipeline.input.train` = '{train_run_id}' and tags.`{TAG_STEP}` = 'evaluate' "
-            "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1)
+        in_its_experiment = replace(tracking, experiment_id=train.info.experiment_id)
+        evaluation = latest_finished(in_its_experiment, f"tags.`{TAG_INPUT}train` = '{train_run_id}' and "
+                                                        f"tags.`{TAG_STEP}` = 'evaluate'")
     except MlflowException:
         return {}
     digests = [d.dataset.digest for d in train.inputs.dataset_inputs] if train.inputs else []
@@ -184,16 +181,16 @@ def _evaluation_of(tracking: Optional[Tracking], train_run_id: Optional[str]) ->
         "training_data_digest": digests[0] if digests else None,
         "training_data_sha256": None,
     }
-    ingest_id = train.data.tags.get("pipeline.input.ingest")
+    ingest_id = train.data.tags.get(f"{TAG_INPUT}ingest")
     if ingest_id:
         info["training_data_sha256"] = tracking.client.get_run(ingest_id).data.tags.get("data.sha256")
-    if runs:
-        metrics = runs[0].data.metrics
+    if evaluation is not None:
+        metrics = evaluation.data.metrics
         keys = ["test_roc_auc", "test_pr_auc", "test_brier", "test_accuracy", "test_recall", "test_precision",
                 "cv_roc_auc_mean", "cv_roc_auc_ci_low", "cv_roc_auc_ci_high"]
         info["metrics"] = {k: metrics[k] for k in keys if k in metrics}
-        info["validation_status"] = runs[0].data.tags.get("validation.status")
-        info["evaluate_run_id"] = runs[0].info.run_id
+        info["validation_status"] = evaluation.data.tags.get("validation.status")
+        info["evaluate_run_id"] = evaluation.info.run_id
     return info
 
 

@@ -31,8 +31,8 @@ from mlflow.pyfunc import PythonModel
 from steps.codebook import Codebook, check_features
 
 PIPELINE_ARTIFACT = "pipeline"
-OUTPUT_COLUMNS = ["prediction", "probability", "confidence", "risk_level",
-                  "model_name", "model_version", "run_id", "model_id"]
+IDENTITY_COLUMNS = ["model_name", "model_version", "run_id", "model_id"]
+OUTPUT_COLUMNS = ["prediction", "probability", "confidence", "risk_level", *IDENTITY_COLUMNS]
 
 
 def risk_levels(probability: np.ndarray, bands: dict[str, float]) -> np.ndarray:
@@ -45,13 +45,18 @@ def risk_levels(probability: np.ndarray, bands: dict[str, float]) -> np.ndarray:
     return names[np.searchsorted(bounds, probability, side="right")]
 
 
-def answer(probability: np.ndarray, threshold: float, bands: dict[str, float]) -> pd.DataFrame:
+def answer(probability: np.ndarray, threshold: float, bands: dict[str, float],
+           identity: dict[str, Optional[str]]) -> pd.DataFrame:
+    """The model's answer, a row per probability, in OUTPUT_COLUMNS order; `identity` gives
+    the same model_name, model_version, run_id and model_id to every row. Built in one go:
+    it runs on every request."""
     prediction = (probability >= threshold).astype(int)
     return pd.DataFrame({
         "prediction": prediction,
         "probability": probability,
         "confidence": np.where(prediction == 1, probability, 1 - probability),
         "risk_level": risk_levels(probability, bands),
+        **{column: identity[column] for column in IDENTITY_COLUMNS},
     })
 
 
@@ -85,8 +90,9 @@ class HeartDiseaseModel(PythonModel):
         pipeline_path = Path(context.artifacts[PIPELINE_ARTIFACT])
         self.pipeline = mlflow.sklearn.load_model(str(pipeline_path))
         logged = mlflow.models.Model.load(str(pipeline_path.parents[1]))
-        self.run_id, self.model_id = logged.run_id, getattr(logged, "model_id", None)
-        self.model_name, self.model_version = registered_identity(self.run_id, self.model_id)
+        run_id, model_id = logged.run_id, getattr(logged, "model_id", None)
+        name, version = registered_identity(run_id, model_id)
+        self.identity = {"model_name": name, "model_version": version, "run_id": run_id, "model_id": model_id}
 
     def features(self, model_input: Any) -> pd.DataFrame:
         """The request as codebook-checked float features, or a 400 that says why not."""
@@ -102,12 +108,7 @@ class HeartDiseaseModel(PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
         features = self.features(model_input)
         probability = self.pipeline.predict_proba(features)[:, 1]
-        out = answer(probability, self.threshold, self.bands)
-        out["model_name"] = self.model_name
-        out["model_version"] = self.model_version
-        out["run_id"] = self.run_id
-        out["model_id"] = self.model_id
-        return out[OUTPUT_COLUMNS]
+        return answer(probability, self.threshold, self.bands, self.identity)
 
 
 mlflow.models.set_model(HeartDiseaseModel())

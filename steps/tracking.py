@@ -203,7 +203,8 @@ def cache_key(step: Step, cfg: DictConfig, upstream_run_id: Optional[str]) -> st
 # --------------------------------------------------------------------------- lookups
 
 
-def _search_one(tracking: Tracking, filter_string: str):
+def latest_finished(tracking: Tracking, filter_string: str):
+    """The newest FINISHED run of the experiment that matches `filter_string`, or None."""
     runs = tracking.client.search_runs(
         [tracking.experiment_id],
         filter_string=filter_string + " and attributes.status = 'FINISHED'",
@@ -214,7 +215,7 @@ def _search_one(tracking: Tracking, filter_string: str):
 
 
 def find_cached_run(tracking: Tracking, key: str):
-    return _search_one(tracking, f"tags.`{TAG_CACHE_KEY}` = '{key}'")
+    return latest_finished(tracking, f"tags.`{TAG_CACHE_KEY}` = '{key}'")
 
 
 def resolve_upstream(tracking: Tracking, step: Step, cfg: DictConfig):
@@ -233,7 +234,7 @@ def resolve_upstream(tracking: Tracking, step: Step, cfg: DictConfig):
                 f"(step tag {run.data.tags.get(TAG_STEP)!r}, status {run.info.status})"
             )
         return run
-    run = _search_one(tracking, f"tags.`{TAG_STEP}` = '{name}'")
+    run = latest_finished(tracking, f"tags.`{TAG_STEP}` = '{name}'")
     if run is None:
         raise PipelineError(
             f"step '{step.name}' needs a FINISHED '{name}' run in experiment "

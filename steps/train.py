@@ -102,19 +102,16 @@ def run(ctx: StepContext) -> None:
     pipeline = fit_model(transformer, ctx.load_table("transform", "train"), cfg.model, label,
                          cfg.train.calibration, cfg.train.calibration_folds)
 
-    val = ctx.load_table("split", "val")
-    p_val = pipeline.predict_proba(val[book.features])[:, 1]
+    raw_train, val = ctx.load_table("split", "train"), ctx.load_table("split", "val")
+    p_train, p_val = (pipeline.predict_proba(rows[book.features])[:, 1] for rows in (raw_train, val))
     threshold = choose_threshold(val[label], p_val, cfg.train.threshold)
     bands = choose_risk_bands(val[label], p_val, cfg.train.risk_levels)
     metrics = {"decision_threshold": threshold,
-               **{f"risk_{level.lower()}_below": bound for level, bound in bands.items() if bound < 1.0}}
-    for name in ("train", "val"):
-        rows = ctx.load_table("split", name)
-        probability = pipeline.predict_proba(rows[book.features])[:, 1]
-        metrics.update(prefixed(name, binary_metrics(rows[label], probability, threshold)))
+               **{f"risk_{level.lower()}_below": bound for level, bound in bands.items() if bound < 1.0},
+               **prefixed("train", binary_metrics(raw_train[label], p_train, threshold)),
+               **prefixed("val", binary_metrics(val[label], p_val, threshold))}
     ctx.log_metrics(metrics)
 
-    raw_train = ctx.load_table("split", "train")
     features = raw_train[book.features]
     ctx.log_dataset(raw_train, source=ctx.artifact_uri("split", "data/train.parquet"),
                     name="train", context="training", targets=label)
@@ -129,9 +126,9 @@ def run(ctx: StepContext) -> None:
         raise PipelineError(f"{err.message.split('Root error: ')[-1]} Review them and add them to "
                             "train.skops_trusted_types (conf/train/default.yaml).") from None
     config = model_config(book, raw_train, threshold, bands)
+    example_identity = {"model_name": "heart-disease", "model_version": "1", "run_id": ctx.run_id, "model_id": "m-0"}
     example_output = answer(pipeline.predict_proba(features.head(2))[:, 1], config["decision_threshold"],
-                            config["risk_levels"]).assign(model_name="heart-disease", model_version="1",
-                                                          run_id=ctx.run_id, model_id="m-0")
+                            config["risk_levels"], example_identity)
     with warnings.catch_warnings(), ctx.active_run():
         # MLflow hints that int columns cannot hold missing values: true, and irrelevant for 0/1.
         warnings.simplefilter("ignore", UserWarning)
