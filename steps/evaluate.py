@@ -23,7 +23,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.model_selection import RepeatedStratifiedKFold
 
 from steps.codebook import Codebook
-from steps.ingest import SITE, TAG_EXTERNAL_UNUSABLE
+from steps.ingest import SITE
 from steps.metrics import binary_metrics, calibration_line, prefixed
 from steps.errors import PipelineError
 from steps.tracking import StepContext, launch_step
@@ -181,7 +181,8 @@ def run(ctx: StepContext) -> None:
 
     if ctx.has_table("ingest", "external"):
         site_results, unusable = external_validation(pipeline, ctx.load_table("ingest", "external"), book)
-        unusable |= json.loads(ctx.input_run("ingest").data.tags.get(TAG_EXTERNAL_UNUSABLE, "{}"))
+        # Sites ingest could not use are in its report, beside those unusable here.
+        unusable |= json.loads(ctx.download("ingest", "validation_report.json").read_text())["external"]["unusable"]
         comparison = {"internal test": site_scores(test[label], probability), **site_results}
         ctx.log_figure("external_validation", site_comparison_figure(comparison))
         ctx.log_dict({"scores": comparison, "unusable": unusable}, "external_validation.json")

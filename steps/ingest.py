@@ -8,7 +8,6 @@ and log it as `data/raw.parquet` plus an MLflow dataset input.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,7 +22,6 @@ from steps.errors import PipelineError
 from steps.tracking import StepContext, launch_step
 
 SITE = "site"  # column holding a UCI row's site of origin
-TAG_EXTERNAL_UNUSABLE = "data.external_unusable"  # JSON {site: why it cannot be scored}
 
 
 @dataclass
@@ -95,8 +93,6 @@ def run(ctx: StepContext) -> None:
                           "unusable": external.unusable}
     for site, reason in external.unusable.items():
         print(f"ingest: external site {site} cannot be scored: {reason}")
-    if external.unusable:
-        ctx.set_tags({TAG_EXTERNAL_UNUSABLE: json.dumps(external.unusable)[:5000]})
 
     ctx.log_table("raw", clean)
     if external.frame is not None:
