@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -30,14 +29,12 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_pipeline import machine, write_section  # noqa: E402  (same machine line in both tables)
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
+from benchmark_pipeline import Bench, machine, write_section  # noqa: E402  (same machine line in both tables)
+from serving.smoke import EXAMPLE  # noqa: E402  (the patient every serving check sends)
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-DATA = REPO / "tests" / "data" / "processed.cleveland.data"
-PATIENT = {"age": 54, "sex": 1, "cp": 4, "trestbps": 120, "chol": 240, "fbs": 0, "restecg": 0,
-           "thalach": 160, "exang": 0, "oldpeak": 0.0, "slope": 1, "ca": 0, "thal": 3}
 MARKER_START = "<!-- serving-benchmark:start -->"
 MARKER_END = "<!-- serving-benchmark:end -->"
 
@@ -96,7 +93,7 @@ def run_clients(call, clients: int, per_client: int) -> dict[str, float]:
 
 class InProcess:
     def __init__(self, model, rows: int):
-        self.model, self.frame = model, pd.DataFrame([PATIENT] * rows, dtype="float64")
+        self.model, self.frame = model, pd.DataFrame([EXAMPLE] * rows, dtype="float64")
 
     def session(self):
         return None
@@ -126,11 +123,8 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as root:
-        tracking_uri = f"sqlite:///{root}/mlflow.db"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_EXPERIMENT_NAME="benchmark", XDG_CACHE_HOME=f"{root}/cache",
-                   HEART_DISEASE_DATA_URL=str(DATA), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-        mlflow.MlflowClient(tracking_uri).create_experiment("benchmark", artifact_location=f"{root}/artifacts")
+        bench = Bench(Path(root))  # a fresh store and the environment that points the steps at it
+        tracking_uri, env = bench.tracking_uri, bench.env
         subprocess.run([sys.executable, "-m", "steps.main"], cwd=REPO, env=env, check=True, capture_output=True)
         mlflow.set_tracking_uri(tracking_uri)
         model = mlflow.pyfunc.load_model("models:/heart-disease@champion")
@@ -151,8 +145,8 @@ def main() -> None:
                 ways = {("in-process pyfunc predict", 0): InProcess(model, rows)}
                 for (name, workers), port in ports.items():
                     path = "/invocations" if "invocations" in name else "/predict"
-                    body = ({"dataframe_records": [PATIENT] * rows} if path == "/invocations"
-                            else PATIENT if rows == 1 else [PATIENT] * rows)
+                    body = ({"dataframe_records": [EXAMPLE] * rows} if path == "/invocations"
+                            else EXAMPLE if rows == 1 else [EXAMPLE] * rows)
                     ways[(name, workers)] = Http(port, path, body, rows)
                 for (name, workers), call in ways.items():
                     for clients in (1, 8):

@@ -14,10 +14,10 @@ from typing import Any
 STYLE = ("body{font-family:sans-serif;max-width:68em;margin:2em auto;line-height:1.4}"
          "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;"
          "text-align:left;vertical-align:top}code{font-size:.9em}img{max-width:100%}"
-         ".ran{color:#1a7f37}.reused{color:#6e7781}.failed{color:#cf222e}pre{background:#f4f4f4;padding:.6em}")
+         ".ran{color:#1a7f37}.reused{color:#6e7781}.failed{color:#cf222e}pre{background:#f4f4f4;padding:.6em;overflow-x:auto}")
 
 
-def _page(title: str, body: list[str]) -> str:
+def page(title: str, body: list[str]) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(body)}</body></html>")
 
@@ -55,7 +55,15 @@ def step_card(step: str, run_id: str, inputs: dict[str, str], outputs: list[str]
         body.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2><img src='data:image/png;base64,{encoded}'>")
     body += ["<h2>Cache key</h2>", f"<p><code>{cache_key}</code>: code of the step and the project modules it "
              "imports, its resolved config sections and its upstream run id.</p>"]
-    return _page(f"Step card: {step}", body)
+    return page(f"Step card: {step}", body)
+
+
+def text_table(rows: list[list[str]]) -> str:
+    """Rows (the first is the header) as aligned plain text, for the terminal."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    return "\n".join(lines)
 
 
 def decision_text(register_summary: dict[str, Any]) -> str:
@@ -84,10 +92,10 @@ def pipeline_card(parent_run_id: str, dag: str, results: list[dict[str, Any]], s
         "<th>key outputs</th><th>step card</th></tr>" + "".join(rows) + "</table>",
         "<h2>Registration</h2>", f"<p>{html.escape(str(decision or 'register did not run'))}</p>",
     ]
-    return _page("Pipeline card", body)
+    return page("Pipeline card", body)
 
 
-def _grid(columns: list[str], rows: list[dict[str, Any]], links: dict[str, str] | None = None) -> str:
+def grid(columns: list[str], rows: list[dict[str, Any]], links: dict[str, str] | None = None) -> str:
     """A table with a header row; `links` maps a column to the row key holding its URL."""
     links = links or {}
 
@@ -102,7 +110,7 @@ def _grid(columns: list[str], rows: list[dict[str, Any]], links: dict[str, str] 
 
 def leaderboard_page(columns: list[str], rows: list[dict[str, Any]]) -> str:
     """`leaderboard.html` of a sweep run: the ranked trials, best first."""
-    return _page("Sweep leaderboard", [_grid(columns, rows)])
+    return page("Sweep leaderboard", [grid(columns, rows)])
 
 
 def sweep_card(run_id: str, setup: dict[str, Any], upstream: list[dict[str, Any]], trials: int, columns: list[str],
@@ -119,7 +127,7 @@ def sweep_card(run_id: str, setup: dict[str, Any], upstream: list[dict[str, Any]
         "<h2>Upstream (built or found before the trials)</h2>",
         _table([(u["step"], f"<code>{u['run_id']}</code> <span class='{u['status']}'>{u['status']}</span>")
                 for u in upstream], ("step", "run id")),
-        "<h2>Models</h2>", _grid(columns, rows, links={"status": "card_uri"}) if rows else "<p>None finished.</p>",
+        "<h2>Models</h2>", grid(columns, rows, links={"status": "card_uri"}) if rows else "<p>None finished.</p>",
     ]
     if failed:
         body += ["<h2 class='failed'>Failed trials</h2>",
@@ -128,4 +136,4 @@ def sweep_card(run_id: str, setup: dict[str, Any], upstream: list[dict[str, Any]
     if best:
         body += ["<h2>Best model</h2>", _table([(k, _value(v)) for k, v in best.items()])]
     body += ["<h2>Registration</h2>", f"<p>{html.escape(decision)}</p>"]
-    return _page("Sweep card", body)
+    return page("Sweep card", body)

@@ -16,6 +16,7 @@ import argparse
 import sys
 from typing import Any, Optional
 
+from steps.cards import text_table
 from steps.errors import PipelineError
 from steps.tracking import TAG_ROLE, TAG_STEP, Tracking, connect, exit_on_pipeline_error
 
@@ -105,11 +106,7 @@ def latest_sweep(tracking: Tracking) -> str:
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    table = [COLUMNS] + [[str(row[c]) for c in COLUMNS] for row in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table]
-    lines.insert(1, "-" * max(len(l) for l in lines))
-    return "\n".join(lines)
+    return text_table([COLUMNS] + [[str(row[c]) for c in COLUMNS] for row in rows])
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from omegaconf import DictConfig, OmegaConf
 
-from steps.cards import pipeline_card
+from steps.cards import pipeline_card, text_table
 from steps.pipeline import DIAGRAM, SIDE_BRANCHES, STEPS
 from steps.tracking import (
     CARD,
@@ -36,14 +36,9 @@ from steps.tracking import (
 
 
 def summary_table(results: list[StepResult]) -> str:
-    rows = [("step", "run id", "status", "seconds", "key outputs")]
-    for result in results:
-        outputs = ", ".join(f"{k}={v}" for k, v in result.summary.items())
-        rows.append((result.step, result.run_id, result.status, f"{result.seconds:.1f}", outputs))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4] for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return text_table([["step", "run id", "status", "seconds", "key outputs"]] + [
+        [r.step, r.run_id, r.status, f"{r.seconds:.1f}", ", ".join(f"{k}={v}" for k, v in r.summary.items())]
+        for r in results])
 
 
 def run_pipeline(cfg: DictConfig, tracking: Tracking, parent_run_id: str) -> list[StepResult]:

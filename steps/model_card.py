@@ -12,6 +12,8 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
+from steps.cards import grid, page
+
 
 @dataclass
 class Section:
@@ -141,7 +143,7 @@ def _inline(text: str) -> str:
 
 
 def to_html(title: str, sections: list[Section]) -> str:
-    body = [f"<h1>{html.escape(title)}</h1>"]
+    body = []
     for section in sections:
         body.append(f"<h2>{html.escape(section.title)}</h2>")
         for paragraph in section.paragraphs:
@@ -150,12 +152,6 @@ def to_html(title: str, sections: list[Section]) -> str:
             else:
                 body.append(f"<p>{_inline(paragraph)}</p>")
         if section.table:
-            header, *rows = section.table
-            body.append("<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
-            body += ["<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows]
-            body.append("</table>")
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.45}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em}"
-             "pre{background:#f4f4f4;padding:.6em;white-space:pre-wrap}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+            header, *rows = [[str(h) for h in section.table[0]], *section.table[1:]]
+            body.append(grid(header, [dict(zip(header, map(_fmt, row))) for row in rows]))
+    return page(title, body)
