@@ -31,9 +31,9 @@ from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from steps import names
 from steps.codebook import Codebook
-from steps.tracking import TAG_INPUT, TAG_STEP, Tracking, connect, latest_finished
-from steps.train import TAG_MODEL_URI
+from steps.store import Tracking, connect, latest_complete, load_profile
 
 log = logging.getLogger("serving")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +78,7 @@ class LoadedModel:
 
 
 def _load_in_order(settings: Settings, tracking: Optional[Tracking]) -> tuple[Optional[LoadedModel], list[str]]:
-    """Registry alias -> latest FINISHED train run -> local exported model directory.
+    """Registry alias -> latest complete train run -> local exported model directory.
     Returns the first that loads and why each earlier one did not."""
     failures: list[str] = []
     if tracking is not None:
@@ -92,10 +92,10 @@ def _load_in_order(settings: Settings, tracking: Optional[Tracking]) -> tuple[Op
         except Exception as err:
             failures.append(f"registry {settings.model_name}@{settings.alias}: {err}")
         try:
-            train = latest_finished(tracking, f"tags.`{TAG_STEP}` = 'train'")
+            train = latest_complete(tracking, f"tags.`{names.STEP}` = 'train'")
             if train is None:
-                raise LookupError("no FINISHED train run in the experiment")
-            uri = train.data.tags[TAG_MODEL_URI]
+                raise LookupError("no complete train run in the experiment")
+            uri = train.data.tags[names.MODEL_URI]
             model = mlflow.pyfunc.load_model(uri)
             return LoadedModel(model, "run", uri, None, None, None, train.info.run_id,
                                model.metadata.model_id), failures
@@ -124,7 +124,7 @@ class ModelHolder:
         with self._lock:
             if self.tracking is None:
                 try:
-                    self.tracking = connect(self.settings.profile)
+                    self.tracking = connect(load_profile(self.settings.profile))
                 except Exception as err:  # no store reachable: the local directory may still serve
                     log.warning(json.dumps({"event": "tracking unavailable", "reason": str(err)}))
             loaded, failures = _load_in_order(self.settings, self.tracking)
@@ -171,8 +171,8 @@ def _evaluation_of(tracking: Optional[Tracking], train_run_id: Optional[str]) ->
     try:
         train = tracking.client.get_run(train_run_id)
         in_its_experiment = replace(tracking, experiment_id=train.info.experiment_id)
-        evaluation = latest_finished(in_its_experiment, f"tags.`{TAG_INPUT}train` = '{train_run_id}' and "
-                                                        f"tags.`{TAG_STEP}` = 'evaluate'")
+        evaluation = latest_complete(in_its_experiment, f"tags.`{names.INPUT}train` = '{train_run_id}' and "
+                                                        f"tags.`{names.STEP}` = 'evaluate'")
     except MlflowException:
         return {}
     digests = [d.dataset.digest for d in train.inputs.dataset_inputs] if train.inputs else []
@@ -181,15 +181,15 @@ def _evaluation_of(tracking: Optional[Tracking], train_run_id: Optional[str]) ->
         "training_data_digest": digests[0] if digests else None,
         "training_data_sha256": None,
     }
-    ingest_id = train.data.tags.get(f"{TAG_INPUT}ingest")
+    ingest_id = train.data.tags.get(f"{names.INPUT}ingest")
     if ingest_id:
-        info["training_data_sha256"] = tracking.client.get_run(ingest_id).data.tags.get("data.sha256")
+        info["training_data_sha256"] = tracking.client.get_run(ingest_id).data.tags.get(names.DATA_SHA256)
     if evaluation is not None:
         metrics = evaluation.data.metrics
         keys = ["test_roc_auc", "test_pr_auc", "test_brier", "test_accuracy", "test_recall", "test_precision",
                 "cv_roc_auc_mean", "cv_roc_auc_ci_low", "cv_roc_auc_ci_high"]
         info["metrics"] = {k: metrics[k] for k in keys if k in metrics}
-        info["validation_status"] = evaluation.data.tags.get("validation.status")
+        info["validation_status"] = evaluation.data.tags.get(names.VALIDATION_STATUS)
         info["evaluate_run_id"] = evaluation.info.run_id
     return info
 

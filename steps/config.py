@@ -99,6 +99,7 @@ class EvaluateConfig:
     cv_repeats: int = 10
     seed: int = 42
     criteria: list[str] = field(default_factory=list)
+    allow_no_criteria: bool = False  # an empty criteria list would validate every model
 
 
 @dataclass
@@ -116,6 +117,16 @@ class SweepConfig:
     metric: str = "cv_roc_auc_mean"
     # Send the best VALIDATED trial through register.
     register_best: bool = False
+
+
+@dataclass
+class ProfileConfig:
+    """Where runs are tracked and models registered (profiles/<name>.yaml)."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"  # relative SQLite paths are relative to the project
+    registry_uri: Optional[str] = None  # None: the tracking store
+    artifact_location: Optional[str] = None  # for a new experiment; relative to the project
+    experiment_name: str = "heart-disease"
 
 
 @dataclass
@@ -138,7 +149,7 @@ class PipelineConfig:
     train: TrainConfig = MISSING
     evaluate: EvaluateConfig = MISSING
     register: RegisterConfig = MISSING
-    profile: str = "local"
+    profile: ProfileConfig = MISSING
     force: list[str] = field(default_factory=list)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)

@@ -18,7 +18,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from steps.codebook import Codebook
-from steps.tracking import StepContext, launch_step
+from steps.context import StepContext
 
 
 def feature_histograms(frame: pd.DataFrame, book: Codebook, bins: int) -> Figure:
@@ -101,14 +101,16 @@ def html_report(frame: pd.DataFrame, images: dict[str, Path]) -> str:
 
 def run(ctx: StepContext) -> None:
     book = Codebook.from_config(ctx.cfg.schema)
-    frame = ctx.load_table("ingest", "raw")
+    frame = ctx.read("raw")
     images = {}
     for name, figure in eda_figures(frame, book, ctx.cfg.eda.histogram_bins).items():
         figure.set_dpi(ctx.cfg.eda.dpi)
-        images[name] = ctx.log_figure(name, figure)
-    ctx.log_text(html_report(frame, images), "eda_report.html")
+        images[name] = ctx.write(name, figure)
+    ctx.write("report", html_report(frame, images))
     ctx.summary.update(plots=len(images))
 
 
 if __name__ == "__main__":
+    from steps.cli import launch_step
+
     launch_step("eda")

@@ -7,12 +7,8 @@ Tags the run `validation.status` and `validation.reasons`; register reads them.
 
 from __future__ import annotations
 
-import json
 import math
-import operator
-import re
 
-import mlflow
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -22,26 +18,12 @@ from sklearn.base import clone
 from sklearn.calibration import calibration_curve
 from sklearn.model_selection import RepeatedStratifiedKFold
 
+from steps import names
 from steps.codebook import Codebook
-from steps.ingest import SITE
-from steps.metrics import binary_metrics, calibration_line, prefixed
+from steps.context import StepContext
 from steps.errors import PipelineError
-from steps.tracking import StepContext, launch_step
-from steps.train import TAG_MODEL_URI
-
-VALIDATED, REJECTED = "VALIDATED", "REJECTED"
-TAG_STATUS = "validation.status"
-TAG_REASONS = "validation.reasons"
-_OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
-_CRITERION = re.compile(r"^\s*(\w+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$")
-
-
-def parse_criterion(text: str) -> tuple[str, str, float]:
-    match = _CRITERION.match(text)
-    if not match:
-        raise PipelineError(f"evaluate.criteria: cannot read {text!r}; write e.g. 'test_roc_auc >= 0.85'")
-    name, op, value = match.groups()
-    return name, op, float(value)
+from steps.metrics import OPERATORS, binary_metrics, calibration_line, parse_criterion, prefixed
+from steps.names import REJECTED, SITE, VALIDATED
 
 
 def judge(metrics: dict[str, float], criteria: list[str]) -> tuple[str, list[str]]:
@@ -51,7 +33,7 @@ def judge(metrics: dict[str, float], criteria: list[str]) -> tuple[str, list[str
         name, op, bound = parse_criterion(text)
         if name not in metrics:
             raise PipelineError(f"evaluate.criteria: {text!r} names unknown metric {name!r}; known: {sorted(metrics)}")
-        holds = _OPERATORS[op](metrics[name], bound)
+        holds = OPERATORS[op](metrics[name], bound)
         reasons.append(f"{name} = {metrics[name]:.4f} {'meets' if holds else 'fails'} {op} {bound}")
     failed = [r for r in reasons if " fails " in r]
     return (REJECTED, failed) if failed else (VALIDATED, reasons)
@@ -166,10 +148,10 @@ def run(ctx: StepContext) -> None:
     cfg = ctx.cfg
     book = Codebook.from_config(cfg.schema)
     label = book.label
-    model = mlflow.pyfunc.load_model(ctx.input_run("train").data.tags[TAG_MODEL_URI]).unwrap_python_model()
+    model = ctx.read("model")
     pipeline, threshold = model.pipeline, model.threshold
-    test = ctx.load_table("split", "test")
-    train_val = pd.concat([ctx.load_table("split", "train"), ctx.load_table("split", "val")], ignore_index=True)
+    test = ctx.read("test")
+    train_val = pd.concat([ctx.read("train"), ctx.read("val")], ignore_index=True)
 
     probability = pipeline.predict_proba(test[book.features])[:, 1]
     metrics = prefixed("test", binary_metrics(test[label], probability, threshold))
@@ -179,13 +161,14 @@ def run(ctx: StepContext) -> None:
     metrics.update(test_calibration_slope=slope, test_calibration_intercept=intercept)
     status, reasons = judge(metrics, list(cfg.evaluate.criteria))
 
-    if ctx.has_table("ingest", "external"):
-        site_results, unusable = external_validation(pipeline, ctx.load_table("ingest", "external"), book)
+    external = ctx.read("external")
+    if external is not None:
+        site_results, unusable = external_validation(pipeline, external, book)
         # Sites ingest could not use are in its report, beside those unusable here.
-        unusable |= json.loads(ctx.download("ingest", "validation_report.json").read_text())["external"]["unusable"]
+        unusable |= ctx.read("validation_report")["external"]["unusable"]
         comparison = {"internal test": site_scores(test[label], probability), **site_results}
-        ctx.log_figure("external_validation", site_comparison_figure(comparison))
-        ctx.log_dict({"scores": comparison, "unusable": unusable}, "external_validation.json")
+        ctx.write("external_validation_plot", site_comparison_figure(comparison))
+        ctx.write("external_validation", {"scores": comparison, "unusable": unusable})
         metrics.update({f"external_{site}_{name}": value for site, scores in site_results.items()
                         for name, value in scores.items()})
         for site, reason in unusable.items():
@@ -193,9 +176,9 @@ def run(ctx: StepContext) -> None:
 
     ctx.log_metrics(metrics)
     for name, figure in evaluation_figures(test[label], probability, threshold).items():
-        ctx.log_figure(name, figure)
-    ctx.log_table("test_predictions", test.assign(probability=probability))
-    ctx.set_tags({TAG_STATUS: status, TAG_REASONS: "; ".join(reasons)})
+        ctx.write(name, figure)
+    ctx.write("test_predictions", test.assign(probability=probability))
+    ctx.set_tags({names.VALIDATION_STATUS: status, names.VALIDATION_REASONS: "; ".join(reasons)})
     ctx.summary.update(status=status, test_roc_auc=round(metrics["test_roc_auc"], 4),
                        cv_roc_auc=f"{metrics['cv_roc_auc_mean']:.4f} "
                                   f"[{metrics['cv_roc_auc_ci_low']:.4f}, {metrics['cv_roc_auc_ci_high']:.4f}]")
@@ -203,4 +186,6 @@ def run(ctx: StepContext) -> None:
 
 
 if __name__ == "__main__":
+    from steps.cli import launch_step
+
     launch_step("evaluate")

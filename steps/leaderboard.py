@@ -5,7 +5,7 @@
     python -m steps.leaderboard --sweep            # only the trials of the latest sweep
     python -m steps.leaderboard --top 5 --sort test_roc_auc
 
-One row per trained model (its latest FINISHED evaluate run): model and key params, CV ROC-AUC with
+One row per trained model (its latest complete evaluate run): model and key params, CV ROC-AUC with
 its 95 % interval, test ROC-AUC, Brier score, validation status, and the registered
 version and aliases of that model.
 """
@@ -16,9 +16,10 @@ import argparse
 import sys
 from typing import Any, Optional
 
+from steps import names
 from steps.cards import text_table
 from steps.errors import PipelineError
-from steps.tracking import TAG_ROLE, TAG_STEP, Tracking, connect, exit_on_pipeline_error
+from steps.store import Tracking, complete_filter, connect, load_profile
 
 COLUMNS = ["train run", "model", "params", "cv roc_auc [95% CI]", "test roc_auc", "test brier", "status",
            "registered"]
@@ -49,8 +50,7 @@ def leaderboard(tracking: Tracking, parent: Optional[str] = None, sort: str = "c
                 top: Optional[int] = None, model_name: str = "heart-disease") -> list[dict[str, Any]]:
     """Rows of the table, best first by `sort` (higher is better, except Brier and log loss)."""
     client = tracking.client
-    evaluations = client.search_runs([tracking.experiment_id],
-                                     f"tags.`{TAG_STEP}` = 'evaluate' and attributes.status = 'FINISHED'",
+    evaluations = client.search_runs([tracking.experiment_id], complete_filter(f"tags.`{names.STEP}` = 'evaluate'"),
                                      order_by=["attributes.start_time DESC"], max_results=5000)
     if parent:
         used = evaluations_under(tracking, parent)
@@ -69,13 +69,14 @@ def leaderboard(tracking: Tracking, parent: Optional[str] = None, sort: str = "c
 
     rows, seen = [], set()
     for evaluation in evaluations:
-        if evaluation.data.tags["pipeline.input.train"] in seen:
+        train_run_id = evaluation.data.tags[names.INPUT + "train"]
+        if train_run_id in seen:
             continue  # an older evaluation of the same model
-        seen.add(evaluation.data.tags["pipeline.input.train"])
+        seen.add(train_run_id)
         m = evaluation.data.metrics
         if sort not in m:
             raise PipelineError(f"--sort {sort}: not a metric of evaluate runs; e.g. cv_roc_auc_mean, test_brier")
-        train = client.get_run(evaluation.data.tags["pipeline.input.train"])
+        train = client.get_run(train_run_id)
         params = {k[len("model."):]: v for k, v in train.data.params.items()
                   if k.startswith("model.") and k != "model._target_"}
         if train.data.params.get("train.calibration", "none") != "none":
@@ -88,7 +89,7 @@ def leaderboard(tracking: Tracking, parent: Optional[str] = None, sort: str = "c
                                    f"{m['cv_roc_auc_ci_high']:.3f}]",
             "test roc_auc": f"{m['test_roc_auc']:.4f}",
             "test brier": f"{m['test_brier']:.4f}",
-            "status": evaluation.data.tags.get("validation.status", "?"),
+            "status": evaluation.data.tags.get(names.VALIDATION_STATUS, "?"),
             "registered": " ".join(versions.get(train.info.run_id, [])) or "-",
             "_key": m[sort],
             "_evaluate_run": evaluation,
@@ -98,7 +99,7 @@ def leaderboard(tracking: Tracking, parent: Optional[str] = None, sort: str = "c
 
 
 def latest_sweep(tracking: Tracking) -> str:
-    sweeps = tracking.client.search_runs([tracking.experiment_id], f"tags.`{TAG_ROLE}` = 'sweep'",
+    sweeps = tracking.client.search_runs([tracking.experiment_id], f"tags.`{names.ROLE}` = 'sweep'",
                                          order_by=["attributes.start_time DESC"], max_results=1)
     if not sweeps:
         raise PipelineError("no sweep run in this experiment yet: run `mlflow run . -e sweep -P overrides=...` first")
@@ -121,13 +122,15 @@ def main() -> None:
     parser.add_argument("--model-name", default="heart-disease")
     args = parser.parse_args()
 
-    def go() -> None:
-        tracking = connect(args.profile)
+    try:
+        tracking = connect(load_profile(args.profile))
         parent = latest_sweep(tracking) if args.sweep == "latest" else args.sweep or args.parent
         rows = leaderboard(tracking, parent, args.sort, args.top, args.model_name)
-        print(render(rows) if rows else "no FINISHED evaluate runs yet: run `mlflow run . -e main` first")
-
-    exit_on_pipeline_error(go)
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(render(rows) if rows else "no complete evaluate runs yet: run `mlflow run . -e main` first")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """main: the whole pipeline in one process, under one parent run.
 
 Walks steps/pipeline.py's DAG in order. Each step either runs as a nested child run
-or, when a FINISHED run with the same cache key exists, is reused without importing
-its module. eda runs in a background thread beside the chain. Ends by printing (and
+or, when a complete run with the same cache key exists, is reused without importing
+its module (steps/runner.py). eda runs in a background thread beside the chain. Ends by printing (and
 logging) a table: step, run id, ran or reused, seconds, key outputs.
 
     python -m steps.main                       # reuse what is unchanged
@@ -18,21 +18,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from omegaconf import DictConfig, OmegaConf
 
+from steps import names
 from steps.cards import pipeline_card, text_table
-from steps.pipeline import DIAGRAM, SIDE_BRANCHES, STEPS
-from steps.tracking import (
-    CARD,
-    TAG_ROLE,
-    PipelineError,
-    StepResult,
-    Tracking,
-    adopt_launcher_run,
-    code_fingerprint,
-    connect,
-    execute,
-    exit_on_pipeline_error,
-    launch,
-)
+from steps.cli import adopt_launcher_run, launch, run_command
+from steps.context import ArtifactCache
+from steps.errors import PipelineError
+from steps.fingerprint import code_fingerprint
+from steps.pipeline import SIDE_BRANCHES, STEPS, diagram
+from steps.runner import FAILED, FINISHED, StepResult, end_after, end_run, execute, open_group_run
+from steps.store import Tracking
 
 
 def summary_table(results: list[StepResult]) -> str:
@@ -41,7 +35,7 @@ def summary_table(results: list[StepResult]) -> str:
         for r in results])
 
 
-def run_pipeline(cfg: DictConfig, tracking: Tracking, parent_run_id: str) -> list[StepResult]:
+def run_pipeline(cfg: DictConfig, tracking: Tracking, parent_run_id: str, cache: ArtifactCache) -> list[StepResult]:
     """Execute or reuse every step under `parent_run_id`; return results in DAG order.
     A failing step stops the chain: nothing downstream of it runs or is registered."""
     for step in STEPS.values():  # parse sources here, not in the side-branch thread
@@ -49,24 +43,26 @@ def run_pipeline(cfg: DictConfig, tracking: Tracking, parent_run_id: str) -> lis
     results: dict[str, StepResult] = {}
     side: dict[str, Future] = {}
     failure: BaseException | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="side-branch") as pool:
+    # Not a `with` block: on a signal, leave at once instead of waiting for the side branch.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="side-branch")
+    try:
         for name, step in STEPS.items():
-            upstream_run = None
-            if step.upstream:
-                upstream_run = tracking.client.get_run(results[step.upstream].run_id)
+            upstream_run_id = results[step.upstream].run_id if step.upstream else None
             if name in SIDE_BRANCHES:
-                side[name] = pool.submit(execute, name, cfg, tracking, parent_run_id, None, upstream_run)
+                side[name] = pool.submit(execute, name, cfg, tracking, cache, parent_run_id, None, upstream_run_id)
                 continue
             try:
-                results[name] = execute(name, cfg, tracking, parent_run_id, upstream_run=upstream_run)
-            except BaseException as err:
+                results[name] = execute(name, cfg, tracking, cache, parent_run_id, upstream_run_id=upstream_run_id)
+            except Exception as err:
                 failure = err
                 break
         for name, future in side.items():
             try:
                 results[name] = future.result()
-            except BaseException as err:
+            except Exception as err:
                 failure = failure or err
+    finally:
+        pool.shutdown(wait=False)
     ordered = [results[name] for name in STEPS if name in results]
     if failure is not None:
         raise _ChainFailed(ordered, failure)
@@ -80,41 +76,41 @@ class _ChainFailed(Exception):
 
 
 def main(cfg: DictConfig) -> None:
-    def go() -> None:
-        tracking = connect(cfg.profile)
+    def go(tracking: Tracking) -> None:
         client = tracking.client
-        parent_run_id = adopt_launcher_run(tracking)
-        if parent_run_id is None:
-            parent_run_id = client.create_run(tracking.experiment_id, run_name="main").info.run_id
-        client.set_tag(parent_run_id, TAG_ROLE, "main")
+        parent_run_id = open_group_run(tracking, "main", "main", own_run_id=adopt_launcher_run(tracking))
         client.log_text(parent_run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        cache = ArtifactCache(client)
         started = time.perf_counter()
         try:
-            results = run_pipeline(cfg, tracking, parent_run_id)
+            results = run_pipeline(cfg, tracking, parent_run_id, cache)
         except _ChainFailed as failed:
-            _record(tracking, parent_run_id, failed.completed, "FAILED", time.perf_counter() - started)
+            _record(tracking, parent_run_id, failed.completed, cache, time.perf_counter() - started, FAILED)
+            end_after(tracking, parent_run_id, failed.cause)
             if failed.completed:
                 print(summary_table(failed.completed), file=sys.stderr)
             if isinstance(failed.cause, PipelineError):
                 raise failed.cause
             raise failed.cause from None
-        _record(tracking, parent_run_id, results, "FINISHED", time.perf_counter() - started)
+        _record(tracking, parent_run_id, results, cache, time.perf_counter() - started, FINISHED)
+        end_run(tracking, parent_run_id, FINISHED)
         table = summary_table(results)
         print(f"\npipeline finished in {time.perf_counter() - started:.1f}s (parent run {parent_run_id})\n{table}")
 
-    exit_on_pipeline_error(go)
+    run_command(cfg, go)
 
 
-def _record(tracking: Tracking, parent_run_id: str, results: list[StepResult], status: str, seconds: float) -> None:
+def _record(tracking: Tracking, parent_run_id: str, results: list[StepResult], cache: ArtifactCache,
+            seconds: float, status: str) -> None:
     client = tracking.client
     for result in results:
         client.set_tag(parent_run_id, f"pipeline.{result.step}.run_id", result.run_id)
         client.set_tag(parent_run_id, f"pipeline.{result.step}.status", result.status)
+    client.log_metric(parent_run_id, "artifact_downloads", cache.downloads)
     client.log_text(parent_run_id, summary_table(results), "pipeline_summary.txt")
     client.log_dict(parent_run_id, [r.__dict__ for r in results], "pipeline_summary.json")
-    rows = [{**r.__dict__, "card_uri": f"{client.get_run(r.run_id).info.artifact_uri}/{CARD}"} for r in results]
-    client.log_text(parent_run_id, pipeline_card(parent_run_id, DIAGRAM, rows, seconds, status), CARD)
-    client.set_terminated(parent_run_id, status)
+    rows = [{**r.__dict__, "card_uri": f"{cache.run(r.run_id).info.artifact_uri}/{names.CARD}"} for r in results]
+    client.log_text(parent_run_id, pipeline_card(parent_run_id, diagram(), rows, seconds, status), names.CARD)
 
 
 if __name__ == "__main__":

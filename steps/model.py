@@ -29,8 +29,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 from steps.codebook import Codebook, check_features
-
-PIPELINE_ARTIFACT = "pipeline"
+from steps.names import PIPELINE_ARTIFACT
 IDENTITY_COLUMNS = ["model_name", "model_version", "run_id", "model_id"]
 OUTPUT_COLUMNS = ["prediction", "probability", "confidence", "risk_level", *IDENTITY_COLUMNS]
 

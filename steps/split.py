@@ -9,18 +9,14 @@ from __future__ import annotations
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from steps.context import StepContext
 from steps.errors import PipelineError
-from steps.tracking import StepContext, launch_step
 
 
 def split_data(raw: pd.DataFrame, label: str, test_fraction: float, val_fraction: float,
                seed: int) -> tuple[dict[str, pd.DataFrame], int]:
-    """Return ({"train", "val", "test"} frames, number of duplicate rows dropped)."""
-    if not (0 < test_fraction < 1 and 0 < val_fraction < 1 and test_fraction + val_fraction < 1):
-        raise PipelineError(
-            f"split.test_fraction={test_fraction}, split.val_fraction={val_fraction}: "
-            "each must be between 0 and 1 and together below 1"
-        )
+    """Return ({"train", "val", "test"} frames, number of duplicate rows dropped).
+    The fractions are checked at start-up (steps/config_checks.py)."""
     unique = raw.drop_duplicates().reset_index(drop=True)
     dropped = len(raw) - len(unique)
     try:
@@ -37,12 +33,12 @@ def split_data(raw: pd.DataFrame, label: str, test_fraction: float, val_fraction
 def run(ctx: StepContext) -> None:
     cfg = ctx.cfg
     label = cfg.schema.label
-    sets, dropped = split_data(ctx.load_table("ingest", "raw"), label, cfg.split.test_fraction,
+    sets, dropped = split_data(ctx.read("raw"), label, cfg.split.test_fraction,
                                cfg.split.val_fraction, cfg.split.seed)
     for name, frame in sets.items():
-        ctx.log_table(name, frame)
+        ctx.write(name, frame)
     counts = {name: frame[label].value_counts().sort_index().to_dict() for name, frame in sets.items()}
-    ctx.log_dict({"duplicates_dropped": dropped, "class_counts": counts}, "split_report.json")
+    ctx.write("split_report", {"duplicates_dropped": dropped, "class_counts": counts})
     metrics = {"duplicates_dropped": dropped}
     for name, frame in sets.items():
         metrics[f"{name}_rows"] = len(frame)
@@ -54,4 +50,6 @@ def run(ctx: StepContext) -> None:
 
 
 if __name__ == "__main__":
+    from steps.cli import launch_step
+
     launch_step("split")

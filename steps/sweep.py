@@ -28,28 +28,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from omegaconf import DictConfig
 
+from steps import names
 from steps.cards import decision_text, leaderboard_page, sweep_card
+from steps.cli import adopt_launcher_run, launch, run_command
 from steps.config import STEP_NAMES
+from steps.config_checks import check_config
+from steps.context import ArtifactCache
 from steps.errors import PipelineError
+from steps.fingerprint import step_view
 from steps.leaderboard import COLUMNS, leaderboard, lower_is_better, render, short
 from steps.pipeline import STEPS
-from steps.tracking import (
-    CARD,
-    TAG_ERROR,
-    TAG_ROLE,
-    StepResult,
-    Tracking,
-    adopt_launcher_run,
-    config_params,
-    connect,
-    execute,
-    exit_on_pipeline_error,
-    launch,
-)
+from steps.runner import FAILED, FINISHED, StepResult, config_params, end_run, execute, open_group_run
+from steps.store import Tracking, connect
 
 ENV_SWEEP_RUN = "HEART_SWEEP_RUN_ID"  # the sweep parent run, for the trials
 ENV_SWEEP_KEYS = "HEART_SWEEP_KEYS"  # the config keys the sweep varies, which name the trials
@@ -108,12 +101,12 @@ def sweep_setup(hydra_cfg: DictConfig) -> dict[str, str]:
     return setup
 
 
-def build_upstream(cfg: DictConfig, tracking: Tracking, sweep_run: str) -> list[StepResult]:
+def build_upstream(cfg: DictConfig, tracking: Tracking, cache: ArtifactCache, sweep_run: str) -> list[StepResult]:
     """ingest, split and transform, each run under the sweep run or found in the cache."""
     results: list[StepResult] = []
     for name in UPSTREAM:
-        upstream = tracking.client.get_run(results[-1].run_id) if results else None
-        results.append(execute(name, cfg, tracking, parent_run_id=sweep_run, upstream_run=upstream))
+        results.append(execute(name, cfg, tracking, cache, parent_run_id=sweep_run,
+                               upstream_run_id=results[-1].run_id if results else None))
     return results
 
 
@@ -122,17 +115,15 @@ def run_trial(cfg: DictConfig) -> float:
     Returns the sweep metric (what an optimising sweeper optimises), or NaN if the trial
     failed: the trial run records why, the other trials go on, and the sweep ends FAILED."""
     tracking = connect(cfg.profile)
-    client = tracking.client
     hydra_cfg = HydraConfig.get()
     title = trial_name(hydra_cfg.runtime.choices["model"], list(hydra_cfg.overrides.task),
                        set(os.environ[ENV_SWEEP_KEYS].split()))
-    trial = client.create_run(tracking.experiment_id, tags={
-        MLFLOW_PARENT_RUN_ID: os.environ[ENV_SWEEP_RUN], MLFLOW_RUN_NAME: title, TAG_ROLE: "trial"}).info.run_id
+    trial = open_group_run(tracking, "trial", title, parent_run_id=os.environ[ENV_SWEEP_RUN])
     try:
+        check_config(cfg)  # a trial's values were not checked with the sweep's base config
         value = train_and_evaluate(cfg, tracking, trial)
     except Exception as err:  # a bad value in one trial must not cost the others their results
-        client.set_tag(trial, TAG_ERROR, str(err)[:5000])
-        client.set_terminated(trial, "FAILED")
+        end_run(tracking, trial, FAILED, str(err))
         print(f"sweep: trial {title} FAILED: {type(err).__name__}: {err}", file=sys.stderr)
         return math.nan
     print(f"sweep: trial {title}: {cfg.sweep.metric} = {value:.4f}")
@@ -144,27 +135,28 @@ def train_and_evaluate(cfg: DictConfig, tracking: Tracking, trial: str) -> float
     # force= was applied to the upstream steps once, before the trials; here they are found
     # in the cache, unless the trial varies their config.
     cfg.force = [s for s in (STEP_NAMES if "all" in cfg.force else cfg.force) if s not in UPSTREAM]
-    upstream = build_upstream(cfg, tracking, os.environ[ENV_SWEEP_RUN])[-1]
-    params = {**config_params(cfg, STEPS["train"]), **config_params(cfg, STEPS["evaluate"])}
+    cache = ArtifactCache(client)
+    upstream = build_upstream(cfg, tracking, cache, os.environ[ENV_SWEEP_RUN])[-1]
+    params = {**config_params(step_view(cfg, STEPS["train"])), **config_params(step_view(cfg, STEPS["evaluate"]))}
     client.log_batch(trial, params=[Param(k, str(v)) for k, v in params.items()])
-    train = execute("train", cfg, tracking, parent_run_id=trial, upstream_run=client.get_run(upstream.run_id))
-    evaluation = execute("evaluate", cfg, tracking, parent_run_id=trial, upstream_run=client.get_run(train.run_id))
+    train = execute("train", cfg, tracking, cache, parent_run_id=trial, upstream_run_id=upstream.run_id)
+    evaluation = execute("evaluate", cfg, tracking, cache, parent_run_id=trial, upstream_run_id=train.run_id)
     evaluated = client.get_run(evaluation.run_id).data
     if cfg.sweep.metric not in evaluated.metrics:
         raise PipelineError(f"sweep.metric={cfg.sweep.metric} is not a metric of evaluate; "
                             f"it has {sorted(evaluated.metrics)}")
     metrics, now = evaluated.metrics, int(time.time() * 1000)
-    tags = [RunTag("validation.status", evaluated.tags.get("validation.status", "?"))]
+    tags = [RunTag(names.VALIDATION_STATUS, evaluated.tags.get(names.VALIDATION_STATUS, "?"))]
     for result in (train, evaluation):  # a trial may reuse a cached train run: say which
         tags += [RunTag(f"pipeline.{result.step}.run_id", result.run_id),
                  RunTag(f"pipeline.{result.step}.status", result.status)]
     # One write for all of it: parallel trials share one SQLite file.
     client.log_batch(trial, metrics=[Metric(m, metrics[m], now, 0) for m in TRIAL_METRICS], tags=tags)
-    client.set_terminated(trial, "FINISHED")
+    end_run(tracking, trial, FINISHED)
     return metrics[cfg.sweep.metric]
 
 
-def log_best_trial(client: MlflowClient, run_id: str, best: dict[str, Any]) -> dict[str, Any]:
+def log_best_trial(client, run_id: str, best: dict[str, Any]) -> dict[str, Any]:
     """Put the best trial's params (best.model.*) and metrics (best_*) on the sweep run, so
     sweeps line up in the compare view too; returns the key facts for the sweep card."""
     train, evaluation = client.get_run(best["train run"]), best["_evaluate_run"]
@@ -185,7 +177,7 @@ def stop_on_error(hook: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(hook)
     def guarded(self: Callback, config: DictConfig, **kwargs: Any) -> None:
         try:
-            exit_on_pipeline_error(lambda: hook(self, config, **kwargs))
+            run_command(config, lambda tracking: hook(self, config, tracking))
         except Exception:
             traceback.print_exc()
             sys.exit(1)  # SystemExit is not an Exception: Hydra lets it through
@@ -197,14 +189,11 @@ class SweepRun(Callback):
     """Opens the sweep parent run before the trials and closes it with the results."""
 
     @stop_on_error
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+    def on_multirun_start(self, config: DictConfig, tracking: Tracking) -> None:
         if "direction" in config.hydra.sweeper:
             check_direction(config.hydra.sweeper.direction, config.sweep.metric)
-        tracking = connect(config.profile)
-        run_id = adopt_launcher_run(tracking) or tracking.client.create_run(
-            tracking.experiment_id, run_name="sweep").info.run_id
-        tracking.client.set_tag(run_id, TAG_ROLE, "sweep")
-        atexit.register(close_unfinished_sweep, tracking.client, run_id)
+        run_id = open_group_run(tracking, "sweep", "sweep", own_run_id=adopt_launcher_run(tracking))
+        atexit.register(close_unfinished_sweep, tracking, run_id)
         self.setup = sweep_setup(config.hydra)
         tracking.client.log_batch(run_id, params=[Param(k, v) for k, v in self.setup.items()])
         # The trials read these; joblib's worker processes inherit them.
@@ -214,11 +203,10 @@ class SweepRun(Callback):
         # Run (or find cached) the upstream steps once, before parallel trials could race to
         # build the same ones. A sweep over data/split/transform keys builds its own per trial.
         self.upstream = [{"step": r.step, "run_id": r.run_id, "status": r.status}
-                         for r in build_upstream(config, tracking, run_id)]
+                         for r in build_upstream(config, tracking, ArtifactCache(tracking.client), run_id)]
 
     @stop_on_error
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        tracking = connect(config.profile)
+    def on_multirun_end(self, config: DictConfig, tracking: Tracking) -> None:
         client, run_id = tracking.client, os.environ[ENV_SWEEP_RUN]
         rows = leaderboard(tracking, parent=run_id, sort=config.sweep.metric)
         best, decision = {}, "not asked for (sweep.register_best=false)"
@@ -229,8 +217,8 @@ class SweepRun(Callback):
             validated = next((row for row in rows if row["status"] == "VALIDATED"), None)
             decision = "no trial was VALIDATED: nothing registered"
             if validated:
-                result = execute("register", config, tracking, parent_run_id=run_id,
-                                 upstream_run=validated["_evaluate_run"])
+                result = execute("register", config, tracking, ArtifactCache(client), parent_run_id=run_id,
+                                 upstream_run_id=validated["_evaluate_run"].info.run_id)
                 decision = f"{validated['train run']}: {decision_text(result.summary)}"
                 print(f"sweep: registered the best validated trial: {decision}")
                 rows = leaderboard(tracking, parent=run_id, sort=config.sweep.metric)  # shows the new version
@@ -238,28 +226,28 @@ class SweepRun(Callback):
         client.log_text(run_id, pd.DataFrame(table, columns=COLUMNS).to_csv(index=False), "leaderboard.csv")
         client.log_text(run_id, leaderboard_page(COLUMNS, table), "leaderboard.html")
         trials = client.search_runs([tracking.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}' and "
-                                    f"tags.`{TAG_ROLE}` = 'trial'", max_results=5000)
-        failed = {t.data.tags[MLFLOW_RUN_NAME]: t.data.tags.get(TAG_ERROR, "?") for t in trials
-                  if t.info.status == "FAILED"}
+                                    f"tags.`{names.ROLE}` = 'trial'", max_results=5000)
+        failed = {t.data.tags[MLFLOW_RUN_NAME]: t.data.tags.get(names.ERROR, "?") for t in trials
+                  if t.info.status == FAILED}
         seconds = time.time() - client.get_run(run_id).info.start_time / 1000
         for row, ranked in zip(table, rows):
-            row["card_uri"] = f"{ranked['_evaluate_run'].info.artifact_uri}/{CARD}"
+            row["card_uri"] = f"{ranked['_evaluate_run'].info.artifact_uri}/{names.CARD}"
         client.log_text(run_id, sweep_card(run_id, self.setup, self.upstream, len(trials), COLUMNS, table, failed,
-                                           config.sweep.metric, best, decision, seconds), CARD)
+                                           config.sweep.metric, best, decision, seconds), names.CARD)
         print(f"sweep: {len(trials) - len(failed)} of {len(trials)} trial(s) finished, "
               f"{len(rows)} model(s) ranked in run {run_id}:")
         print(render(rows) if rows else "  none finished")
         if failed:
-            client.set_terminated(run_id, "FAILED")
+            end_run(tracking, run_id, FAILED, f"{len(failed)} trial(s) FAILED")
             sys.exit(f"sweep: {len(failed)} trial(s) FAILED: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
-        client.set_terminated(run_id, "FINISHED")
+        end_run(tracking, run_id, FINISHED)
 
 
-def close_unfinished_sweep(client: MlflowClient, run_id: str) -> None:
+def close_unfinished_sweep(tracking: Tracking, run_id: str) -> None:
     """A trial that raised ends the multirun before on_multirun_end: mark the sweep run
     FAILED rather than leave it RUNNING for ever."""
-    if client.get_run(run_id).info.status == "RUNNING":
-        client.set_terminated(run_id, "FAILED")
+    if tracking.client.get_run(run_id).info.status == "RUNNING":
+        end_run(tracking, run_id, FAILED, "the sweep ended before its results were recorded")
 
 
 if __name__ == "__main__":

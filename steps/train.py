@@ -7,29 +7,18 @@ fitted transformer and the estimator in one sklearn Pipeline, saved with skops.
 
 from __future__ import annotations
 
-import warnings
-from importlib.metadata import version
-
-import mlflow
 import pandas as pd
-import skops.io
 from hydra.utils import instantiate
-from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 from omegaconf import DictConfig
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.pipeline import Pipeline
 
+from steps import names
 from steps.codebook import Codebook
-from steps.metrics import binary_metrics, prefixed, threshold_for_sensitivity, threshold_for_specificity
+from steps.context import StepContext
 from steps.errors import PipelineError
-from steps.model import PIPELINE_ARTIFACT, answer
-from steps.tracking import PACKAGE_DIR, StepContext, launch_step
-from steps.transform import TRANSFORMER_PATH
-
-TAG_MODEL_URI = "pipeline.model_uri"
-# What the logged model needs to load and predict, at the versions that trained it.
-MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
+from steps.metrics import binary_metrics, prefixed, threshold_for_sensitivity, threshold_for_specificity
+from steps.model import answer
 
 
 def build_estimator(model: DictConfig):
@@ -98,11 +87,10 @@ def run(ctx: StepContext) -> None:
     book = Codebook.from_config(cfg.schema)
     label = book.label
     trusted = list(cfg.train.skops_trusted_types)
-    transformer = skops.io.load(ctx.download("transform", TRANSFORMER_PATH), trusted=trusted)
-    pipeline = fit_model(transformer, ctx.load_table("transform", "train"), cfg.model, label,
+    pipeline = fit_model(ctx.read("transformer", trusted=trusted), ctx.read("train_features"), cfg.model, label,
                          cfg.train.calibration, cfg.train.calibration_folds)
 
-    raw_train, val = ctx.load_table("split", "train"), ctx.load_table("split", "val")
+    raw_train, val = ctx.read("train"), ctx.read("val")
     p_train, p_val = (pipeline.predict_proba(rows[book.features])[:, 1] for rows in (raw_train, val))
     threshold = choose_threshold(val[label], p_val, cfg.train.threshold)
     bands = choose_risk_bands(val[label], p_val, cfg.train.risk_levels)
@@ -113,39 +101,21 @@ def run(ctx: StepContext) -> None:
     ctx.log_metrics(metrics)
 
     features = raw_train[book.features]
-    ctx.log_dataset(raw_train, source=ctx.artifact_uri("split", "data/train.parquet"),
+    ctx.log_dataset(raw_train, source=ctx.artifact_uri("split", names.split_table("train")),
                     name="train", context="training", targets=label)
-    requirements = [f"{package}=={version(package)}" for package in MODEL_REQUIREMENTS]
-    pipeline_dir = ctx.workdir / PIPELINE_ARTIFACT
-    try:
-        mlflow.sklearn.save_model(pipeline, str(pipeline_dir), serialization_format="skops",
-                                  skops_trusted_types=trusted, pip_requirements=requirements)
-    except MlflowException as err:
-        if "untrusted types" not in err.message:
-            raise
-        raise PipelineError(f"{err.message.split('Root error: ')[-1]} Review them and add them to "
-                            "train.skops_trusted_types (conf/train/default.yaml).") from None
     config = model_config(book, raw_train, threshold, bands)
     example_identity = {"model_name": "heart-disease", "model_version": "1", "run_id": ctx.run_id, "model_id": "m-0"}
     example_output = answer(pipeline.predict_proba(features.head(2))[:, 1], config["decision_threshold"],
                             config["risk_levels"], example_identity)
-    with warnings.catch_warnings(), ctx.active_run():
-        # MLflow hints that int columns cannot hold missing values: true, and irrelevant for 0/1.
-        warnings.simplefilter("ignore", UserWarning)
-        info = mlflow.pyfunc.log_model(
-            name=cfg.train.model_name,
-            python_model=str(PACKAGE_DIR / "model.py"),
-            artifacts={PIPELINE_ARTIFACT: str(pipeline_dir)},
-            model_config=config,
-            code_paths=[str(PACKAGE_DIR)],
-            signature=infer_signature(features, example_output),
-            input_example=features.head(cfg.train.input_example_rows),
-            pip_requirements=requirements,
-        )
-    ctx.set_tags({TAG_MODEL_URI: info.model_uri, "model.class": cfg.model._target_})
+    uri = ctx.write_model("model", name=cfg.train.model_name, pipeline=pipeline, config=config, features=features,
+                          example_output=example_output, trusted=trusted,
+                          input_example_rows=cfg.train.input_example_rows)
+    ctx.set_tags({names.MODEL_URI: uri, names.MODEL_CLASS: cfg.model._target_})
     ctx.summary.update(model=model_description(cfg.model), val_roc_auc=round(metrics["val_roc_auc"], 4),
                        threshold=round(threshold, 3))
 
 
 if __name__ == "__main__":
+    from steps.cli import launch_step
+
     launch_step("train")

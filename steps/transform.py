@@ -1,14 +1,13 @@
-"""transform: fit imputation, one-hot encoding and scaling on the train split only,
-then apply them to train, val and test.
+"""transform: fit imputation, one-hot encoding and scaling on the train split only.
 
 Logs the fitted transformer (skops, no pickle) as `transformer/transformer.skops` and
-the transformed sets as data/{train,val,test}.parquet.
+the transformed train split, on which train fits the estimator, as data/train.parquet.
+The val and test rows are transformed inside the model that train logs.
 """
 
 from __future__ import annotations
 
 import pandas as pd
-import skops.io
 from omegaconf import DictConfig
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
@@ -16,10 +15,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from steps.codebook import Codebook
+from steps.context import StepContext
 from steps.errors import PipelineError
-from steps.tracking import StepContext, launch_step
-
-TRANSFORMER_PATH = "transformer/transformer.skops"
 
 
 def build_transformer(transform: DictConfig, book: Codebook) -> ColumnTransformer:
@@ -46,32 +43,24 @@ def build_transformer(transform: DictConfig, book: Codebook) -> ColumnTransforme
     return transformer
 
 
-def fit_transform(sets: dict[str, pd.DataFrame], transform: DictConfig, book: Codebook):
-    """Fit on sets["train"] only; return (fitted transformer, transformed sets with the label)."""
-    transformer = build_transformer(transform, book).fit(sets["train"][book.features])
-    columns = transformer.get_feature_names_out()
-    transformed = {}
-    for name, frame in sets.items():
-        out = pd.DataFrame(transformer.transform(frame[book.features]), columns=columns)
-        out[book.label] = frame[book.label].to_numpy()
-        transformed[name] = out
+def fit_transform(train: pd.DataFrame, transform: DictConfig, book: Codebook):
+    """Fit on the train split; return (fitted transformer, transformed train rows with the label)."""
+    transformer = build_transformer(transform, book).fit(train[book.features])
+    transformed = pd.DataFrame(transformer.transform(train[book.features]), columns=transformer.get_feature_names_out())
+    transformed[book.label] = train[book.label].to_numpy()
     return transformer, transformed
 
 
 def run(ctx: StepContext) -> None:
     book = Codebook.from_config(ctx.cfg.schema)
-    sets = {name: ctx.load_table("split", name) for name in ("train", "val", "test")}
-    transformer, transformed = fit_transform(sets, ctx.cfg.transform, book)
-
-    path = ctx.workdir / TRANSFORMER_PATH
-    path.parent.mkdir(parents=True)
-    skops.io.dump(transformer, path)
-    ctx.log_file(path, "transformer")
-    for name, frame in transformed.items():
-        ctx.log_table(name, frame)
-    ctx.log_metrics({"output_features": transformed["train"].shape[1] - 1})
-    ctx.summary.update(features_out=transformed["train"].shape[1] - 1)
+    transformer, transformed = fit_transform(ctx.read("train"), ctx.cfg.transform, book)
+    ctx.write("transformer", transformer)
+    ctx.write("train_features", transformed)
+    ctx.log_metrics({"output_features": transformed.shape[1] - 1})
+    ctx.summary.update(features_out=transformed.shape[1] - 1)
 
 
 if __name__ == "__main__":
+    from steps.cli import launch_step
+
     launch_step("transform")

@@ -9,13 +9,15 @@ from sklearn.pipeline import Pipeline
 
 from steps.codebook import Codebook, validate
 from steps.config import register_configs
-from steps.evaluate import REJECTED, VALIDATED, cross_validate, judge
+from steps.evaluate import cross_validate, judge
 from steps.register import champion_decision
 from steps.sources import read_uci
 from steps.split import split_data
 from steps.synthetic import generate
+from steps.cli import _argv_from_mlproject
 from steps.errors import PipelineError
-from steps.tracking import _argv_from_mlproject, cache_key, code_fingerprint
+from steps.fingerprint import cache_key, code_fingerprint, step_view
+from steps.names import REJECTED, VALIDATED
 from steps.pipeline import STEPS
 from steps.transform import build_transformer, fit_transform
 from tests.conftest import CLEVELAND, REPO
@@ -56,23 +58,19 @@ def test_split_is_stratified_and_seeded(raw):
     assert len(sets["test"]) == round(0.2 * len(raw))
 
 
-def test_split_rejects_bad_fractions(raw):
-    with pytest.raises(PipelineError, match="together below 1"):
-        split_data(raw, "target", 0.6, 0.5, 0)
-
-
 def test_transform_fits_on_train_only(cfg, book, raw):
     sets, _ = split_data(raw, "target", 0.2, 0.2, 42)
-    transformer, transformed = fit_transform(sets, cfg.transform, book)
+    transformer, transformed = fit_transform(sets["train"], cfg.transform, book)
     scaled = transformer.named_transformers_["scaled"]
     imputer, scaler = scaled.steps[0][1], scaled.steps[1][1]
     numeric = [c for c in book.features if c not in cfg.transform.one_hot]
     np.testing.assert_allclose(imputer.statistics_, sets["train"][numeric].median())
     np.testing.assert_allclose(scaler.mean_, sets["train"][numeric].fillna(sets["train"][numeric].median()).mean())
-    assert transformed["train"][numeric].mean().abs().max() < 1e-9
-    assert transformed["test"][numeric].mean().abs().max() > 1e-3  # test rows were not fitted
-    assert {"cp_4.0", "thal_7.0"} <= set(transformed["train"].columns)
-    assert not transformed["test"].isna().any().any()
+    assert transformed[numeric].mean().abs().max() < 1e-9
+    test = pd.DataFrame(transformer.transform(sets["test"][book.features]), columns=transformer.get_feature_names_out())
+    assert test[numeric].mean().abs().max() > 1e-3  # test rows were not fitted
+    assert {"cp_4.0", "thal_7.0"} <= set(transformed.columns)
+    assert not test.isna().any().any()
 
 
 def test_transform_rejects_unknown_one_hot_column(cfg, book):
@@ -124,22 +122,51 @@ def test_mlproject_overrides_are_split_like_a_shell(overrides, expected):
 
 def test_cache_key_depends_on_own_config_only(cfg):
     train = STEPS["train"]
-    base = cache_key(train, cfg, "run-1")
+    base = cache_key(train, step_view(cfg, train), "run-1")
     changed_model = cfg.copy()
     changed_model.model.C = 0.5
     changed_split = cfg.copy()
     changed_split.split.seed = 1
-    assert cache_key(train, changed_model, "run-1") != base
-    assert cache_key(train, changed_split, "run-1") == base  # split's change reaches train via its run id
-    assert cache_key(train, cfg, "run-2") != base
+    assert cache_key(train, step_view(changed_model, train), "run-1") != base
+    # split's change reaches train via its run id
+    assert cache_key(train, step_view(changed_split, train), "run-1") == base
+    assert cache_key(train, step_view(cfg, train), "run-2") != base
+
+
+def test_cache_key_covers_the_versions_of_result_shaping_libraries(cfg):
+    from steps import fingerprint
+
+    train = STEPS["train"]
+    base = cache_key(train, step_view(cfg, train), "run-1")
+    real = fingerprint.library_versions()
+    assert {"mlflow", "scikit-learn", "numpy", "pandas", "pyarrow", "skops"} <= set(real)
+    fingerprint.library_versions.cache_clear()
+    original = fingerprint.version
+    try:
+        fingerprint.version = lambda package: "0.0.1" if package == "scikit-learn" else original(package)
+        assert cache_key(train, step_view(cfg, train), "run-1") != base
+    finally:
+        fingerprint.version = original
+        fingerprint.library_versions.cache_clear()
+    assert cache_key(train, step_view(cfg, train), "run-1") == base
+
+
+def test_a_step_sees_only_the_config_in_its_cache_key(cfg):
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    view = step_view(cfg, STEPS["split"])
+    assert view.split.seed == cfg.split.seed
+    with pytest.raises((ConfigAttributeError, ConfigKeyError)):
+        view.model  # noqa: B018 - reading outside the step's sections must fail at once
 
 
 def test_code_fingerprint_covers_imported_project_modules():
-    # train imports transform, codebook, metrics and tracking: editing any changes train's key
-    from steps.tracking import _imported_step_modules, PACKAGE_DIR
+    # train imports codebook, metrics, model and the step context: editing any changes train's key
+    from steps.fingerprint import PACKAGE_DIR, _imported_step_modules
 
     imported = {p.name for p in _imported_step_modules(PACKAGE_DIR / "train.py")}
-    assert {"transform.py", "codebook.py", "metrics.py", "tracking.py"} <= imported
+    assert {"codebook.py", "metrics.py", "model.py", "context.py"} <= imported
+    assert "cli.py" not in imported  # the command-line shell computes nothing
     assert code_fingerprint("steps.train") != code_fingerprint("steps.split")
 
 
@@ -197,10 +224,10 @@ def test_calibration_wraps_the_estimator(cfg, book, raw):
     from steps.train import fit_model
 
     sets, _ = split_data(raw, "target", 0.2, 0.2, 42)
-    transformer, transformed = fit_transform(sets, cfg.transform, book)
-    pipeline = fit_model(transformer, transformed["train"], cfg.model, "target", "sigmoid", 3)
+    transformer, transformed = fit_transform(sets["train"], cfg.transform, book)
+    pipeline = fit_model(transformer, transformed, cfg.model, "target", "sigmoid", 3)
     assert isinstance(pipeline.named_steps["model"], CalibratedClassifierCV)
     assert pipeline.predict_proba(sets["test"][book.features]).shape == (len(sets["test"]), 2)
     with pytest.raises(PipelineError, match="train.calibration='platt'"):
-        fit_model(transformer, transformed["train"], cfg.model, "target", "platt")
+        fit_model(transformer, transformed, cfg.model, "target", "platt")
 

@@ -4,7 +4,7 @@ always. Real SQLite stores in a temp dir."""
 import pytest
 
 from steps.errors import PipelineError
-from steps.tracking import connect
+from steps.store import connect, load_profile
 
 
 def write_profile(tmp_path, db_name):
@@ -13,7 +13,7 @@ def write_profile(tmp_path, db_name):
         f"tracking_uri: sqlite:///{tmp_path / db_name}\nregistry_uri: null\n"
         f"artifact_location: {tmp_path / 'artifacts'}\nexperiment_name: from-profile\n"
     )
-    return str(profile)
+    return load_profile(str(profile))
 
 
 def test_profile_decides_the_store(tmp_path, monkeypatch):
@@ -37,7 +37,7 @@ def test_explicit_tracking_uri_wins_over_the_profile(tmp_path, monkeypatch):
 
 def test_unknown_profile_lists_the_known_ones():
     with pytest.raises(PipelineError, match=r"profile 'nope' not found.*\['local', 'server'\]"):
-        connect("nope")
+        load_profile("nope")
 
 
 def _log_same_dataset(tracking_uri, experiment_id, round_, barrier, errors):
@@ -46,11 +46,14 @@ def _log_same_dataset(tracking_uri, experiment_id, round_, barrier, errors):
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    from steps.tracking import StepContext, Tracking
+    from steps.context import ArtifactCache, StepContext
+    from steps.pipeline import STEPS
+    from steps.store import Tracking
 
     client = MlflowClient(tracking_uri)
     run_id = client.create_run(experiment_id).info.run_id
-    context = StepContext(Tracking(client, experiment_id, tracking_uri), run_id, None, {}, None)
+    context = StepContext(Tracking(client, experiment_id, tracking_uri), run_id, STEPS["train"], None, {}, None,
+                          ArtifactCache(client))
     frame = pd.DataFrame({"age": [63.0 + round_, 41.0], "num": [1, 0]})
     barrier.wait()
     try:
