@@ -50,8 +50,8 @@ def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
         return {a.path for a in store.client.list_artifacts(by_step[step].info.run_id, folder)}
 
     assert "data/raw.parquet" in artifacts("ingest", "data")
-    for step in ("split", "transform"):
-        assert {f"data/{n}.parquet" for n in ("train", "val", "test")} <= artifacts(step, "data")
+    assert {f"data/{n}.parquet" for n in ("train", "val", "test")} <= artifacts("split", "data")
+    assert artifacts("transform", "data") == {"data/train.parquet"}  # val and test are transformed by the model
     assert "transformer/transformer.skops" in artifacts("transform", "transformer")
     assert {f"plots/{n}.png" for n in ("roc_curve", "pr_curve", "calibration", "confusion_matrix")} \
         <= artifacts("evaluate", "plots")

@@ -43,3 +43,31 @@ def test_every_file_the_readme_links_to_is_in_the_repo():
     targets = {t for t in re.findall(r"\]\(([^)#\s]+)\)", readme) if not t.startswith(("http://", "https://"))}
     assert "docs/sweep-compare.png" in targets
     assert [t for t in sorted(targets) if not (REPO / t).exists()] == []
+
+
+def test_readme_shows_the_dag_pipeline_py_declares():
+    from steps.pipeline import diagram
+
+    assert diagram() in (REPO / "README.md").read_text()
+
+
+def test_no_step_module_imports_another():
+    import ast
+
+    from steps.pipeline import STEPS
+
+    for name in STEPS:
+        tree = ast.parse((REPO / "steps" / f"{name}.py").read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {f"steps.{alias.name}" for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module == "steps" for alias in node.names}
+        assert not imported & {f"steps.{other}" for other in STEPS if other != name}, name
+        assert "mlflow" not in {module.split(".")[0] for module in imported}, f"{name} talks to MLflow directly"
+
+
+def test_names_module_imports_nothing():
+    import ast
+
+    tree = ast.parse((REPO / "steps" / "names.py").read_text())
+    assert not [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]

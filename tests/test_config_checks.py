@@ -1,0 +1,66 @@
+"""Config values checked at start-up: each broken rule is one line naming the key,
+the value and what is allowed. The command-line side (exit code 2, no run created)
+is in test_runner_faults.py."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from steps.config import register_configs
+from steps.config_checks import ConfigError, check_config
+from tests.conftest import REPO
+
+
+def compose_with(*overrides):
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def problems(*overrides):
+    try:
+        check_config(compose_with(*overrides))
+    except ConfigError as err:
+        return err.problems
+    return []
+
+
+def test_the_default_config_passes():
+    assert problems() == []
+    assert problems("model=random_forest") == []
+    assert problems("data=synthetic", "data.rows=500") == []
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.rows=-5", "data.rows=-5: a positive row count"),
+    ("data.rows=0", "data.rows=0: a positive row count"),
+    ("split.test_fraction=2", "split.test_fraction=2.0: a number strictly between 0 and 1"),
+    ("split.test_fraction=-0.1", "split.test_fraction=-0.1: a number strictly between 0 and 1"),
+    ("split.val_fraction=0.9", "test_fraction + val_fraction must be below 1"),
+    ("evaluate.cv_folds=1", "evaluate.cv_folds=1: a whole number >= 2"),
+    ("evaluate.cv_repeats=0", "evaluate.cv_repeats=0: a whole number >= 1"),
+    ('evaluate.criteria=["foo >= 1"]', "evaluate.criteria[0]='foo >= 1': 'foo' is not a metric evaluate logs"),
+    ('evaluate.criteria=["test_roc_auc about 1"]', "evaluate.criteria[0]='test_roc_auc about 1': write"),
+    ("evaluate.criteria=[]", "evaluate.criteria=[]: list at least one criterion"),
+    ("model.C=-1", "model.C=-1: The 'C' parameter of LogisticRegression must be"),
+    ("+model.colour=red", "cannot build the estimator"),
+    ("train.threshold.target=1.5", "train.threshold.target=1.5: a number between 0 and 1"),
+    ("train.risk_levels.bounds={Low: 0.7, Moderate: 0.4, High: 1.0}", "train.risk_levels.bounds="),
+    ("train.calibration=platt", "train.calibration='platt': use one of none, sigmoid, isotonic"),
+    ("register.primary_metric=accuracy", "register.primary_metric='accuracy': a metric evaluate logs"),
+    ("data.sites=[mars]", "data.sites=['mars']: one or more of cleveland"),
+    ("force=[trian]", "force=['trian']: a list of step names"),
+    ("transform.one_hot=[colour]", "transform.one_hot=['colour']: codebook features only"),
+])
+def test_each_broken_rule_is_one_line_naming_key_value_and_rule(override, expected):
+    found = problems(override)
+    assert len(found) == 1, found
+    assert expected in found[0]
+    assert "\n" not in found[0]
+
+
+def test_an_empty_criteria_list_is_allowed_only_when_asked():
+    assert problems("evaluate.criteria=[]", "evaluate.allow_no_criteria=true") == []
+
+
+def test_every_problem_is_reported_at_once():
+    assert len(problems("data.rows=-5", "evaluate.cv_folds=1", "model.C=-1")) == 3

@@ -1,0 +1,193 @@
+"""The runner's guarantees under faults, with real processes on a real store: killed
+at named points (steps/faults.py), given bad overrides, fed damaged artifacts, run
+twice at once. After each fault a plain `main` must succeed, reuse only complete
+runs, and leave a champion that loads and predicts, with card, description and aliases."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from steps import names
+from steps.faults import all_points
+from steps.pipeline import STEPS
+from tests.conftest import REPO, make_store
+
+pytestmark = pytest.mark.e2e
+
+# Keeps each `main` short: the guarantees do not depend on how long evaluate's CV runs.
+QUICK = "evaluate.cv_repeats=2"
+
+
+def complete(run) -> bool:
+    return run.data.tags.get(names.COMPLETE) == names.COMPLETE_MARK and run.info.status == "FINISHED"
+
+
+def latest_main(store):
+    return store.client.search_runs([store.experiment_id], f"tags.`{names.ROLE}` = 'main'",
+                                    order_by=["attributes.start_time DESC"], max_results=1)[0]
+
+
+def assert_healthy(store):
+    """Every step run the latest main used is complete, no run is left RUNNING, and the
+    champion is published in full and predicts."""
+    main = latest_main(store)
+    assert main.info.status == "FINISHED"
+    for step in STEPS:
+        used = store.client.get_run(main.data.tags[f"pipeline.{step}.run_id"])
+        assert complete(used), (step, used.data.tags.get(names.COMPLETE), used.info.status)
+    running = store.client.search_runs([store.experiment_id], "attributes.status = 'RUNNING'")
+    assert running == []
+    champion = store.client.get_model_version_by_alias("heart-disease", "champion")
+    assert "Model card:" in champion.description and champion.tags["model_card"].endswith("model_card.md")
+    assert champion.tags["decision"] == "champion"
+    mlflow.set_tracking_uri(store.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/heart-disease@champion")
+    example = pd.read_csv(REPO / "tests" / "data" / "processed.cleveland.data", header=None, na_values="?").iloc[:2, :13]
+    example.columns = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak",
+                       "slope", "ca", "thal"]
+    answer = model.predict(example.fillna({"ca": 0.0, "thal": 3.0}))
+    assert list(answer["model_version"]) == [str(champion.version)] * 2
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    store = make_store(tmp_path_factory.mktemp("faults"))
+    store.steps("main", QUICK)
+    return store
+
+
+def test_every_named_fault_point_exists_in_the_code():
+    source = "".join(p.read_text() for p in (REPO / "steps").glob("*.py"))
+    for point in all_points(STEPS):
+        where = point.split(".", 1)[1]
+        assert f'.{where}"' in source or f'"{point}"' in source, point
+
+
+@pytest.mark.parametrize("point", [
+    "train.outputs_written",  # the model is logged, the run not yet complete: the old poisoned-cache window
+    "evaluate.before_complete",
+    "register.version_created",  # a version exists without card, description or aliases
+    "register.after_complete",  # complete, but killed before FINISHED
+    "eda.outputs_written",  # the side branch, in its thread
+])
+def test_sigkill_at_a_named_point_then_a_plain_main_recovers(store, point):
+    killed = store.steps("main", QUICK, "force=[all]", check=False, extra_env={names.FAULT_ENV: point})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    versions_before = len(store.client.search_model_versions("name = 'heart-disease'"))
+
+    again = store.steps("main", QUICK, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "marked run" in again.stderr and "KILLED" in again.stderr  # the dead process's runs
+    assert_healthy(store)
+    if point == "register.version_created":
+        # the half-registered version was completed, not left behind or duplicated
+        assert len(store.client.search_model_versions("name = 'heart-disease'")) == versions_before
+        assert "completing the version an interrupted register created" in again.stdout
+
+
+@pytest.mark.parametrize("point, signal_name, exit_code", [
+    ("split.started", "TERM", 143),
+    ("train.outputs_written", "INT", 130),
+])
+def test_sigterm_and_sigint_end_the_runs_killed_with_the_signal_named(store, point, signal_name, exit_code):
+    stopped = store.steps("main", QUICK, "force=[all]", check=False,
+                          extra_env={names.FAULT_ENV: f"{point}:{signal_name}"})
+    assert stopped.returncode == exit_code, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr
+    step = point.split(".")[0]
+    main = latest_main(store)
+    assert main.info.status == "KILLED" and main.data.tags[names.ERROR] == f"stopped by SIG{signal_name}"
+    step_run = store.client.search_runs([store.experiment_id], f"tags.`{names.STEP}` = '{step}'",
+                                        order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert step_run.info.status == "KILLED" and step_run.data.tags[names.ERROR] == f"stopped by SIG{signal_name}"
+    assert not complete(step_run)
+
+    store.steps("main", QUICK)
+    assert_healthy(store)
+
+
+def _artifact_file(store, step, artifact):
+    run_id = latest_main(store).data.tags[f"pipeline.{step}.run_id"]
+    location = store.client.get_run(run_id).info.artifact_uri
+    return run_id, Path(location.removeprefix("file://")) / artifact
+
+
+def test_a_truncated_or_deleted_artifact_is_never_reused(store):
+    store.steps("main", QUICK)
+    split_run, train_file = _artifact_file(store, "split", "data/train.parquet")
+    train_file.write_bytes(train_file.read_bytes()[:100])
+    result = store.steps("main", QUICK)
+    assert f"not reusing run {split_run}: its artifact data/train.parquet has 100 bytes" in result.stderr
+    assert latest_main(store).data.tags["pipeline.split.status"] == "ran"
+    assert store.client.get_run(split_run).data.tags[names.COMPLETE].startswith("damaged:")
+
+    transform_run, transformer = _artifact_file(store, "transform", names.TRANSFORMER)
+    transformer.unlink()
+    result = store.steps("main", QUICK)
+    assert f"not reusing run {transform_run}: its artifact {names.TRANSFORMER} is missing" in result.stderr
+    main = latest_main(store)
+    assert main.data.tags["pipeline.split.status"] == "reused" and main.data.tags["pipeline.transform.status"] == "ran"
+    assert_healthy(store)
+
+
+def test_a_changed_artifact_of_the_same_size_is_a_clear_error_then_rebuilt(store):
+    store.steps("main", QUICK)
+    split_run, val_file = _artifact_file(store, "split", "data/val.parquet")
+    data = bytearray(val_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other content
+    val_file.write_bytes(bytes(data))
+
+    failed = store.steps("main", QUICK, "force=[train]", check=False)
+    assert failed.returncode == 1
+    assert "Traceback" not in failed.stderr
+    assert f"split run {split_run}: artifact data/val.parquet does not match its recorded sha256" in failed.stderr
+    assert "run the command again to rebuild split" in failed.stderr
+
+    store.steps("main", QUICK)
+    assert latest_main(store).data.tags["pipeline.split.status"] == "ran"
+    assert_healthy(store)
+
+
+@pytest.mark.parametrize("override", [
+    "data.rows=-5", "split.test_fraction=2", "split.test_fraction=-0.1", "evaluate.cv_folds=1",
+    'evaluate.criteria=["foo >= 1"]', "model.C=-1",
+])
+def test_a_bad_override_exits_2_with_one_line_and_creates_no_run(tmp_path, override):
+    store = make_store(tmp_path / "store")
+    result = store.steps("main", override, check=False)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("config error: ") and override.split("=")[0] in lines[0], lines
+    assert store.client.search_runs([store.experiment_id]) == []
+    assert store.registry_state() == {}
+
+
+def test_two_identical_mains_at_once_train_and_register_once(tmp_path):
+    store = make_store(tmp_path / "store")
+    command = [sys.executable, "-m", "steps.main", QUICK]
+    both = [subprocess.Popen(command, cwd=REPO, env=store.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=600) for process in both]
+    assert [process.returncode for process in both] == [0, 0], outputs
+    for step in ("train", "evaluate", "register"):
+        assert len(store.runs(step)) == 1, step
+    assert [str(v.version) for v in store.client.search_model_versions("name = 'heart-disease'")] == ["1"]
+    assert any("waiting for run" in err for _, err in outputs)  # the second waited for the first's claim
+
+
+def test_eight_processes_starting_on_a_missing_sqlite_store_all_succeed(tmp_path):
+    database = tmp_path / "new" / "mlflow.db"
+    env = {**make_store(tmp_path / "seed").env, "MLFLOW_TRACKING_URI": f"sqlite:///{database}",
+           "MLFLOW_EXPERIMENT_NAME": "brand-new"}
+    processes = [subprocess.Popen([sys.executable, "-m", "steps.ingest"], cwd=REPO, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert [process.returncode for process in processes] == [0] * 8, [err[-1500:] for _, err in outputs]
+    client = mlflow.MlflowClient(f"sqlite:///{database}")
+    experiment = client.get_experiment_by_name("brand-new")
+    ingests = client.search_runs([experiment.experiment_id], f"tags.`{names.STEP}` = 'ingest'")
+    assert len(ingests) == 1 and complete(ingests[0])  # one ran; seven reused it
