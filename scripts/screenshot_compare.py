@@ -33,7 +33,7 @@ VENV_BIN = PROJECT_ROOT / ".venv" / "bin"
 DEFAULT_OVERRIDES = ["search=hist_gradient_boosting", "hydra.sweeper.n_trials=8"]
 DEFAULT_DATA = PROJECT_ROOT / "tests" / "data" / "processed.cleveland.data"
 EXPERIMENT = "heart-disease"  # profiles/local.yaml experiment_name
-TAG_ROLE = "pipeline.role"  # steps/tracking.py TAG_ROLE: main | sweep | trial
+TAG_ROLE = "pipeline.role"  # steps/names.py ROLE: main | sweep | trial
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

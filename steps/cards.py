@@ -43,7 +43,8 @@ def step_card(step: str, run_id: str, inputs: dict[str, str], outputs: list[str]
         f"<p>Run <code>{run_id}</code> <span class='ran'>ran</span> in {seconds:.2f} s. A later run with the "
         f"same cache key reuses it instead of running again.</p>",
         "<h2>Inputs</h2>",
-        _table([(name, f"<code>{rid}</code>") for name, rid in inputs.items()], ("upstream step", "run id"))
+        _table([(html.escape(name), f"<code>{rid}</code>") for name, rid in inputs.items()],
+               ("declared input (steps/pipeline.py)", "run id"))
         if inputs else "<p>None from MLflow: this step reads its source directly (see its config).</p>",
         "<h2>Outputs</h2><ul>" + "".join(f"<li><code>{html.escape(o)}</code></li>" for o in outputs) + "</ul>",
         "<h2>Key statistics</h2>", _table([(k, _value(v)) for k, v in summary.items()]),
@@ -54,7 +55,8 @@ def step_card(step: str, run_id: str, inputs: dict[str, str], outputs: list[str]
         encoded = base64.b64encode(path.read_bytes()).decode()
         body.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2><img src='data:image/png;base64,{encoded}'>")
     body += ["<h2>Cache key</h2>", f"<p><code>{cache_key}</code>: code of the step and the project modules it "
-             "imports, its resolved config sections and its upstream run id.</p>"]
+             "imports, the versions of the libraries that shape results, its config sections and its upstream "
+             "run id.</p>"]
     return page(f"Step card: {step}", body)
 
 

@@ -9,7 +9,6 @@ at most once), else downloaded and checked against the producing run's manifest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -26,15 +25,8 @@ from omegaconf import DictConfig
 from steps import logged_model, names
 from steps.errors import PipelineError
 from steps.pipeline import Step
+from steps.sources import sha256_of
 from steps.store import Tracking, store_lock
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class DamagedArtifact(PipelineError):

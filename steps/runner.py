@@ -301,7 +301,8 @@ def _run_step(ctx: StepContext, key: str) -> None:
     missing = ctx.missing_outputs()
     if missing:
         raise PipelineError(f"step {name} did not write its declared outputs {missing} (steps/pipeline.py)")
-    ctx.client.log_text(ctx.run_id, step_card(name, ctx.run_id, ctx.lineage, sorted(ctx.outputs), ctx.summary,
+    inputs = {f"{wanted.artifact} of {wanted.step}": ctx.lineage[wanted.step] for wanted in ctx.step.reads.values()}
+    ctx.client.log_text(ctx.run_id, step_card(name, ctx.run_id, inputs, sorted(ctx.outputs), ctx.summary,
                                               ctx.metrics, ctx.figures, work_seconds, key), names.CARD)
     faults.point(f"{name}.outputs_written")
     ctx.set_tags({names.OUTPUTS: json.dumps(ctx.outputs, sort_keys=True),

@@ -89,10 +89,12 @@ def connect(profile: DictConfig) -> Tracking:
     mlflow.set_tracking_uri(tracking_uri)
     if registry_uri:
         mlflow.set_registry_uri(registry_uri)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
 
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or profile.experiment_name
     with store_lock(tracking_uri):
+        # The client opens the store, and MLflow creates a SQLite store's tables right there.
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+        client.search_registered_models(max_results=1)  # the registry's tables too, when it is another store
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             artifact_location = None

@@ -243,7 +243,8 @@ def test_api_logs_one_structured_line_per_request(api):
 
 
 def test_reload_switches_to_a_new_champion_without_restart(api, trained):
-    trained.steps("register", "force=[register]")  # same model registered again: v2, challenger
+    # Another model (one logged model is one version): v2
+    trained.steps("main", "model.C=0.3", "evaluate.cv_repeats=1")
     trained.client.set_registered_model_alias("heart-disease", "champion", "2")
     assert request(api.base + "/health")[1]["model_version"] == "1"
     status, health = request(api.base + "/reload", method="POST", raw=b"")
@@ -256,7 +257,7 @@ def test_workers_follow_the_alias_by_polling(trained, tmp_path):
                     "/health", tmp_path, "polling")
     try:
         before = trained.client.get_model_version_by_alias("heart-disease", "champion").version
-        trained.steps("register", "force=[register]")
+        trained.steps("main", "model.C=0.5", "evaluate.cv_repeats=1")
         newest = max(int(v.version) for v in trained.client.search_model_versions("name = 'heart-disease'"))
         trained.client.set_registered_model_alias("heart-disease", "champion", str(newest))
         assert str(newest) != str(before)
