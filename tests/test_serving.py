@@ -236,9 +236,17 @@ def test_api_large_batch(api):
 
 
 def test_api_logs_one_structured_line_per_request(api):
+    def logged():
+        return [json.loads(l) for l in api.log.read_text().splitlines() if l.startswith('{"method"')]
+
+    before = len(logged())
     request(api.base + "/health")
-    lines = [json.loads(l) for l in api.log.read_text().splitlines() if l.startswith('{"method"')]
-    assert lines and {"method", "path", "status", "latency_ms", "model_version"} <= set(lines[-1])
+    # The server writes the line after answering: wait for it rather than race it.
+    deadline, lines = time.time() + 10, logged()
+    while (len(lines) == before or lines[-1]["path"] != "/health") and time.time() < deadline:
+        time.sleep(0.05)
+        lines = logged()
+    assert len(lines) > before and {"method", "path", "status", "latency_ms", "model_version"} <= set(lines[-1])
     assert lines[-1]["path"] == "/health" and lines[-1]["status"] == 200
 
 
