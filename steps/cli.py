@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
+from steps.config import STEP_NAMES
 from steps.config_checks import ConfigError, check_config
 from steps.context import ArtifactCache
 from steps.errors import PipelineError
@@ -69,11 +70,12 @@ def launch(task: Callable[[DictConfig], Any], config_name: str = "config", multi
     hydra.main(config_path=str(PROJECT_ROOT / "conf"), config_name=config_name, version_base="1.3")(task)()
 
 
-def run_command(cfg: DictConfig, body: Callable[[Tracking], Any]) -> Any:
-    """Check the config, connect, mark runs of dead processes KILLED, then run `body`.
-    Every failure the user can act on ends in one message and its exit code."""
+def run_command(cfg: DictConfig, body: Callable[[Tracking], Any], steps: tuple[str, ...] = STEP_NAMES) -> Any:
+    """Check the config (for the `steps` this command may run), connect, mark runs of dead
+    processes KILLED, then run `body`. Every failure the user can act on ends in one
+    message and its exit code."""
     try:
-        check_config(cfg)
+        check_config(cfg, steps)
     except ConfigError as err:
         for problem in err.problems:
             print(f"config error: {problem}", file=sys.stderr)
@@ -137,4 +139,4 @@ def run_single_step(name: str, cfg: DictConfig) -> StepResult:
               f"{json.dumps(result.summary, default=str)}\n{name}: inputs from {inputs}")
         return result
 
-    return run_command(cfg, go)
+    return run_command(cfg, go, (name,))

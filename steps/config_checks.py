@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from steps.codebook import Codebook
 from steps.config import STEP_NAMES
 from steps.errors import PipelineError
-from steps.metrics import evaluate_metric_names, parse_criterion
+from steps.criteria import evaluate_metric_names, parse_criterion
 from steps.sources import UCI_SITES
 
 NUMERIC_IMPUTERS = ("mean", "median", "most_frequent", "constant")
@@ -67,15 +67,17 @@ def _show(value: Any) -> str:
     return str(value) if not isinstance(value, str) else repr(value)
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Raise ConfigError listing every broken rule; return quietly when all hold."""
+def check_config(cfg: DictConfig, steps: tuple[str, ...] = STEP_NAMES) -> None:
+    """Raise ConfigError listing every broken rule; return quietly when all hold. The
+    estimator is built (importing scikit-learn) only when `steps` include train."""
     rules = _Rules(cfg)
     _check_data(rules)
     _check_split(rules)
     _check_transform(rules, cfg)
     _check_train(rules)
     _check_evaluate(rules, cfg)
-    _check_model(rules, cfg)
+    if "train" in steps:
+        _check_model(rules, cfg)
     rules.require("eda.histogram_bins", lambda v: v >= 1, "a whole number >= 1")
     rules.require("eda.dpi", lambda v: v > 0, "a positive number")
     rules.require("force", lambda v: set(v) <= set(STEP_NAMES) | {"all"},

@@ -22,7 +22,8 @@ from steps import names
 from steps.codebook import Codebook
 from steps.context import StepContext
 from steps.errors import PipelineError
-from steps.metrics import OPERATORS, binary_metrics, calibration_line, parse_criterion, prefixed
+from steps.criteria import OPERATORS, parse_criterion
+from steps.metrics import binary_metrics, calibration_line, prefixed
 from steps.names import REJECTED, SITE, VALIDATED
 
 

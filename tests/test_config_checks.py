@@ -64,3 +64,10 @@ def test_an_empty_criteria_list_is_allowed_only_when_asked():
 
 def test_every_problem_is_reported_at_once():
     assert len(problems("data.rows=-5", "evaluate.cv_folds=1", "model.C=-1")) == 3
+
+
+def test_the_metric_names_checked_are_those_binary_metrics_computes():
+    from steps.criteria import BINARY_METRICS
+    from steps.metrics import binary_metrics
+
+    assert tuple(binary_metrics([0, 1, 1, 0], [0.2, 0.7, 0.4, 0.1])) == BINARY_METRICS
