@@ -127,7 +127,7 @@ def render(samples: list[dict[str, tuple[float, float]]], repeats: int) -> str:
         inside = statistics.median(s[name][1] for s in samples)
         medians[name] = (wall, wall - inside)
         if name.startswith(("`import", "python -m", "artifact")):
-            direct.append(f"| {name} | {wall:.1f} |")
+            direct.append(f"| {name} | {wall:.0f} |" if name.startswith("artifact") else f"| {name} | {wall:.1f} |")
         else:
             rows.append(f"| {name} | {wall:.1f} | {inside:.1f} | {wall - inside:.1f} |")
     imported, python_cold, python_reused, downloads, cold, reused, naive = (medians[k] for k in samples[0])
@@ -154,7 +154,7 @@ def render(samples: list[dict[str, tuple[float, float]]], repeats: int) -> str:
         f"{'met' if reuse_ratio <= 0.5 else 'NOT met'}.",
         "- For `main`, eda runs in a thread beside the chain, so \"inside\" counts only the six chain "
         "steps and eda's work is counted as overhead: the figure errs against `main`.",
-        "- Overhead is interpreter start-up and imports (MLflow alone takes about 2 s to import), "
+        "- Overhead is interpreter start-up and imports (`import mlflow` alone: see below), "
         "the `mlflow run` launcher, run bookkeeping in SQLite and artifact copies. The naive chain pays "
         "the start-up seven times; `main` pays it once and hands steps their inputs in one process.",
         "",

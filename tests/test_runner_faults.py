@@ -188,3 +188,16 @@ def test_eight_processes_starting_on_a_missing_sqlite_store_all_succeed(tmp_path
     experiment = client.get_experiment_by_name("brand-new")
     ingests = client.search_runs([experiment.experiment_id], f"tags.`{names.STEP}` = 'ingest'")
     assert len(ingests) == 1 and complete(ingests[0])  # one ran; seven reused it
+
+
+def test_two_mains_with_different_configs_at_once_leave_the_best_model_champion(store):
+    """Each register decides against the champion it sees; the store lock makes those
+    decisions one after the other, so the champion ends up the best of all versions."""
+    both = [subprocess.Popen([sys.executable, "-m", "steps.main", QUICK, f"model.C={c}"], cwd=REPO, env=store.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in (0.02, 3.0)]
+    outputs = [process.communicate(timeout=600) for process in both]
+    assert [process.returncode for process in both] == [0, 0], outputs
+    versions = store.client.search_model_versions("name = 'heart-disease'")
+    best = max(float(v.tags["primary_metric_value"]) for v in versions if v.tags.get("validation.status") == "VALIDATED")
+    champion = store.client.get_model_version_by_alias("heart-disease", "champion")
+    assert float(champion.tags["primary_metric_value"]) == best
