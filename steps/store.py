@@ -94,7 +94,6 @@ def connect(profile: DictConfig) -> Tracking:
     with store_lock(tracking_uri):
         # The client opens the store, and MLflow creates a SQLite store's tables right there.
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
-        client.search_registered_models(max_results=1)  # the registry's tables too, when it is another store
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             artifact_location = None
