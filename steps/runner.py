@@ -140,8 +140,10 @@ def claim(tracking: Tracking, name: str, key: str, tags: dict[str, str], own_run
         with store_lock(tracking.tracking_uri):
             done = find_reusable(tracking, key)
             if done is not None:
-                if run_id and run_id != own_run_id:
-                    tracking.client.delete_run(run_id)  # a claim that lost to another machine's
+                if run_id:  # a claim that lost to another machine's
+                    OPEN_RUNS.discard(run_id)
+                    if run_id != own_run_id:
+                        tracking.client.delete_run(run_id)
                 return "reuse", done
             rivals = _live_claims(tracking, key, run_id)
             if run_id is None and not rivals:

@@ -70,7 +70,6 @@ def test_every_named_fault_point_exists_in_the_code():
 @pytest.mark.parametrize("point", [
     "train.outputs_written",  # the model is logged, the run not yet complete: the old poisoned-cache window
     "register.version_created",  # a version exists without card, description or aliases
-    "register.after_complete",  # complete, but killed before FINISHED
     "eda.outputs_written",  # the side branch, in its thread
 ])
 def test_sigkill_at_a_named_point_then_a_plain_main_recovers(store, point):
@@ -90,7 +89,7 @@ def test_sigkill_at_a_named_point_then_a_plain_main_recovers(store, point):
 
 @pytest.mark.parametrize("point, signal_name, exit_code", [
     ("split.started", "TERM", 143),
-    ("train.outputs_written", "INT", 130),
+    ("transform.outputs_written", "INT", 130),
 ])
 def test_sigterm_and_sigint_end_the_runs_killed_with_the_signal_named(store, point, signal_name, exit_code):
     stopped = store.steps("main", QUICK, "force=[all]", check=False,
