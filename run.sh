@@ -38,7 +38,7 @@ case "$command" in
         exec python -m pytest "$@"
         ;;
     *)
-        sed -n '2,8p' "$0" >&2
+        sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2
         exit 2
         ;;
 esac

@@ -59,6 +59,8 @@ def launch(task: Callable[[DictConfig], Any], config_name: str = "config", multi
     from steps.config import register_configs
 
     register_configs()
+    # Each artifact MLflow copies would otherwise draw a progress bar between the step lines.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
     sys.argv = _argv_from_mlproject(sys.argv)

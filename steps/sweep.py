@@ -198,8 +198,6 @@ class SweepRun(Callback):
         tracking.client.log_batch(run_id, params=[Param(k, v) for k, v in self.setup.items()])
         # The trials read these; joblib's worker processes inherit them.
         os.environ[ENV_SWEEP_RUN], os.environ[ENV_SWEEP_KEYS] = run_id, " ".join(swept_keys(config.hydra))
-        # Parallel trials would interleave MLflow's download progress bars into noise.
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         # Run (or find cached) the upstream steps once, before parallel trials could race to
         # build the same ones. A sweep over data/split/transform keys builds its own per trial.
         self.upstream = [{"step": r.step, "run_id": r.run_id, "status": r.status}
