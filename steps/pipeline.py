@@ -149,11 +149,6 @@ def _check_declarations() -> None:
 _check_declarations()
 
 
-def edges() -> list[tuple[str, str, str]]:
-    """(from step, to step, what flows), one per declared input, in DAG order."""
-    return [(wanted.step, step.name, wanted.artifact) for step in STEPS.values() for wanted in step.reads.values()]
-
-
 def diagram() -> str:
     """The DAG as text, one line per step: what it reads, from which step."""
     width = max(len(name) for name in STEPS)

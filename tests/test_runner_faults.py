@@ -45,7 +45,7 @@ def assert_healthy(store):
     assert "Model card:" in champion.description and champion.tags["model_card"].endswith("model_card.md")
     assert champion.tags["decision"] == "champion"
     mlflow.set_tracking_uri(store.tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/heart-disease@champion")
+    model = mlflow.pyfunc.load_model("models:/heart-disease@champion")
     example = pd.read_csv(REPO / "tests" / "data" / "processed.cleveland.data", header=None, na_values="?").iloc[:2, :13]
     example.columns = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak",
                        "slope", "ca", "thal"]
