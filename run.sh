@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
-# The front door. Needs only python3 (3.11+).
+# The front door. Needs only python3 (3.11+). Every verb sets up .venv first.
 #
-#   ./run.sh main [hydra overrides...]   set up .venv, run the whole pipeline (mlflow run . -e main)
-#   ./run.sh test [pytest args...]       set up .venv with test tools, run the test suite
+#   ./run.sh main [overrides...]        the whole pipeline: mlflow run . -e main
+#   ./run.sh sweep [overrides...]       train + evaluate over a grid or an Optuna search: mlflow run . -e sweep
+#   ./run.sh score [overrides...]       batch scoring with the champion: mlflow run . -e score
+#   ./run.sh monitor [overrides...]     drift of served or given patients: mlflow run . -e monitor
+#   ./run.sh leaderboard [args...]      rank trials and runs: python -m steps.leaderboard
+#   ./run.sh serve [args...]            REST endpoint of the champion: mlflow models serve
+#   ./run.sh app [args...]              the FastAPI app: python -m serving
+#   ./run.sh ui [args...]               MLflow's UI on the project's store: mlflow ui
+#   ./run.sh server [args...]           a team tracking server (PostgreSQL, artifacts, auth)
+#   ./run.sh test [pytest args...]      the test suite (installs the test tools too)
+#   ./run.sh help                       this text
 #
+# Overrides are Hydra overrides (see conf/), one per argument.
 # The virtual environment is (re)installed only when the requirements files change.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -22,23 +32,58 @@ ensure_venv() {  # $1: requirements file
     export PATH="$PWD/$VENV/bin:$PATH"  # `mlflow run --env-manager local` runs `python` from PATH
 }
 
-command="${1:-}"
+usage() {  # the comment block at the top of this file
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+}
+
+command="${1:-help}"
 shift || true
+
+run_entry_point() {  # $1: entry point; the rest: Hydra overrides
+    local entry_point="$1" overrides=""
+    shift
+    ensure_venv requirements.txt
+    # Each argument is one Hydra override; %q keeps spaces and quotes inside one.
+    [ $# -eq 0 ] || overrides="$(printf '%q ' "$@")"
+    exec mlflow run . -e "$entry_point" --env-manager local --experiment-name heart-disease \
+        -P overrides="$overrides"
+}
+
 case "$command" in
-    main)
+    main|sweep|score|monitor)
+        run_entry_point "$command" "$@"
+        ;;
+    leaderboard)
         ensure_venv requirements.txt
-        # Each argument is one Hydra override; %q keeps spaces and quotes inside one.
-        overrides=""
-        [ $# -eq 0 ] || overrides="$(printf '%q ' "$@")"
-        exec mlflow run . -e main --env-manager local --experiment-name heart-disease \
-            -P overrides="$overrides"
+        exec python -m steps.leaderboard "$@"
+        ;;
+    serve)
+        ensure_venv requirements.txt
+        export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"
+        exec mlflow models serve -m models:/heart-disease@champion --env-manager local "$@"
+        ;;
+    app)
+        ensure_venv requirements.txt
+        exec python -m serving "$@"
+        ;;
+    ui)
+        ensure_venv requirements.txt
+        exec mlflow ui --backend-store-uri "${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" "$@"
+        ;;
+    server)
+        ensure_venv requirements.txt
+        exec python scripts/team_server.py "$@"
         ;;
     test)
         ensure_venv requirements-test.txt
         exec python -m pytest "$@"
         ;;
+    help|-h|--help)
+        usage
+        ;;
     *)
-        sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2
+        echo "unknown command: $command" >&2
+        usage >&2
         exit 2
         ;;
 esac
