@@ -24,7 +24,7 @@ def test_conda_env_and_requirements_pin_the_same_packages():
 def test_mlproject_declares_every_step_with_overrides_and_profile():
     project = yaml.safe_load((REPO / "MLproject").read_text())
     assert project["conda_env"] == "conda.yaml"
-    assert set(project["entry_points"]) == set(STEPS) | {"main", "sweep"}
+    assert set(project["entry_points"]) == set(STEPS) | {"main", "sweep", "score", "monitor"}
     for name, entry in project["entry_points"].items():
         assert set(entry["parameters"]) == {"overrides", "profile"}
         assert entry["command"] == f"python -m steps.{name} --overrides {{overrides}} --profile {{profile}}"
