@@ -3,6 +3,7 @@
     python -m steps.leaderboard                    # every evaluated model, best first
     python -m steps.leaderboard --parent <run id>  # only those under one main (or sweep) run
     python -m steps.leaderboard --sweep            # only the trials of the latest sweep
+    python -m steps.leaderboard --study <name>     # every trial of an Optuna study, whichever worker ran it
     python -m steps.leaderboard --top 5 --sort test_roc_auc
 
 One row per trained model (its latest complete evaluate run): model and key params, CV ROC-AUC with
@@ -21,6 +22,9 @@ from steps.cards import text_table
 from steps.errors import PipelineError
 from steps.store import Tracking, complete_filter, connect, load_profile
 
+# Tags on the trial runs of an Optuna study (steps/sweep.py): the study's name, the trial's number in it.
+STUDY_TAG = "sweep.study"
+TRIAL_NUMBER_TAG = "sweep.trial_number"
 COLUMNS = ["train run", "model", "params", "cv roc_auc [95% CI]", "test roc_auc", "test brier", "status",
            "registered"]
 
@@ -31,6 +35,17 @@ def evaluations_under(tracking: Tracking, parent: str) -> set[str]:
     runs = [tracking.client.get_run(parent)] + tracking.client.search_runs(
         [tracking.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=5000)
     return {run.data.tags["pipeline.evaluate.run_id"] for run in runs if "pipeline.evaluate.run_id" in run.data.tags}
+
+
+def evaluations_in_study(tracking: Tracking, study: str) -> set[str]:
+    """Evaluate run ids the trials of an Optuna study used, whichever worker (and sweep run) ran them."""
+    if "'" in study:
+        raise PipelineError(f"--study {study}: a study name with a quote cannot be searched for")
+    trials = tracking.client.search_runs([tracking.experiment_id], f"tags.`{STUDY_TAG}` = '{study}' and "
+                                         f"tags.`{names.ROLE}` = 'trial'", max_results=5000)
+    if not trials:
+        raise PipelineError(f"no trial runs of study {study!r} in this experiment (runs tagged {STUDY_TAG}={study})")
+    return {run.data.tags["pipeline.evaluate.run_id"] for run in trials if "pipeline.evaluate.run_id" in run.data.tags}
 
 
 def lower_is_better(metric: str) -> bool:
@@ -47,13 +62,15 @@ def short(value: str) -> str:
 
 
 def leaderboard(tracking: Tracking, parent: Optional[str] = None, sort: str = "cv_roc_auc_mean",
-                top: Optional[int] = None, model_name: str = "heart-disease") -> list[dict[str, Any]]:
-    """Rows of the table, best first by `sort` (higher is better, except Brier and log loss)."""
+                top: Optional[int] = None, model_name: str = "heart-disease",
+                study: Optional[str] = None) -> list[dict[str, Any]]:
+    """Rows of the table, best first by `sort` (higher is better, except Brier and log loss):
+    every evaluated model, or those under one `parent` run, or those of one Optuna `study`."""
     client = tracking.client
     evaluations = client.search_runs([tracking.experiment_id], complete_filter(f"tags.`{names.STEP}` = 'evaluate'"),
                                      order_by=["attributes.start_time DESC"], max_results=5000)
-    if parent:
-        used = evaluations_under(tracking, parent)
+    if parent or study:
+        used = evaluations_under(tracking, parent) if parent else evaluations_in_study(tracking, study)
         evaluations = [e for e in evaluations if e.info.run_id in used]
     versions: dict[str, list[str]] = {}
     try:
@@ -117,6 +134,8 @@ def main() -> None:
     parser.add_argument("--parent", help="only models evaluated under this run (a main or sweep run id)")
     parser.add_argument("--sweep", nargs="?", const="latest", metavar="RUN_ID",
                         help="only the trials of this sweep run; without an id, of the latest sweep")
+    parser.add_argument("--study", help="only the trials of this Optuna study (hydra.sweeper.study_name), "
+                                        "from every worker that ran it")
     parser.add_argument("--sort", default="cv_roc_auc_mean", help="metric of the evaluate runs to rank by")
     parser.add_argument("--top", type=int, help="show only the best N")
     parser.add_argument("--model-name", default="heart-disease")
@@ -125,7 +144,7 @@ def main() -> None:
     try:
         tracking = connect(load_profile(args.profile))
         parent = latest_sweep(tracking) if args.sweep == "latest" else args.sweep or args.parent
-        rows = leaderboard(tracking, parent, args.sort, args.top, args.model_name)
+        rows = leaderboard(tracking, parent, args.sort, args.top, args.model_name, args.study)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -4,12 +4,16 @@
         -P overrides="model.C=0.03,0.1,0.3"
     python -m steps.sweep model=logreg,hist_gradient_boosting
     mlflow run . -e sweep ... -P overrides="search=logreg"   # Optuna: conf/search/logreg.yaml
+    # one Optuna study, shared by every worker started so, on any machine:
+    python -m steps.sweep search=logreg hydra.sweeper.storage=sqlite:///study.db hydra.sweeper.study_name=s1
 
 Each trial is a child run of the sweep run, named after the values it sweeps, with
 train and evaluate nested under it. ingest, split and transform come from the cache
 (they run once if nothing is cached). When the multirun ends, the sweep run gets the
 leaderboard (CSV and HTML), its card, the best trial's params and metrics, and
-optionally the best trial goes through register (sweep.register_best=true).
+optionally the best trial goes through register (sweep.register_best=true). Trials of an
+Optuna study carry its name and their trial number as tags, so the leaderboard can rank a
+study that many workers ran (`python -m steps.leaderboard --study <name>`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
@@ -39,10 +44,16 @@ from steps.config_checks import check_config
 from steps.context import ArtifactCache
 from steps.errors import PipelineError
 from steps.fingerprint import step_view
-from steps.leaderboard import COLUMNS, leaderboard, lower_is_better, render, short
+from steps.leaderboard import COLUMNS, STUDY_TAG, TRIAL_NUMBER_TAG, leaderboard, lower_is_better, render, short
 from steps.pipeline import STEPS
 from steps.runner import FAILED, FINISHED, StepResult, config_params, end_run, execute, open_group_run
 from steps.store import Tracking, connect
+
+# Hydra finds sweepers in the `hydra_plugins` namespace package on sys.path: the project's
+# Optuna study sweeper is steps/plugins/hydra_plugins/optuna_study_sweeper.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "plugins"))
+from hydra_plugins.optuna_study_sweeper import STUDY_ENV, TRIAL_ENV  # noqa: E402
+from hydra_plugins.optuna_study_sweeper.sweeper import safe_url  # noqa: E402
 
 ENV_SWEEP_RUN = "HEART_SWEEP_RUN_ID"  # the sweep parent run, for the trials
 ENV_SWEEP_KEYS = "HEART_SWEEP_KEYS"  # the config keys the sweep varies, which name the trials
@@ -98,6 +109,10 @@ def sweep_setup(hydra_cfg: DictConfig) -> dict[str, str]:
         setup["sweep.sampler.seed"] = str(hydra_cfg.sweeper.sampler.get("seed"))
         setup["sweep.n_trials"] = str(hydra_cfg.sweeper.n_trials)
         setup["sweep.batch_size"] = str(hydra_cfg.sweeper.n_jobs)  # trials asked for, and launched, at once
+    if "storage" in hydra_cfg.sweeper:  # an Optuna study: where it lives, which one
+        storage = hydra_cfg.sweeper.storage
+        setup["sweep.storage"] = safe_url(storage) if storage else "in memory"
+        setup["sweep.study"] = str(hydra_cfg.sweeper.study_name)
     return setup
 
 
@@ -119,6 +134,9 @@ def run_trial(cfg: DictConfig) -> float:
     title = trial_name(hydra_cfg.runtime.choices["model"], list(hydra_cfg.overrides.task),
                        set(os.environ[ENV_SWEEP_KEYS].split()))
     trial = open_group_run(tracking, "trial", title, parent_run_id=os.environ[ENV_SWEEP_RUN])
+    if TRIAL_ENV in os.environ:  # an Optuna study's trial: which study, which trial of it
+        tracking.client.log_batch(trial, tags=[RunTag(STUDY_TAG, os.environ[STUDY_ENV]),
+                                               RunTag(TRIAL_NUMBER_TAG, os.environ[TRIAL_ENV])])
     try:
         check_config(cfg)  # a trial's values were not checked with the sweep's base config
         value = train_and_evaluate(cfg, tracking, trial)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution
 
+import steps.sweep  # noqa: F401  (puts the project's Optuna sweeper plugin on sys.path)
+from hydra_plugins.optuna_study_sweeper.space import search_space
 from steps.config import register_configs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +33,7 @@ def test_search_space_fits_its_model(search):
     assert cfg.hydra.sweeper.direction == "maximize" and cfg.model._target_.endswith(
         {"logreg": "LogisticRegression", "random_forest": "RandomForestClassifier",
          "hist_gradient_boosting": "HistGradientBoostingClassifier"}[search])
-    space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()])
+    space, fixed = search_space(cfg.hydra.sweeper.params, [])
     assert space and not fixed
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(60, 4)), np.arange(60) % 2
