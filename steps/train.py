@@ -2,23 +2,30 @@
 train split, and log ONE MLflow model that takes the raw codebook features: the
 fitted transformer and the estimator in one sklearn Pipeline, saved with skops.
 
+The served model scores through the pipeline compiled into NumPy arrays
+(steps/fast_path.py). Before logging, train compares that fast path with the sklearn
+pipeline on the train, validation and test rows and on synthetic patients, and refuses
+to log a model whose probabilities differ by more than fast_path.TOLERANCE.
+
     python -m steps.train model=random_forest model.n_estimators=500
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.pipeline import Pipeline
 
-from steps import names
+from steps import fast_path, names
 from steps.codebook import Codebook
 from steps.context import StepContext
 from steps.errors import PipelineError
 from steps.metrics import binary_metrics, prefixed, threshold_for_sensitivity, threshold_for_specificity
 from steps.model import answer
+from steps.synthetic import generate
 
 
 def build_estimator(model: DictConfig):
@@ -41,6 +48,10 @@ def fit_model(transformer, train: pd.DataFrame, model: DictConfig, label: str, c
         estimator = CalibratedClassifierCV(estimator, method=calibration, cv=calibration_folds)
     estimator.fit(train.drop(columns=[label]).to_numpy(), train[label].to_numpy())
     return Pipeline([("transform", transformer), ("model", estimator)])
+
+
+def scorer_summary(differences: dict[str, float]) -> str:
+    return f"max diff {max(differences.values()):.1e}" if differences else "not covered: sklearn"
 
 
 def model_description(model: DictConfig) -> str:
@@ -82,6 +93,33 @@ def model_config(book: Codebook, train: pd.DataFrame, threshold: float, bands: d
     }
 
 
+def verify_fast_path(pipeline, features: list[str], tables: dict[str, pd.DataFrame],
+                     reference: dict[str, np.ndarray]) -> tuple[str, dict[str, float]]:
+    """Compile the fast path and compare it with the sklearn pipeline on every table's
+    rows; return (what will serve, {table: max |difference| in probability}). The
+    pipeline's probabilities are computed here for tables missing from `reference`.
+    Raises PipelineError when any difference exceeds fast_path.TOLERANCE: the model
+    would answer otherwise than the pipeline that was validated. Without a fast path
+    (estimator not covered) the model serves the pipeline itself: nothing to compare."""
+    scorer, scoring_path = fast_path.for_pipeline(pipeline, features)
+    if scorer is None:
+        return scoring_path, {}
+    differences = {}
+    for name, table in tables.items():
+        rows = table[features]
+        expected = reference[name] if name in reference else pipeline.predict_proba(rows)[:, 1]
+        fast = scorer.probability(rows.to_numpy(dtype=np.float64, na_value=np.nan))
+        differences[name] = float(np.max(np.abs(fast - expected), initial=0.0))
+    worst = max(differences, key=differences.get)
+    if differences[worst] > fast_path.TOLERANCE:
+        raise PipelineError(
+            f"the fast path ({scorer.kind}) differs from the sklearn pipeline by {differences[worst]:.3g} in "
+            f"probability on the {worst} rows (allowed {fast_path.TOLERANCE:g}): not logging a model that would "
+            "answer otherwise than the pipeline validated. steps/fast_path.py compiles this estimator wrongly; "
+            "fix it or add the case to its NotCompilable checks so the model serves the pipeline itself.")
+    return scoring_path, differences
+
+
 def run(ctx: StepContext) -> None:
     cfg = ctx.cfg
     book = Codebook.from_config(cfg.schema)
@@ -100,9 +138,18 @@ def run(ctx: StepContext) -> None:
                **prefixed("val", binary_metrics(val[label], p_val, threshold))}
     ctx.log_metrics(metrics)
 
+    checked = {"train": raw_train, "val": val,
+               "synthetic": generate(fast_path.SYNTHETIC_ROWS, fast_path.SYNTHETIC_SEED)}
+    if "test" in ctx.step.reads:  # declared in steps/pipeline.py for this check only
+        checked["test"] = ctx.read("test")
+    scoring_path, differences = verify_fast_path(pipeline, book.features, checked,
+                                                 {"train": p_train, "val": p_val})
+    ctx.log_params({"fast_path": scoring_path[:500]})
+    if differences:
+        ctx.log_metrics({"fast_path_max_abs_diff": max(differences.values()),
+                         **{f"fast_path_max_abs_diff_{name}": d for name, d in differences.items()}})
+
     features = raw_train[book.features]
-    ctx.log_dataset(raw_train, source=ctx.artifact_uri("split", names.split_table("train")),
-                    name="train", context="training", targets=label)
     config = model_config(book, raw_train, threshold, bands)
     example_identity = {"model_name": "heart-disease", "model_version": "1", "run_id": ctx.run_id, "model_id": "m-0"}
     example_output = answer(pipeline.predict_proba(features.head(2))[:, 1], config["decision_threshold"],
@@ -112,7 +159,7 @@ def run(ctx: StepContext) -> None:
                           input_example_rows=cfg.train.input_example_rows)
     ctx.set_tags({names.MODEL_URI: uri, names.MODEL_CLASS: cfg.model._target_})
     ctx.summary.update(model=model_description(cfg.model), val_roc_auc=round(metrics["val_roc_auc"], 4),
-                       threshold=round(threshold, 3))
+                       threshold=round(threshold, 3), fast_path=scorer_summary(differences))
 
 
 if __name__ == "__main__":
