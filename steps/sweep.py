@@ -112,7 +112,8 @@ def sweep_setup(hydra_cfg: DictConfig) -> dict[str, str]:
     if "storage" in hydra_cfg.sweeper:  # an Optuna study: where it lives, which one
         storage = hydra_cfg.sweeper.storage
         setup["sweep.storage"] = safe_url(storage) if storage else "in memory"
-        setup["sweep.study"] = str(hydra_cfg.sweeper.study_name)
+        if hydra_cfg.sweeper.study_name:  # else Optuna names the study; its trials carry the name
+            setup["sweep.study"] = hydra_cfg.sweeper.study_name
     return setup
 
 

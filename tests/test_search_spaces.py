@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 import steps.sweep  # noqa: F401  (puts the project's Optuna sweeper plugin on sys.path)
 from hydra_plugins.optuna_study_sweeper.space import search_space
@@ -43,3 +43,24 @@ def test_search_space_fits_its_model(search):
             assert key.startswith("model.") and key[len("model."):] in model_cfg, f"{key} is not a model key"
             model_cfg[key[len("model."):]] = ends(distribution)[end]
         instantiate(model_cfg).fit(X, y)
+
+
+def test_the_sweeper_masks_a_storage_password_wherever_it_shows_the_url():
+    from hydra_plugins.optuna_study_sweeper.sweeper import safe_url
+
+    shown = safe_url("postgresql+psycopg2://optuna:s3cret-pw@db.example:5432/studies")
+    assert "s3cret-pw" not in shown and shown == "postgresql+psycopg2://optuna:***@db.example:5432/studies"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.C=tag(log, interval(0.01, 10))", FloatDistribution(0.01, 10, log=True)),
+    ("model.max_depth=range(2, 8)", IntDistribution(2, 8)),  # Optuna's end is inclusive
+    ("model.min_samples_leaf=choice(1, 2, 4)", CategoricalDistribution([1, 2, 4])),
+    ("model.C=0.1,1", CategoricalDistribution([0.1, 1])),
+])
+def test_command_line_sweeps_replace_the_config_space_key_by_key(override, expected):
+    space, fixed = search_space({"model.C": "interval(1, 2)", "model.max_iter": "100"}, [override, "evaluate.cv_repeats=2"])
+    key = override.split("=")[0]
+    assert space[key] == expected
+    assert fixed == ["model.max_iter=100", "evaluate.cv_repeats=2"]
+    assert search_space({"model.C": "interval(1, 2)"}, ["model.C=0.5"]) == ({}, ["model.C=0.5"])

@@ -1,7 +1,16 @@
 """A sweep through `mlflow run . -e sweep`: one parent, one child per trial, upstream
-steps from the cache, a leaderboard on the parent."""
+steps from the cache, a leaderboard on the parent; and an Optuna study that several worker
+processes share, one of them killed mid-trial."""
 
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
 import pytest
+
+from tests.conftest import REPO, make_store
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +86,8 @@ def test_optuna_search_from_conf_records_its_trials_and_space(store):
     assert "4 of 4 trial(s) finished" in result.stdout
     client = store.client
     sweep = client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'")[0]
-    assert sweep.data.params["sweep.sweeper"] == "OptunaSweeper"
+    assert sweep.data.params["sweep.sweeper"] == "OptunaStudySweeper"
+    assert sweep.data.params["sweep.storage"] == "in memory"
     assert sweep.data.params["sweep.launcher"] == "JoblibLauncher"
     assert sweep.data.params["sweep.space.model.C"] == "tag(log, interval(0.001, 10.0))"
     assert sweep.data.params["sweep.sampler"] == "TPESampler" and sweep.data.params["sweep.n_trials"] == "4"
@@ -90,7 +100,10 @@ def test_optuna_search_from_conf_records_its_trials_and_space(store):
         assert trial.data.tags["mlflow.runName"] == f"logreg C={c:.4g}"
     best = max(trials, key=lambda t: t.data.metrics["cv_roc_auc_mean"])
     assert sweep.data.params["best.model.C"] == best.data.params["model.C"]
-    assert "OptunaSweeper" in store.card(sweep.info.run_id)
+    assert "OptunaStudySweeper" in store.card(sweep.info.run_id)
+    # An in-memory study still has a name: its trials carry it and their trial numbers.
+    assert sorted(int(t.data.tags["sweep.trial_number"]) for t in trials) == [0, 1, 2, 3]
+    assert len({t.data.tags["sweep.study"] for t in trials}) == 1
 
     # The best trial went through register, and its model card rebuilds that trial's model.
     version = client.get_model_version_by_alias("heart-disease", "champion")
@@ -132,3 +145,104 @@ def test_a_sweep_that_cannot_start_stops_before_any_trial(store, overrides, mess
     # The direction is checked before the sweep run exists; ingest fails inside it.
     sweeps = client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'")
     assert [r.info.status for r in sweeps] == ([] if "direction" in message else ["FAILED"])
+
+
+# --------------------------------------------------------------------------- one study, many workers
+
+N_TRIALS = 4
+
+
+@pytest.fixture(scope="module")
+def study_store(tmp_path_factory):
+    """One store and one Optuna study (SQLite) for the worker tests below, which build on each other."""
+    return make_store(tmp_path_factory.mktemp("study") / "store")
+
+
+def worker(store, log_name: str, n_trials: int = N_TRIALS) -> subprocess.Popen:
+    """`python -m steps.sweep search=logreg` joining study `s`; one trial at a time, heartbeats
+    every second, silent for 10 s counts as dead."""
+    command = [sys.executable, "-m", "steps.sweep", "search=logreg", "evaluate.cv_repeats=2",
+               f"hydra.sweeper.storage=sqlite:///{store.root}/study.db", "hydra.sweeper.study_name=s",
+               f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.n_jobs=1", "hydra/launcher=basic",
+               "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=10"]
+    log = open(store.root / log_name, "w")
+    return subprocess.Popen(command, cwd=REPO, env=store.env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for(condition, what: str, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def trial_runs(store, extra: str = ""):
+    return store.client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'trial'" + extra, max_results=1000)
+
+
+def study(store) -> optuna.Study:
+    return optuna.load_study(study_name="s", storage=f"sqlite:///{store.root}/study.db")
+
+
+def test_three_workers_share_one_study_and_a_killed_worker_loses_nothing(study_store):
+    store = study_store
+    first = worker(store, "worker-1.log")
+    # Once the first trial runs, the upstream steps are cached: the others find them.
+    wait_for(lambda: trial_runs(store), "the first worker's first trial")
+    doomed, third = worker(store, "worker-2.log"), worker(store, "worker-3.log")
+    running = wait_for(lambda: trial_runs(store, f" and tags.`pipeline.pid` = '{doomed.pid}' and "
+                                                 "attributes.status = 'RUNNING'"), "a trial of the second worker")
+    doomed.send_signal(signal.SIGKILL)
+    assert doomed.wait() == -signal.SIGKILL
+    for survivor, log in ((first, "worker-1.log"), (third, "worker-3.log")):
+        assert survivor.wait(timeout=600) == 0, (store.root / log).read_text()[-3000:]
+
+    killed_number = int(running[0].data.tags["sweep.trial_number"])
+    trials = study(store).get_trials()
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == N_TRIALS  # in all, over the three workers
+    # The killed worker's trial: FAILED by its missing heartbeat, and run again by a survivor.
+    killed = trials[killed_number]
+    assert killed.state == optuna.trial.TrialState.FAIL
+    retries = [t for t in complete if t.system_attrs.get("failed_trial") == killed_number]
+    assert len(retries) == 1 and retries[0].params == killed.params
+    # Nothing else failed; a trial asked for at the same moment as the last one is skipped unrun.
+    others = [t for t in trials if t not in complete and t.number != killed_number]
+    assert all("skipped" in t.user_attrs for t in others), [(t.number, t.state, t.user_attrs) for t in others]
+
+    # MLflow: one FINISHED trial run per complete trial, from both survivors; the killed one KILLED.
+    finished = trial_runs(store, " and attributes.status = 'FINISHED'")
+    assert sorted(int(r.data.tags["sweep.trial_number"]) for r in finished) == sorted(t.number for t in complete)
+    assert {r.data.tags["sweep.study"] for r in finished} == {"s"}
+    assert {r.data.tags["pipeline.pid"] for r in finished} == {str(first.pid), str(third.pid)}
+    assert store.client.get_run(running[0].info.run_id).info.status == "KILLED"
+    by_number = {int(r.data.tags["sweep.trial_number"]): r for r in finished}
+    assert float(by_number[retries[0].number].data.params["model.C"]) == killed.params["model.C"]
+    for trial in complete:  # the study's values are the runs' metrics
+        assert by_number[trial.number].data.metrics["cv_roc_auc_mean"] == pytest.approx(trial.value)
+
+    # The leaderboard ranks the whole study, whichever worker ran each trial.
+    ranked = store.steps("leaderboard", "--study", "s").stdout.strip().splitlines()[2:]
+    assert sorted(line.split()[0] for line in ranked) == sorted({r.data.tags["pipeline.train.run_id"] for r in finished})
+    scores = [float(line.split()[4]) for line in ranked]
+    assert scores == sorted(scores, reverse=True)
+    unknown = store.steps("leaderboard", "--study", "nope", check=False)
+    assert unknown.returncode == 1 and "no trial runs of study 'nope'" in unknown.stderr
+
+
+def test_rerunning_a_finished_study_adds_nothing_and_a_larger_n_trials_continues_it(study_store):
+    store = study_store
+    before = len(study(store).get_trials())
+    again = worker(store, "rerun.log")
+    assert again.wait(timeout=600) == 0, (store.root / "rerun.log").read_text()[-3000:]
+    assert len(study(store).get_trials()) == before
+    assert f"this worker ran 0 trial(s); the study has {N_TRIALS} complete of {N_TRIALS}" in (
+        store.root / "rerun.log").read_text()
+
+    more = worker(store, "more.log", n_trials=N_TRIALS + 1)
+    assert more.wait(timeout=600) == 0, (store.root / "more.log").read_text()[-3000:]
+    trials = study(store).get_trials()
+    assert len(trials) == before + 1 and trials[-1].state == optuna.trial.TrialState.COMPLETE
+    assert len(trial_runs(store, f" and tags.`sweep.trial_number` = '{trials[-1].number}'")) == 1
