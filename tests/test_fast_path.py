@@ -1,0 +1,111 @@
+"""The fast path (steps/fast_path.py) answers as the sklearn pipeline does, to 1e-9, for
+every model family and calibration, on edge rows; what it does not cover falls back to
+the pipeline; train refuses a fast path that disagrees. Pure: real fitted pipelines, no store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from steps import fast_path
+from steps.codebook import Codebook
+from steps.errors import PipelineError
+from steps.synthetic import generate
+from steps.train import fit_model, verify_fast_path
+from steps.transform import fit_transform
+from tests.conftest import REPO
+
+BOOK = Codebook.from_config(OmegaConf.load(REPO / "conf" / "schema" / "uci_codebook.yaml"))
+FAMILIES = ["logreg", "random_forest", "hist_gradient_boosting"]
+
+
+@pytest.fixture(scope="module")
+def fitted_transform():
+    train = generate(2000, seed=3)
+    train[BOOK.label] = (train[BOOK.target] > 0).astype(int)
+    return fit_transform(train, OmegaConf.load(REPO / "conf" / "transform" / "default.yaml"), BOOK)
+
+
+def edge_rows() -> pd.DataFrame:
+    """Every code of every coded column, the codebook's range limits, and missing ca/thal."""
+    rows = generate(400, seed=11)[BOOK.features].reset_index(drop=True)
+    for name in BOOK.features:
+        rule = BOOK.columns[name]
+        if rule.codes is not None:
+            rows.loc[: len(rule.codes) - 1, name] = list(rule.codes)
+    limits = {n: (r.min, r.max) for n, r in BOOK.columns.items() if r.codes is None and n in BOOK.features}
+    for offset, pick in ((20, 0), (40, 1)):  # all-minimum and all-maximum rows
+        for name, bounds in limits.items():
+            rows.loc[offset:offset + 9, name] = bounds[pick]
+    rows.loc[60:79, "ca"] = np.nan
+    rows.loc[70:89, "thal"] = np.nan
+    rows.loc[100, ["ca", "thal"]] = np.nan
+    return rows
+
+
+def pipeline_for(fitted_transform, family: str, calibration: str = "none"):
+    transformer, transformed = fitted_transform
+    model = OmegaConf.load(REPO / "conf" / "model" / f"{family}.yaml")
+    return fit_model(transformer, transformed, model, BOOK.label, calibration, calibration_folds=3)
+
+
+def assert_same(pipeline, rows: pd.DataFrame) -> str:
+    scorer, path = fast_path.for_pipeline(pipeline, BOOK.features)
+    assert scorer is not None, path
+    reference = pipeline.predict_proba(rows[BOOK.features])[:, 1]
+    fast = scorer.probability(rows[BOOK.features].to_numpy(dtype=np.float64))
+    assert np.max(np.abs(fast - reference)) <= fast_path.TOLERANCE
+    one = np.array([scorer.probability(rows[BOOK.features].iloc[[i]].to_numpy(dtype=np.float64))[0]
+                    for i in range(0, len(rows), 37)])
+    assert np.max(np.abs(one - reference[::37])) <= fast_path.TOLERANCE  # one row at a time too
+    return path
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_matches_sklearn_on_edge_rows(fitted_transform, family):
+    pipeline = pipeline_for(fitted_transform, family)
+    rows = edge_rows()
+    assert rows[["ca", "thal"]].isna().any().all()
+    path = assert_same(pipeline, rows)
+    assert path.startswith("fast path") and pipeline.steps[1][1].__class__.__name__ in path
+
+
+@pytest.mark.parametrize("family,calibration", [("logreg", "sigmoid"), ("logreg", "isotonic"),
+                                                ("random_forest", "isotonic")])
+def test_calibrated_models_match_sklearn(fitted_transform, family, calibration):
+    pipeline = pipeline_for(fitted_transform, family, calibration)
+    assert calibration in assert_same(pipeline, edge_rows())
+
+
+def test_columns_in_another_order_are_mapped_by_name(fitted_transform):
+    """The served model's codebook lists features in another order than training did."""
+    pipeline = pipeline_for(fitted_transform, "logreg")
+    shuffled = sorted(BOOK.features)
+    scorer, _ = fast_path.for_pipeline(pipeline, shuffled)
+    rows = edge_rows()
+    np.testing.assert_allclose(scorer.probability(rows[shuffled].to_numpy(dtype=np.float64)),
+                               pipeline.predict_proba(rows[BOOK.features])[:, 1], rtol=0, atol=1e-12)
+
+
+def test_estimators_not_covered_fall_back_to_the_pipeline(fitted_transform):
+    from sklearn.naive_bayes import GaussianNB
+    from sklearn.pipeline import Pipeline
+
+    transformer, transformed = fitted_transform
+    bayes = GaussianNB().fit(transformed.drop(columns=[BOOK.label]).to_numpy(), transformed[BOOK.label])
+    scorer, path = fast_path.for_pipeline(Pipeline([("transform", transformer), ("model", bayes)]), BOOK.features)
+    assert scorer is None and path == "reference sklearn pipeline: estimator GaussianNB is not compiled"
+    scorer, path = fast_path.for_pipeline(pipeline_for(fitted_transform, "logreg"), BOOK.features[:-1])
+    assert scorer is None and "fitted on columns" in path
+
+
+def test_train_refuses_a_fast_path_that_disagrees(fitted_transform):
+    pipeline = pipeline_for(fitted_transform, "logreg")
+    rows = edge_rows()
+    truth = pipeline.predict_proba(rows)[:, 1]
+    path, differences = verify_fast_path(pipeline, BOOK.features, {"val": rows}, {"val": truth})
+    assert path.startswith("fast path") and differences["val"] <= fast_path.TOLERANCE
+    with pytest.raises(PipelineError, match=r"differs from the sklearn pipeline by 2e-09 .* on the val rows"):
+        verify_fast_path(pipeline, BOOK.features, {"val": rows}, {"val": truth + 2e-9})
