@@ -1,18 +1,32 @@
-"""python -m serving [--host 127.0.0.1] [--port 8000] [--alias champion] ...
+"""python -m serving [--host 127.0.0.1] [--port 8000] [--alias champion] [--fallback run,dir] ...
 
 Starts the FastAPI app (serving/app.py) with uvicorn. One JSON log line per request
-goes to stdout."""
+goes to stdout; GET /metrics has the Prometheus metrics of all workers."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import tempfile
 
-from serving.app import Settings
-from serving.server import serve
 
 
 def main() -> None:
+    # Every worker's metrics in one folder, so /metrics adds them up (serving/metrics.py).
+    # Set before the app is imported: prometheus_client reads it when metrics are made.
+    metrics_dir = tempfile.mkdtemp(prefix="heart-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _serve_from_command_line()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve_from_command_line() -> None:
+    from serving.app import Settings
+    from serving.server import serve
+
     defaults = Settings.from_env()
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
@@ -20,17 +34,26 @@ def main() -> None:
     parser.add_argument("--profile", default=defaults.profile, help="profiles/<name>.yaml or a path")
     parser.add_argument("--model-name", default=defaults.model_name)
     parser.add_argument("--alias", default=defaults.alias, help="registry alias to serve first")
+    parser.add_argument("--fallback", default=defaults.fallback,
+                        help="what to serve when the alias cannot be: 'run' (latest complete train run), "
+                             "'dir' (--model-dir), or 'run,dir'; default: nothing (503)")
     parser.add_argument("--model-dir", default=defaults.local_model_dir,
-                        help="exported model directory, the last resort")
+                        help="exported model directory, for --fallback dir")
     parser.add_argument("--max-batch-rows", type=int, default=defaults.max_batch_rows)
     parser.add_argument("--poll-seconds", type=float, default=defaults.poll_seconds,
                         help="how often to check whether the alias moved (0: only POST /reload)")
+    parser.add_argument("--retry-seconds", type=float, default=defaults.retry_seconds,
+                        help="while the alias cannot be served, how often to try again")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes; with more than one, rely on --poll-seconds to switch models")
     args = parser.parse_args()
     settings = Settings(profile=args.profile, model_name=args.model_name, alias=args.alias,
                         local_model_dir=args.model_dir, max_batch_rows=args.max_batch_rows,
-                        poll_seconds=args.poll_seconds)
+                        poll_seconds=args.poll_seconds, fallback=args.fallback, retry_seconds=args.retry_seconds)
+    try:
+        settings.fallbacks()
+    except ValueError as err:
+        parser.error(str(err))
     # uvicorn builds the app in each worker process: the settings travel in the environment.
     os.environ.update(settings.to_env())
     serve(host=args.host, port=args.port, workers=args.workers)

@@ -6,8 +6,13 @@ GET /health, plus POST /reload to pick up a new champion without a restart.
 
 The answers come from the same MLflow pyfunc `mlflow models serve` loads, so both
 check inputs with the same codebook rules (steps/codebook.py) and answer the same.
-The request schema here only fixes the shape (the 13 fields, numbers or null, finite,
-nothing else: 422 otherwise); codes and ranges are the model's to judge (400).
+The request schema here only fixes the shape (the 13 fields, JSON numbers or null,
+finite, nothing else: 422 otherwise); codes and ranges are the model's to judge (400).
+
+It serves what it was asked for or says it does not: the VALIDATED version behind the
+registry alias, else /health and /predict answer 503 with the reason. The latest train
+run or an exported directory are served only when asked (`--fallback run,dir`), and
+then /health says "fallback" and every answer names its source.
 """
 
 
@@ -26,16 +31,19 @@ import mlflow
 import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from serving import metrics
 from steps import names
+from steps.redaction import redact
 from steps.codebook import Codebook
 from steps.store import Tracking, connect, latest_complete, load_profile
 
 log = logging.getLogger("serving")
+LOADING = "loading: the first attempt to load the model is under way"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -48,10 +56,24 @@ class Settings:
     max_batch_rows: int = 10000
     # How often each worker checks whether the alias moved (0: only POST /reload).
     poll_seconds: float = 30.0
+    # What may be served when the alias cannot be: "" (nothing), "run" (the latest complete
+    # train run), "dir" (local_model_dir), or both in order: "run,dir".
+    fallback: str = ""
+    # While nothing (or only a fallback) is served, how often to try the registry again.
+    retry_seconds: float = 5.0
 
     ENV = {"profile": "HEART_PROFILE", "model_name": "HEART_MODEL_NAME", "alias": "HEART_MODEL_ALIAS",
            "local_model_dir": "HEART_MODEL_DIR", "max_batch_rows": "HEART_MAX_BATCH_ROWS",
-           "poll_seconds": "HEART_POLL_SECONDS"}
+           "poll_seconds": "HEART_POLL_SECONDS", "fallback": "HEART_FALLBACK",
+           "retry_seconds": "HEART_RETRY_SECONDS"}
+    FALLBACKS = ("run", "dir")
+
+    def fallbacks(self) -> list[str]:
+        chosen = [part.strip() for part in self.fallback.split(",") if part.strip()]
+        unknown = [part for part in chosen if part not in self.FALLBACKS]
+        if unknown:
+            raise ValueError(f"--fallback {self.fallback!r}: unknown {unknown}; use any of {list(self.FALLBACKS)}")
+        return chosen
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -67,47 +89,74 @@ class Settings:
 @dataclass
 class LoadedModel:
     model: Any  # mlflow.pyfunc.PyFuncModel
-    source: str  # registry | run | local
+    source: str  # registry | run | dir
     uri: str
     name: Optional[str]
     version: Optional[str]
     alias: Optional[str]
     run_id: Optional[str]
     model_id: Optional[str]
+    fallback_reason: Optional[str] = None  # why the registry alias is not what is served
     loaded_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
-def _load_in_order(settings: Settings, tracking: Optional[Tracking]) -> tuple[Optional[LoadedModel], list[str]]:
-    """Registry alias -> latest complete train run -> local exported model directory.
-    Returns the first that loads and why each earlier one did not."""
-    failures: list[str] = []
-    if tracking is not None:
-        client = tracking.client
-        try:
-            version = client.get_model_version_by_alias(settings.model_name, settings.alias)
-            uri = f"models:/{settings.model_name}/{version.version}"
-            model = mlflow.pyfunc.load_model(uri)
-            return LoadedModel(model, "registry", uri, settings.model_name, str(version.version), settings.alias,
-                               version.run_id, model.metadata.model_id), failures
-        except Exception as err:
-            failures.append(f"registry {settings.model_name}@{settings.alias}: {err}")
-        try:
-            train = latest_complete(tracking, f"tags.`{names.STEP}` = 'train'")
-            if train is None:
-                raise LookupError("no complete train run in the experiment")
-            uri = train.data.tags[names.MODEL_URI]
-            model = mlflow.pyfunc.load_model(uri)
-            return LoadedModel(model, "run", uri, None, None, None, train.info.run_id,
-                               model.metadata.model_id), failures
-        except Exception as err:
-            failures.append(f"latest train run: {err}")
+class NotServable(Exception):
+    """The alias's version exists but must not be served."""
+
+
+def _from_registry(settings: Settings, tracking: Tracking) -> LoadedModel:
     try:
-        model = mlflow.pyfunc.load_model(settings.local_model_dir)
-        return LoadedModel(model, "local", settings.local_model_dir, None, None, None, model.metadata.run_id,
-                           model.metadata.model_id), failures
-    except Exception as err:
-        failures.append(f"local directory {settings.local_model_dir}: {err}")
-    return None, failures
+        version = tracking.client.get_model_version_by_alias(settings.model_name, settings.alias)
+    except MlflowException as err:
+        raise NotServable(f"alias {settings.model_name}@{settings.alias} does not exist: {err.message}") from None
+    status = version.tags.get(names.VALIDATION_STATUS)
+    if status != names.VALIDATED:
+        raise NotServable(f"{settings.model_name} version {version.version} (@{settings.alias}) is "
+                          f"{status or 'not validated'}; only VALIDATED versions are served")
+    uri = f"models:/{settings.model_name}/{version.version}"
+    model = mlflow.pyfunc.load_model(uri)
+    return LoadedModel(model, "registry", uri, settings.model_name, str(version.version), settings.alias,
+                       version.run_id, model.metadata.model_id)
+
+
+def _from_latest_run(settings: Settings, tracking: Tracking) -> LoadedModel:
+    train = latest_complete(tracking, f"tags.`{names.STEP}` = 'train'")
+    if train is None:
+        raise LookupError("no complete train run in the experiment")
+    uri = train.data.tags[names.MODEL_URI]
+    model = mlflow.pyfunc.load_model(uri)
+    return LoadedModel(model, "run", uri, None, None, None, train.info.run_id, model.metadata.model_id)
+
+
+def _from_directory(settings: Settings, tracking: Optional[Tracking]) -> LoadedModel:
+    model = mlflow.pyfunc.load_model(settings.local_model_dir)
+    return LoadedModel(model, "dir", settings.local_model_dir, None, None, None, model.metadata.run_id,
+                       model.metadata.model_id)
+
+
+def load_model(settings: Settings, tracking: Optional[Tracking]) -> tuple[Optional[LoadedModel], list[str], bool]:
+    """The registry alias, else the fallbacks asked for, in order. Returns the first that
+    loads (marked with why the alias was not served), why each earlier one did not, and
+    whether the registry refused (the alias is gone or its version not VALIDATED) rather
+    than failed to answer."""
+    sources = [("registry", _from_registry), *[(name, {"run": _from_latest_run, "dir": _from_directory}[name])
+                                               for name in settings.fallbacks()]]
+    failures: list[str] = []
+    refused = False
+    for name, load in sources:
+        if tracking is None and name != "dir":
+            failures.append(f"{name}: the tracking store is unreachable")
+            continue
+        try:
+            loaded = load(settings, tracking)
+        except Exception as err:
+            refused = refused or isinstance(err, NotServable)
+            failures.append(f"{name}: {redact(str(err))}")
+            continue
+        if failures:
+            loaded.fallback_reason = " | ".join(failures)
+        return loaded, failures, refused
+    return None, failures, refused
 
 
 class ModelHolder:
@@ -116,46 +165,61 @@ class ModelHolder:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.current: Optional[LoadedModel] = None
-        self.problem = "not loaded yet"
+        self.problem = LOADING
         self._lock = threading.Lock()
         self.tracking: Optional[Tracking] = None
 
-    def reload(self) -> None:
+    def reload(self, event: str = "reload") -> None:
         with self._lock:
             if self.tracking is None:
                 try:
                     self.tracking = connect(load_profile(self.settings.profile))
-                except Exception as err:  # no store reachable: the local directory may still serve
-                    log.warning(json.dumps({"event": "tracking unavailable", "reason": str(err)}))
-            loaded, failures = _load_in_order(self.settings, self.tracking)
+                except Exception as err:  # no store reachable: keep trying; a local directory may still serve
+                    log.warning(json.dumps({"event": "tracking unavailable", "reason": redact(str(err))}))
+            loaded, failures, refused = load_model(self.settings, self.tracking)
             if loaded is None:
-                self.problem = "no model could be loaded: " + " | ".join(failures)
+                self.problem = "no model to serve: " + " | ".join(failures)
+                if refused:  # what was served is no longer what was asked for; a store outage keeps it
+                    self.current = None
+                metrics.MODEL_EVENTS.labels(event="failed").inc()
                 log.error(json.dumps({"event": "model load failed", "reasons": failures}))
                 return
             self.current, self.problem = loaded, ""
+            metrics.MODEL_EVENTS.labels(event=event).inc()
             log.info(json.dumps({"event": "model loaded", "source": loaded.source, "uri": loaded.uri,
-                                 "version": loaded.version, "skipped": failures}))
+                                 "version": loaded.version, "fallback_reason": loaded.fallback_reason}))
 
-    def alias_moved(self) -> bool:
-        """Does the alias now point at another version than the one being served?"""
-        if self.tracking is None:
-            return self.current is None
+    def needs_reload(self) -> bool:
+        """Nothing (or only a fallback) is served, or the alias now points elsewhere."""
+        if self.current is None or self.current.source != "registry" or self.tracking is None:
+            return True
         try:
             version = self.tracking.client.get_model_version_by_alias(self.settings.model_name, self.settings.alias)
         except MlflowException:
-            return False
-        return self.current is None or self.current.version != str(version.version)
+            return True  # the alias was removed: stop serving it
+        return self.current.version != str(version.version)
 
     def watch(self, stop: threading.Event) -> None:
-        while not stop.wait(self.settings.poll_seconds):
-            if self.alias_moved():
+        """Load in the background from the start (the app answers 503 meanwhile), then keep
+        checking: every retry_seconds while the alias is not what is served, every
+        poll_seconds otherwise."""
+        self.reload(event="load")
+        while True:
+            serving_alias = self.current is not None and self.current.source == "registry"
+            if serving_alias and self.settings.poll_seconds <= 0:
+                return
+            wait = self.settings.poll_seconds if serving_alias else self.settings.retry_seconds
+            if stop.wait(wait):
+                return
+            if self.needs_reload():
                 self.reload()
 
 
 def patient_schema(book: Codebook) -> type[BaseModel]:
-    """One patient in UCI codes: every codebook feature, a finite number or null."""
+    """One patient in UCI codes: every codebook feature, a finite JSON number or null
+    (strict: `true` or `"54"` is refused, not converted)."""
     fields = {
-        name: (Optional[float], Field(..., description=rule.describe(), allow_inf_nan=False))
+        name: (Optional[float], Field(..., description=rule.describe(), allow_inf_nan=False, strict=True))
         for name, rule in book.columns.items() if name != book.target
     }
     return create_model("Patient", __config__=ConfigDict(extra="forbid"), **fields)
@@ -175,7 +239,8 @@ def _evaluation_of(tracking: Optional[Tracking], train_run_id: Optional[str]) ->
                                                         f"tags.`{names.STEP}` = 'evaluate'")
     except MlflowException:
         return {}
-    digests = [d.dataset.digest for d in train.inputs.dataset_inputs] if train.inputs else []
+    digests = [d.dataset.digest for d in (train.inputs.dataset_inputs if train.inputs else [])
+               if {(t.key, t.value) for t in d.tags} & {("mlflow.data.context", "training")}]
     info = {
         "trained_at": datetime.fromtimestamp(train.info.start_time / 1000, timezone.utc).isoformat(timespec="seconds"),
         "training_data_digest": digests[0] if digests else None,
@@ -203,10 +268,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        holder.reload()
+        # Start answering at once (503 until a model is loaded): a slow or absent store
+        # must not keep the app from telling health checks why it cannot serve.
         stop = threading.Event()
-        if settings.poll_seconds > 0:
-            threading.Thread(target=holder.watch, args=(stop,), daemon=True, name="alias-watch").start()
+        threading.Thread(target=holder.watch, args=(stop,), daemon=True, name="model-watch").start()
         yield
         stop.set()
 
@@ -236,13 +301,13 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     def _identity(loaded: LoadedModel) -> dict[str, Any]:
         return {"model_name": loaded.name, "model_version": loaded.version or loaded.model_id,
-                "model_alias": loaded.alias}
+                "model_alias": loaded.alias, "model_source": loaded.source}
 
     @app.post("/predict", summary="Risk for one patient (object) or several (list)")
     def predict(patients: Union[Patient, list[Patient]]):  # type: ignore[valid-type]
         loaded = holder.current
         if loaded is None:
-            return JSONResponse({"detail": f"no model loaded: {holder.problem}"}, status_code=503)
+            return JSONResponse({"detail": holder.problem}, status_code=503)
         rows = patients if isinstance(patients, list) else [patients]
         if not rows:
             return JSONResponse({"detail": "empty list: send at least one patient"}, status_code=400)
@@ -252,6 +317,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         frame = pd.DataFrame({name: [getattr(row, name) for row in rows] for name in feature_names}, dtype="float64")
         with predicting:  # one prediction at a time per worker: threads would only fight over the GIL
             answers = loaded.model.predict(frame)
+        metrics.count_predictions(answers["risk_level"], loaded.version or loaded.model_id)
         records = answers[["prediction", "probability", "confidence", "risk_level"]].to_dict(orient="records")
         identity = _identity(loaded)
         for record in records:
@@ -263,22 +329,31 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     def model_info():
         loaded = holder.current
         if loaded is None:
-            return JSONResponse({"detail": f"no model loaded: {holder.problem}"}, status_code=503)
+            return JSONResponse({"detail": holder.problem}, status_code=503)
         return {"name": loaded.name, "version": loaded.version, "alias": loaded.alias, "source": loaded.source,
                 "uri": loaded.uri, "run_id": loaded.run_id, "model_id": loaded.model_id,
-                "loaded_at": loaded.loaded_at, **_evaluation_of(holder.tracking, loaded.run_id)}
+                "loaded_at": loaded.loaded_at, "fallback_reason": loaded.fallback_reason,
+                **_evaluation_of(holder.tracking, loaded.run_id)}
 
     @app.get("/health")
     def health():
         loaded = holder.current
         if loaded is None:
-            return JSONResponse({"status": "degraded", "reason": holder.problem}, status_code=503)
-        return {"status": "ok", "source": loaded.source, **_identity(loaded)}
+            status = "loading" if holder.problem == LOADING else "unavailable"
+            return JSONResponse({"status": status, "reason": holder.problem}, status_code=503)
+        if loaded.fallback_reason:
+            return {"status": "fallback", "reason": loaded.fallback_reason, **_identity(loaded)}
+        return {"status": "ok", **_identity(loaded)}
 
     @app.post("/reload", summary="Load the model again in the configured order (e.g. after a new champion)")
     def reload():
         holder.reload()
         return health()
+
+    @app.get("/metrics", summary="Prometheus metrics of every worker")
+    def prometheus_metrics():
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     return app
 
@@ -310,8 +385,10 @@ class RequestLog:
         else:
             await self.app(scope, receive, send_and_note)
         loaded = self.holder.current
+        seconds = time.perf_counter() - started
+        version = (loaded.version or loaded.model_id) if loaded else None
+        metrics.observe_request(scope["path"], status[0], version, seconds)
         log.info(json.dumps({
             "method": scope["method"], "path": scope["path"], "status": status[0],
-            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-            "model_version": (loaded.version or loaded.model_id) if loaded else None,
+            "latency_ms": round(seconds * 1000, 2), "model_version": version,
         }))

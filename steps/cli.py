@@ -8,12 +8,12 @@ then the command runs with SIGTERM and SIGINT turned into an orderly stop. Exit 
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
 import sys
-from typing import Any, Callable
+import warnings
+from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig
 
@@ -23,6 +23,7 @@ from steps.context import ArtifactCache
 from steps.errors import PipelineError
 from steps.liveness import OPEN_RUNS, reap_dead_runs
 from steps.runner import KILLED, Interrupted, StepResult, execute
+from steps.redaction import redact
 from steps.store import PROJECT_ROOT, Tracking, connect
 
 CONFIG_ERROR_EXIT = 2
@@ -59,8 +60,7 @@ def launch(task: Callable[[DictConfig], Any], config_name: str = "config", multi
     from steps.config import register_configs
 
     register_configs()
-    # Each artifact MLflow copies would otherwise draw a progress bar between the step lines.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_third_parties()
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
     sys.argv = _argv_from_mlproject(sys.argv)
@@ -70,6 +70,24 @@ def launch(task: Callable[[DictConfig], Any], config_name: str = "config", multi
     if multirun and not modes & {arg.split("=")[0] for arg in sys.argv[1:]}:
         sys.argv.insert(1, "--multirun")
     hydra.main(config_path=str(PROJECT_ROOT / "conf"), config_name=config_name, version_base="1.3")(task)()
+
+
+def quiet_third_parties() -> None:
+    """What the project's commands print is theirs: no artifact progress bars between the
+    step lines, no "View run at <url>" lines (they would show a password in the URI; main
+    prints a redacted link), no deprecation notices from libraries about each other."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="(mlflow|skops|sklearn)")
+
+
+def run_link(tracking: Tracking, run_id: str) -> Optional[str]:
+    """The run's page on a tracking server, without credentials; None for a local store."""
+    uri = tracking.tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{redact(uri.rstrip('/'))}/#/experiments/{tracking.experiment_id}/runs/{run_id}"
 
 
 def run_command(cfg: DictConfig, body: Callable[[Tracking], Any], steps: tuple[str, ...] = STEP_NAMES) -> Any:
@@ -88,7 +106,7 @@ def run_command(cfg: DictConfig, body: Callable[[Tracking], Any], steps: tuple[s
             print(f"marked run {run_id} KILLED: its process is gone", file=sys.stderr)
         return body(tracking)
     except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact(str(err))}", file=sys.stderr)
         sys.exit(1)
     except Interrupted as err:
         stop_on_signal(err)
@@ -137,8 +155,7 @@ def run_single_step(name: str, cfg: DictConfig) -> StepResult:
     def go(tracking: Tracking) -> StepResult:
         result = execute(name, cfg, tracking, ArtifactCache(tracking.client), own_run_id=adopt_launcher_run(tracking))
         inputs = ", ".join(f"{step}={run_id}" for step, run_id in result.inputs.items()) or "none"
-        print(f"{name}: {result.status} run {result.run_id} in {result.seconds:.1f}s "
-              f"{json.dumps(result.summary, default=str)}\n{name}: inputs from {inputs}")
+        print(f"{name}: inputs from {inputs}")
         return result
 
     return run_command(cfg, go, (name,))

@@ -17,6 +17,7 @@ import pandas as pd
 from steps.errors import PipelineError
 
 EXAMPLES = 5
+EXAMPLE_CHARS = 24  # longer text values are cut in messages
 
 
 class DataValidationError(PipelineError):
@@ -81,19 +82,25 @@ def _plain(value: Any) -> Any:
 
 
 def _examples(values: pd.Series) -> list[Any]:
-    """A few distinct offending values, as the user would write them (0, not 0.0)."""
-    return [_plain(v) for v in pd.unique(values)[:EXAMPLES]]
+    """A few distinct offending values, as the user would write them (0, not 0.0); long
+    text cut short, so an error (which a shared tracking server shows to all) never
+    carries a whole line of someone's file."""
+    return [_plain(v) if not isinstance(v, str) or len(v) <= EXAMPLE_CHARS else v[:EXAMPLE_CHARS] + "…"
+            for v in pd.unique(values)[:EXAMPLES]]
 
 
 def check_features(frame: pd.DataFrame, book: Codebook, impossible_values: str = "missing",
                    allow_missing: Optional[Iterable[str]] = None,
-                   reject_unknown_columns: bool = False) -> tuple[pd.DataFrame, list[str], dict[str, int]]:
+                   reject_unknown_columns: bool = False,
+                   numbers_only: bool = False) -> tuple[pd.DataFrame, list[str], dict[str, int]]:
     """Check the feature columns of `frame` and return (features as float64, problems,
     impossible-value counts). Nothing is raised: callers decide how to report.
 
     impossible_values: "missing" blanks values outside a numeric column's physiological
     range and counts them; "fail" reports them as problems.
-    allow_missing: the columns that may be missing (None: all of them)."""
+    allow_missing: the columns that may be missing (None: all of them).
+    numbers_only: refuse booleans and strings (even "54") instead of converting them:
+    a request's JSON must send numbers or null."""
     if impossible_values not in ("missing", "fail"):
         raise PipelineError(f"impossible_values={impossible_values!r}: use 'missing' or 'fail'")
     problems: list[str] = []
@@ -110,6 +117,13 @@ def check_features(frame: pd.DataFrame, book: Codebook, impossible_values: str =
     arrays: dict[str, np.ndarray] = {}
     for name in (c for c in book.features if c not in absent):
         values = frame[name]
+        if numbers_only:
+            not_numbers = _not_numbers(values)
+            if not_numbers.any():
+                problems.append(f"column '{name}': rule 'a number or null' ({book.columns[name].describe()}): "
+                                f"{int(not_numbers.sum())} row(s) hold booleans or strings, "
+                                f"e.g. {_examples(values[not_numbers])}")
+                continue
         if not pd.api.types.is_numeric_dtype(values.dtype):  # only such columns can hold text
             raw, values = values, pd.to_numeric(values, errors="coerce")
             text = values.isna() & raw.notna()
@@ -142,6 +156,15 @@ def check_features(frame: pd.DataFrame, book: Codebook, impossible_values: str =
                 arrays[name] = np.where(impossible, np.nan, values)
     clean = pd.DataFrame(arrays, index=frame.index)
     return clean, problems, impossible_counts
+
+
+def _not_numbers(values: pd.Series) -> pd.Series:
+    """Which values are booleans or strings, which pandas would quietly turn into numbers."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return pd.Series(True, index=values.index)
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return pd.Series(False, index=values.index)
+    return values.map(lambda value: isinstance(value, (bool, np.bool_, str)))
 
 
 def _label_from(frame: pd.DataFrame, book: Codebook, problems: list[str]) -> pd.Series:

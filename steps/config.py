@@ -51,6 +51,8 @@ class SchemaConfig:
 class EdaConfig:
     histogram_bins: int = 20
     dpi: int = 90
+    plot_rows: int = 100000  # plots draw a seeded sample of at most this many rows
+    seed: int = 0
 
 
 @dataclass
@@ -86,7 +88,6 @@ class RiskLevelsConfig:
 class TrainConfig:
     model_name: str = "model"
     input_example_rows: int = 3
-    skops_trusted_types: list[str] = field(default_factory=list)
     calibration: str = "none"  # none | sigmoid | isotonic
     calibration_folds: int = 5
     threshold: ThresholdConfig = field(default_factory=lambda: ThresholdConfig())
@@ -100,6 +101,8 @@ class EvaluateConfig:
     seed: int = 42
     criteria: list[str] = field(default_factory=list)
     allow_no_criteria: bool = False  # an empty criteria list would validate every model
+    cv_max_fit_rows: int = 4000000  # fewer CV repeats when the fits would train on more rows in all
+    n_jobs: int = 2  # folds fitted at once (threads); results do not depend on it
 
 
 @dataclass

@@ -20,18 +20,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from steps import names
 from steps.cards import pipeline_card, text_table
-from steps.cli import adopt_launcher_run, launch, run_command
+from steps.cli import adopt_launcher_run, launch, run_command, run_link
 from steps.context import ArtifactCache
 from steps.errors import PipelineError
 from steps.fingerprint import code_fingerprint
 from steps.pipeline import SIDE_BRANCHES, STEPS, diagram
+from steps.redaction import redact
 from steps.runner import FAILED, FINISHED, StepResult, end_after, end_run, execute, open_group_run
 from steps.store import Tracking
 
 
 def summary_table(results: list[StepResult]) -> str:
     return text_table([["step", "run id", "status", "seconds", "key outputs"]] + [
-        [r.step, r.run_id, r.status, f"{r.seconds:.1f}", ", ".join(f"{k}={v}" for k, v in r.summary.items())]
+        [r.step, r.run_id, r.status, f"{r.seconds:.1f}", r.key_outputs()]
         for r in results])
 
 
@@ -79,7 +80,7 @@ def main(cfg: DictConfig) -> None:
     def go(tracking: Tracking) -> None:
         client = tracking.client
         parent_run_id = open_group_run(tracking, "main", "main", own_run_id=adopt_launcher_run(tracking))
-        client.log_text(parent_run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        client.log_text(parent_run_id, redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         cache = ArtifactCache(client)
         started = time.perf_counter()
         try:
@@ -96,6 +97,9 @@ def main(cfg: DictConfig) -> None:
         end_run(tracking, parent_run_id, FINISHED)
         table = summary_table(results)
         print(f"\npipeline finished in {time.perf_counter() - started:.1f}s (parent run {parent_run_id})\n{table}")
+        link = run_link(tracking, parent_run_id)
+        if link:
+            print(f"view it at {link}")
 
     run_command(cfg, go)
 

@@ -1,7 +1,8 @@
 """The model `train` logs, as MLflow "models from code": this file is stored with the
 model and run wherever the model is loaded (`mlflow models serve`, the FastAPI app in
 serving/, `mlflow.pyfunc.load_model`). Nothing is pickled: the fitted sklearn pipeline
-is an artifact saved by mlflow.sklearn with skops and listed trusted types.
+is an artifact saved by mlflow.sklearn with skops, and loaded trusting only the types
+steps/serialization.py lists, whatever the stored MLmodel says.
 
 Per input row it answers:
     prediction   0/1 at the decision threshold
@@ -25,13 +26,16 @@ from typing import Any, Optional
 import mlflow
 import numpy as np
 import pandas as pd
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
+from mlflow.store.artifact.models_artifact_repo import REGISTERED_MODEL_META_FILE_NAME
 
 from steps import fast_path
 from steps.codebook import Codebook, check_features
 from steps.names import PIPELINE_ARTIFACT
+from steps.serialization import load_sklearn_model
 IDENTITY_COLUMNS = ["model_name", "model_version", "run_id", "model_id"]
 OUTPUT_COLUMNS = ["prediction", "probability", "confidence", "risk_level", *IDENTITY_COLUMNS]
 
@@ -65,20 +69,31 @@ def _bad_request(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def registered_identity(run_id: Optional[str], model_id: Optional[str]) -> tuple[Optional[str], Optional[str]]:
-    """(name, version) of the newest registered version of this logged model, if the
-    registry can be reached from here; (None, None) otherwise."""
+def registered_identity(model_dir: Path, run_id: Optional[str],
+                        model_id: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """(name, version) of the registered version this model is.
+
+    Loaded through a `models:/<name>/<version>` or `models:/<name>@<alias>` URI, MLflow
+    writes the version it resolved into the model directory: that is the answer. Loaded
+    any other way, the registry is asked for the version of this logged model (register
+    makes one version per logged model; if older stores hold several, the first one).
+    (None, None) when neither knows."""
+    meta = model_dir / REGISTERED_MODEL_META_FILE_NAME
+    if meta.exists():
+        loaded_as = yaml.safe_load(meta.read_text()) or {}
+        if loaded_as.get("model_version") is not None:
+            return loaded_as.get("model_name"), str(loaded_as["model_version"])
     if not run_id:
         return None, None
     try:
         versions = mlflow.MlflowClient().search_model_versions(f"run_id = '{run_id}'")
     except Exception:  # no registry configured or reachable: identity falls back to ids
         return None, None
-    matching = [v for v in versions if model_id is None or getattr(v, "model_id", None) in (None, model_id)]
-    if not matching:
+    mine = [v for v in versions if getattr(v, "model_id", None) in (None, model_id)]
+    if not mine:
         return None, None
-    newest = max(matching, key=lambda v: int(v.version))
-    return newest.name, str(newest.version)
+    first = min(mine, key=lambda v: int(v.version))
+    return first.name, str(first.version)
 
 
 class HeartDiseaseModel(PythonModel):
@@ -89,14 +104,15 @@ class HeartDiseaseModel(PythonModel):
         self.threshold = float(config["decision_threshold"])
         self.bands = {str(k): float(v) for k, v in config["risk_levels"].items()}
         pipeline_path = Path(context.artifacts[PIPELINE_ARTIFACT])
-        self.pipeline = mlflow.sklearn.load_model(str(pipeline_path))
+        self.pipeline = load_sklearn_model(pipeline_path)
         # Compiled from the pipeline just loaded, so what serves is what train verified.
         self.scorer, self.scoring_path = fast_path.for_pipeline(self.pipeline, self.codebook.features)
         if self.scorer is None:
             logging.getLogger(__name__).warning("scoring with the %s", self.scoring_path)
-        logged = mlflow.models.Model.load(str(pipeline_path.parents[1]))
+        model_dir = pipeline_path.parents[1]
+        logged = mlflow.models.Model.load(str(model_dir))
         run_id, model_id = logged.run_id, getattr(logged, "model_id", None)
-        name, version = registered_identity(run_id, model_id)
+        name, version = registered_identity(model_dir, run_id, model_id)
         self.identity = {"model_name": name, "model_version": version, "run_id": run_id, "model_id": model_id}
 
     def features(self, model_input: Any) -> pd.DataFrame:
@@ -105,7 +121,8 @@ class HeartDiseaseModel(PythonModel):
         if len(frame) == 0:
             raise _bad_request("no rows to score: send at least one patient")
         clean, problems, _ = check_features(frame, self.codebook, impossible_values="fail",
-                                            allow_missing=self.imputable, reject_unknown_columns=True)
+                                            allow_missing=self.imputable, reject_unknown_columns=True,
+                                                numbers_only=True)
         if problems:
             raise _bad_request("invalid input:\n  - " + "\n  - ".join(problems))
         return clean

@@ -32,6 +32,9 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {count}" for name, count in counts.items()) or "none"
 
 
+SUMMARY_SECTIONS = ("Intended use", "Performance")
+
+
 def card_sections(facts: dict[str, Any]) -> list[Section]:
     """Sections of the card from the facts register gathers from the run lineage."""
     m = facts["metrics"]
@@ -128,6 +131,14 @@ def to_markdown(title: str, sections: list[Section]) -> str:
             lines += ["| " + " | ".join(_fmt(cell) for cell in row) + " |" for row in rows]
             lines.append("")
     return "\n".join(lines)
+
+
+def summary_markdown(sections: list[Section], decision: str, card_uri: str) -> str:
+    """The registry version's description: the decision, then what the model is for and
+    how good it is (the registry UI renders Markdown), and where the whole card is."""
+    chosen = [section for section in sections if section.title in SUMMARY_SECTIONS]
+    body = to_markdown("", chosen).split("\n", 2)[2]  # without the empty title line
+    return f"**{decision}**\n\n{body}\nThe whole card: `{card_uri}` (and `model_card.html` beside it)."
 
 
 def _inline(text: str) -> str:

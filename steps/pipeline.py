@@ -21,6 +21,9 @@ class Input:
     step: str
     artifact: str
     optional: bool = False  # the upstream run may not have written it
+    # Record it as an MLflow dataset input of the reading run, in this context
+    # (training, validation, testing); metrics named `<input>_...` are linked to it.
+    dataset: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,11 @@ def _plots(*plot_names: str) -> dict[str, Output]:
 
 
 _SPLITS = ("train", "val", "test")
+_DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
+
+
+def _split_input(name: str) -> Input:
+    return Input("split", names.split_table(name), dataset=_DATASET_CONTEXTS[name])
 
 STEPS: dict[str, Step] = {
     step.name: step
@@ -82,7 +90,7 @@ STEPS: dict[str, Step] = {
         ),
         Step(
             "transform", "split", ("transform", "schema"),
-            reads={"train": Input("split", names.split_table("train"))},
+            reads={"train": _split_input("train")},
             writes={"transformer": Output(names.TRANSFORMER),
                     "train_features": Output(names.split_table("train"))},
         ),
@@ -90,14 +98,14 @@ STEPS: dict[str, Step] = {
             "train", "transform", ("model", "train", "schema"),
             reads={"transformer": Input("transform", names.TRANSFORMER),
                    "train_features": Input("transform", names.split_table("train")),
-                   "train": Input("split", names.split_table("train")),
-                   "val": Input("split", names.split_table("val"))},
+                   "train": _split_input("train"),
+                   "val": _split_input("val")},
             writes={"model": Output(names.MODEL)},
         ),
         Step(
             "evaluate", "train", ("evaluate", "schema"),
             reads={"model": Input("train", names.MODEL),
-                   **{name: Input("split", names.split_table(name)) for name in _SPLITS},
+                   **{name: _split_input(name) for name in _SPLITS},
                    "external": Input("ingest", names.EXTERNAL_TABLE, optional=True),
                    "validation_report": Input("ingest", names.VALIDATION_REPORT)},
             writes={**_plots("roc_curve", "pr_curve", "calibration", "confusion_matrix"),

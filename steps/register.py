@@ -19,7 +19,7 @@ from typing import Optional
 from steps import faults, names, registry
 from steps.context import StepContext
 from steps.errors import PipelineError
-from steps.model_card import card_sections, to_html, to_markdown
+from steps.model_card import card_sections, summary_markdown, to_html, to_markdown
 from steps.names import VALIDATED
 from steps.store import PROJECT_ROOT
 
@@ -98,14 +98,15 @@ def card_facts(ctx: StepContext, name: str) -> dict:
     }
 
 
-def write_model_card(ctx: StepContext, facts: dict, version: str) -> str:
-    """Log model_card.md and .html to this run; return where the Markdown is."""
+def write_model_card(ctx: StepContext, facts: dict, version: str) -> tuple[str, list]:
+    """Log model_card.md and .html to this run; return where the Markdown is (a runs:/
+    URI, which any machine reaching the store can open) and the card's sections."""
     facts = {**facts, "version": version}
     sections = card_sections(facts)
     title = f"Model card: {facts['name']} version {version}"
     ctx.write("model_card", to_markdown(title, sections))
     ctx.write("model_card_html", to_html(title, sections))
-    return ctx.artifact_uri("register", "model_card.md")
+    return f"runs:/{ctx.run_id}/model_card.md", sections
 
 
 def run(ctx: StepContext) -> None:
@@ -151,11 +152,10 @@ def run(ctx: StepContext) -> None:
         }
         version = existing or registry.create_version(reg.model_name, model_uri, tags)
         faults.point("register.version_created")
-        card = write_model_card(ctx, facts, str(version.version))
+        card, sections = write_model_card(ctx, facts, str(version.version))
         aliases = [reg.challenger_alias] + ([reg.champion_alias] if becomes_champion else [])
         registry.publish(client, reg.model_name, str(version.version), {**tags, "model_card": card},
-                         f"{reason}. Model card: {card} (and model_card.html beside it), in register run "
-                         f"{ctx.run_id}. Not for clinical use.", aliases)
+                         summary_markdown(sections, f"{tags['decision']}: {reason}", card), aliases)
         faults.point("register.version_published")
     decision = f"v{version.version} " + ("champion" if becomes_champion else "challenger")
     ctx.set_tags({"register.decision": decision, "register.reason": reason,

@@ -18,6 +18,7 @@ process dies.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import sys
@@ -29,6 +30,7 @@ from typing import Any, Optional
 
 from mlflow.entities import RunStatus, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,6 +41,7 @@ from steps.errors import PipelineError
 from steps.fingerprint import cache_key, step_view
 from steps.liveness import OPEN_RUNS, owner_alive, owner_tags
 from steps.pipeline import STEPS, Step
+from steps.redaction import redact, redact_value
 from steps.store import Tracking, latest_complete, store_lock
 
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
@@ -63,6 +66,12 @@ class StepResult:
     seconds: float
     summary: dict[str, Any]
     inputs: dict[str, str] = field(default_factory=dict)  # {upstream step: run id} it was built from
+
+    def key_outputs(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.summary.items())
+
+    def progress_line(self) -> str:
+        return f"{self.step}: {self.status} run {self.run_id} in {self.seconds:.1f}s  {self.key_outputs()}"
 
 
 # --------------------------------------------------------------------------- lookups
@@ -162,13 +171,20 @@ def claim(tracking: Tracking, name: str, key: str, tags: dict[str, str], own_run
         time.sleep(CLAIM_POLL_SECONDS)
 
 
+@functools.cache
+def _standard_tags() -> dict[str, str]:
+    """The tags MLflow's fluent API gives a run (user, source file and type, git commit),
+    which runs made with MlflowClient.create_run would otherwise lack."""
+    return {k: v for k, v in resolve_tags().items() if k != MLFLOW_RUN_NAME}
+
+
 def _open_run(tracking: Tracking, tags: dict[str, str], own_run_id: Optional[str]) -> str:
     tags = {**tags, **owner_tags()}
-    if own_run_id:
+    if own_run_id:  # `mlflow run` made it, with the standard tags already
         tracking.client.log_batch(own_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         run_id = own_run_id
     else:
-        run_id = tracking.client.create_run(tracking.experiment_id, tags=tags).info.run_id
+        run_id = tracking.client.create_run(tracking.experiment_id, tags={**_standard_tags(), **tags}).info.run_id
     OPEN_RUNS.add(tracking, run_id)
     return run_id
 
@@ -186,7 +202,7 @@ def open_group_run(tracking: Tracking, role: str, run_name: str, own_run_id: Opt
 
 def end_run(tracking: Tracking, run_id: str, status: str, error: Optional[str] = None) -> None:
     if error is not None:
-        tracking.client.set_tag(run_id, names.ERROR, error[:5000])
+        tracking.client.set_tag(run_id, names.ERROR, redact(error)[:5000])
     tracking.client.set_terminated(run_id, status)
     OPEN_RUNS.discard(run_id)
 
@@ -205,7 +221,8 @@ def end_after(tracking: Tracking, run_id: str, err: BaseException) -> None:
 def config_params(view: DictConfig) -> dict[str, Any]:
     """A step's config sections as flat MLflow params (`model.C`, `split.seed`, ...);
     the codebook is left out: it is the same for every run and long."""
-    return {k: v for k, v in _flatten("", OmegaConf.to_container(view)).items() if k.split(".")[0] != "schema"}
+    return {k: redact_value(v) for k, v in _flatten("", OmegaConf.to_container(view)).items()
+            if k.split(".")[0] != "schema"}
 
 
 def _flatten(prefix: str, value: Any) -> dict[str, Any]:
@@ -263,7 +280,7 @@ def execute(
     key = cache_key(step, view, upstream_run.info.run_id if upstream_run is not None else None)
 
     tags = {names.STEP: name, names.CACHE_KEY: key, MLFLOW_RUN_NAME: name,
-            names.OVERRIDES: json.dumps(main_overrides()),
+            names.OVERRIDES: json.dumps([redact(o) for o in main_overrides()]),
             **{names.INPUT + step_name: run_id for step_name, run_id in lineage.items()}}
     if parent_run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
@@ -278,10 +295,11 @@ def execute(
                 RunTag("mlflow.note.content", f"Reused {name} run {found.info.run_id} (same cache key); "
                                               f"pass force=[{name}] to run it again.")])
             tracking.client.set_terminated(own_run_id, FINISHED)
-        return StepResult(name, found.info.run_id, "reused", time.perf_counter() - started,
-                          json.loads(found.data.tags.get(names.SUMMARY, "{}")), lineage)
+        return _announced(StepResult(name, found.info.run_id, "reused", time.perf_counter() - started,
+                                     json.loads(found.data.tags.get(names.SUMMARY, "{}")), lineage))
 
     run_id = found
+    print(f"{name}: running (run {run_id})", flush=True)
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as workdir:
         ctx = StepContext(tracking, run_id, step, view, lineage, Path(workdir), cache)
         try:
@@ -289,7 +307,13 @@ def execute(
         except BaseException as err:
             end_after(tracking, run_id, err)
             raise
-    return StepResult(name, run_id, "ran", time.perf_counter() - started, ctx.summary, lineage)
+    return _announced(StepResult(name, run_id, "ran", time.perf_counter() - started, ctx.summary, lineage))
+
+
+def _announced(result: StepResult) -> StepResult:
+    """One line per step as it ends, so a long `main` or sweep shows where it is."""
+    print(result.progress_line(), flush=True)
+    return result
 
 
 def _run_step(ctx: StepContext, key: str) -> None:
@@ -304,8 +328,8 @@ def _run_step(ctx: StepContext, key: str) -> None:
     if missing:
         raise PipelineError(f"step {name} did not write its declared outputs {missing} (steps/pipeline.py)")
     inputs = {f"{wanted.artifact} of {wanted.step}": ctx.lineage[wanted.step] for wanted in ctx.step.reads.values()}
-    ctx.client.log_text(ctx.run_id, step_card(name, ctx.run_id, inputs, sorted(ctx.outputs), ctx.summary,
-                                              ctx.metrics, ctx.figures, work_seconds, key), names.CARD)
+    ctx.client.log_text(ctx.run_id, redact(step_card(name, ctx.run_id, inputs, sorted(ctx.outputs), ctx.summary,
+                                                     ctx.metrics, ctx.figures, work_seconds, key)), names.CARD)
     faults.point(f"{name}.outputs_written")
     ctx.set_tags({names.OUTPUTS: json.dumps(ctx.outputs, sort_keys=True),
                   names.SUMMARY: json.dumps(ctx.summary, default=str), names.SECONDS: f"{work_seconds:.3f}"})

@@ -177,16 +177,18 @@ def read_uci(path: Path, columns: list[str]) -> pd.DataFrame:
     Everything is read as text so that validation can name the cells that are not numbers."""
     if not path.read_bytes().strip():
         return pd.DataFrame(columns=columns)
-    return pd.read_csv(
-        path,
-        header=None,
-        names=columns,
-        dtype=str,
-        na_values=MISSING_MARKERS,
-        keep_default_na=False,
-        skipinitialspace=True,
-        skip_blank_lines=True,
-    )
+    expected = (f"not the headerless UCI format: expected {len(columns)} comma-separated fields per line "
+                f"({', '.join(columns)})")
+    try:
+        frame = pd.read_csv(path, header=None, dtype=str, na_values=MISSING_MARKERS, keep_default_na=False,
+                            skipinitialspace=True, skip_blank_lines=True)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        # pandas says where, not what: the error never quotes the file's lines.
+        raise PipelineError(f"{path.name}: {expected}; {type(err).__name__}: {str(err).strip()[:200]}") from None
+    if frame.shape[1] != len(columns):
+        raise PipelineError(f"{path.name}: {expected}, found {frame.shape[1]}")
+    frame.columns = columns
+    return frame
 
 
 def read_table(path: Path, columns: list[str]) -> pd.DataFrame:

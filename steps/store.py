@@ -24,10 +24,42 @@ from omegaconf import DictConfig, OmegaConf
 
 from steps import names
 from steps.errors import PipelineError
+from steps.redaction import redact
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = PROJECT_ROOT / "profiles"
 _SQLITE = "sqlite:///"
+# MLflow's UI opens an experiment in the view its kind names (else it guesses, and may
+# guess GenAI): this one trains models.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# A tracking server that does not answer is reported after this long, not after MLflow's
+# default retries (about 4 minutes). The other settings bound every later request; an
+# explicitly set environment variable wins.
+REACHABLE_TIMEOUT_SECONDS = 5
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
+
+class StoreUnreachable(PipelineError):
+    """The tracking server did not answer."""
+
+
+def check_reachable(tracking_uri: str) -> None:
+    """Fail in seconds, with one line, when a tracking server does not answer at all.
+    Any HTTP answer (even 401) counts as reachable: MLflow's own calls say what is wrong."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    try:
+        requests.get(tracking_uri.rstrip("/") + "/health", timeout=REACHABLE_TIMEOUT_SECONDS)
+    except requests.RequestException as err:
+        reason = type(err).__name__
+        raise StoreUnreachable(f"cannot reach the tracking server at {redact(tracking_uri)} ({reason} within "
+                               f"{REACHABLE_TIMEOUT_SECONDS}s): is it running? It comes from MLFLOW_TRACKING_URI or "
+                               "profile.tracking_uri") from None
 
 
 @dataclass
@@ -86,6 +118,7 @@ def connect(profile: DictConfig) -> Tracking:
     registry_uri: Optional[str] = os.environ.get("MLFLOW_REGISTRY_URI") or (
         None if explicit_uri or not profile.registry_uri else _absolute_sqlite(profile.registry_uri)
     )
+    check_reachable(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     if registry_uri:
         mlflow.set_registry_uri(registry_uri)
@@ -100,11 +133,15 @@ def connect(profile: DictConfig) -> Tracking:
             if profile.artifact_location and not explicit_uri:
                 artifact_location = str(PROJECT_ROOT / profile.artifact_location)
             try:
-                experiment_id = client.create_experiment(name, artifact_location=artifact_location)
+                experiment_id = client.create_experiment(name, artifact_location=artifact_location,
+                                                         tags=dict([EXPERIMENT_KIND]))
             except MlflowException:  # another machine created it first
                 experiment_id = client.get_experiment_by_name(name).experiment_id
         else:
             experiment_id = experiment.experiment_id
+            if EXPERIMENT_KIND[0] not in experiment.tags:
+                with contextlib.suppress(MlflowException):  # a reader may not set tags; the UI then guesses
+                    client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return Tracking(client, experiment_id, tracking_uri)
 

@@ -124,8 +124,7 @@ def run(ctx: StepContext) -> None:
     cfg = ctx.cfg
     book = Codebook.from_config(cfg.schema)
     label = book.label
-    trusted = list(cfg.train.skops_trusted_types)
-    pipeline = fit_model(ctx.read("transformer", trusted=trusted), ctx.read("train_features"), cfg.model, label,
+    pipeline = fit_model(ctx.read("transformer"), ctx.read("train_features"), cfg.model, label,
                          cfg.train.calibration, cfg.train.calibration_folds)
 
     raw_train, val = ctx.read("train"), ctx.read("val")
@@ -155,7 +154,7 @@ def run(ctx: StepContext) -> None:
     example_output = answer(pipeline.predict_proba(features.head(2))[:, 1], config["decision_threshold"],
                             config["risk_levels"], example_identity)
     uri = ctx.write_model("model", name=cfg.train.model_name, pipeline=pipeline, config=config, features=features,
-                          example_output=example_output, trusted=trusted,
+                          example_output=example_output,
                           input_example_rows=cfg.train.input_example_rows)
     ctx.set_tags({names.MODEL_URI: uri, names.MODEL_CLASS: cfg.model._target_})
     ctx.summary.update(model=model_description(cfg.model), val_roc_auc=round(metrics["val_roc_auc"], 4),

@@ -91,8 +91,10 @@ def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
     # Every registered version carries a model card, linked from its description.
     register_run = by_step["register"].info.run_id
     assert {"model_card.md", "model_card.html"} <= artifacts("register")
-    assert champion.tags["model_card"].endswith(f"{register_run}/artifacts/model_card.md")
-    assert "Model card:" in champion.description and "Not for clinical use" in champion.description
+    assert champion.tags["model_card"] == f"runs:/{register_run}/model_card.md"  # portable, not a local path
+    assert champion.description.startswith("**champion: ") and "## Performance" in champion.description
+    assert f"`runs:/{register_run}/model_card.md`" in champion.description
+    assert "Not for clinical use" in champion.description
     card = open(store.client.download_artifacts(register_run, "model_card.md", str(store.root))).read()
     threshold = by_step["train"].data.metrics["decision_threshold"]
     for text in ("Not for clinical use", "cross-validated mean [95 % interval]", f"at least **{threshold:.3f}**",

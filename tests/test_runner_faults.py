@@ -42,7 +42,7 @@ def assert_healthy(store):
     running = store.client.search_runs([store.experiment_id], "attributes.status = 'RUNNING'")
     assert running == []
     champion = store.client.get_model_version_by_alias("heart-disease", "champion")
-    assert "Model card:" in champion.description and champion.tags["model_card"].endswith("model_card.md")
+    assert "The whole card:" in champion.description and champion.tags["model_card"].endswith("model_card.md")
     assert champion.tags["decision"] == "champion"
     mlflow.set_tracking_uri(store.tracking_uri)
     model = mlflow.pyfunc.load_model("models:/heart-disease@champion")

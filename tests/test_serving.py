@@ -4,12 +4,14 @@ Every endpoint, and a corpus of bad requests that must get a 4xx naming the prob
 while the server stays up."""
 
 import json
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -57,12 +59,14 @@ class Server:
             if self.process.poll() is not None:
                 raise AssertionError(f"{name} exited early:\n{self.log.read_text()}")
             try:
-                urllib.request.urlopen(self.base + health_path, timeout=2)
-                return
-            except urllib.error.HTTPError:
-                return  # answering (e.g. 503 degraded) is up
+                status, body = request(self.base + health_path)
             except OSError:
                 time.sleep(0.3)
+                continue
+            # The app answers at once and loads in the background: wait for the first attempt.
+            if not (isinstance(body, dict) and body.get("status") == "loading"):
+                return
+            time.sleep(0.3)
         raise AssertionError(f"{name} did not start:\n{self.log.read_text()}")
 
     def stop(self):
@@ -135,6 +139,8 @@ MLFLOW_BAD = {
                            None),
     "missing field": (dict(body={"dataframe_records": [{k: v for k, v in PATIENT.items() if k != "chol"}]}), "chol"),
     "wrong type": (dict(body={"dataframe_records": [{**PATIENT, "age": "old"}]}), "age"),
+    "boolean for a number": (dict(body={"dataframe_records": [{**PATIENT, "ca": True}]}), "column 'ca': rule 'a number"),
+    "numeric string": (dict(body={"dataframe_records": [{**PATIENT, "age": "54"}]}), "column 'age': rule 'a number"),
     "null where required": (dict(body={"dataframe_records": [{**PATIENT, "trestbps": None}]}), "trestbps"),
     "NaN": (dict(raw=json.dumps({"dataframe_records": [{**PATIENT, "age": float("nan")}]}).encode()), "age"),
     "Infinity": (dict(raw=json.dumps({"dataframe_records": [{**PATIENT, "chol": float("inf")}]}).encode()), "chol"),
@@ -155,11 +161,11 @@ def test_mlflow_serve_bad_requests_get_4xx_and_server_stays_up(mlflow_server, ca
     assert request(mlflow_server.base + "/health")[0] == 200
 
 
-def test_mlflow_serve_extra_field_is_ignored_by_mlflow(mlflow_server):
-    """MLflow's schema enforcement drops columns the signature does not name (with a
-    warning in the server log) before the model sees them. The FastAPI app refuses them."""
+def test_mlflow_serve_refuses_an_extra_field_like_the_app(mlflow_server):
+    """The model has no input schema for MLflow to enforce (steps/logged_model.py), so the
+    model's own check sees every field and refuses unknown ones, as the FastAPI app does."""
     status, answer = request(mlflow_server.base + "/invocations", {"dataframe_records": [{**PATIENT, "colour": 3}]})
-    assert status == 200 and len(answer["predictions"]) == 1
+    assert status == 400 and "column 'colour': rule 'known field'" in answer["message"]
 
 
 def test_mlflow_serve_large_batch(mlflow_server):
@@ -196,8 +202,9 @@ def test_model_info_and_health(api, trained):
     assert info["training_data_sha256"] == "a74b7efa387bc9d108d7d0115d831fe9b414b29ae7124f331b622b4efa0427c8"
     assert info["training_data_digest"] and info["trained_at"]
     assert info["metrics"]["cv_roc_auc_mean"] >= 0.9 and info["validation_status"] == "VALIDATED"
-    assert request(api.base + "/health") == (200, {"status": "ok", "source": "registry", "model_name": "heart-disease",
-                                                   "model_version": "1", "model_alias": "champion"})
+    assert request(api.base + "/health") == (200, {"status": "ok", "model_source": "registry",
+                                                   "model_name": "heart-disease", "model_version": "1",
+                                                   "model_alias": "champion"})
     assert request(api.base + "/openapi.json")[0] == 200
     with urllib.request.urlopen(api.base + "/docs") as docs:
         assert docs.status == 200 and b"swagger" in docs.read().lower()
@@ -210,6 +217,8 @@ API_BAD = {
     "missing field": (dict(body={k: v for k, v in PATIENT.items() if k != "chol"}), 422, "chol"),
     "extra field": (dict(body={**PATIENT, "colour": 3}), 422, "colour"),
     "wrong type": (dict(body={**PATIENT, "age": "old"}), 422, "age"),
+    "boolean for a number": (dict(body={**PATIENT, "ca": True}), 422, "ca"),
+    "numeric string": (dict(body={**PATIENT, "age": "54"}), 422, "age"),
     "null where required": (dict(body={**PATIENT, "trestbps": None}), 400, "trestbps"),
     "NaN": (dict(raw=json.dumps({**PATIENT, "age": float("nan")}).encode()), 422, "age"),
     "Infinity": (dict(raw=json.dumps({**PATIENT, "chol": float("inf")}).encode()), 422, "chol"),
@@ -280,35 +289,130 @@ def test_workers_follow_the_alias_by_polling(trained, tmp_path):
         server.stop()
 
 
-# --------------------------------------------------------------------------- load order
+# --------------------------------------------------------------------------- what is served
 
-def assert_serves_from(source, options, env, tmp_path):
-    server = Server([sys.executable, "-m", "serving", *options], env, "/health", tmp_path, f"fallback-{source}")
+def started(options, env, tmp_path, name):
+    return Server([sys.executable, "-m", "serving", "--poll-seconds", "0", *options], env, "/health", tmp_path, name)
+
+
+def test_a_mistyped_alias_is_503_with_the_reason_not_another_model(trained, tmp_path):
+    server = started(["--alias", "champoin"], trained.env, tmp_path, "typo")
     try:
         status, health = request(server.base + "/health")
-        assert status == 200 and health["source"] == source
-        assert request(server.base + "/predict", PATIENT)[0] == 200
+        assert status == 503 and health["status"] == "unavailable"
+        assert "heart-disease@champoin does not exist" in health["reason"]
+        status, answer = request(server.base + "/predict", PATIENT)
+        assert status == 503 and "champoin" in answer["detail"]
     finally:
         server.stop()
 
 
-def test_load_order_falls_back_to_latest_train_run(trained, tmp_path):
-    assert_serves_from("run", ["--alias", "no-such-alias"], trained.env, tmp_path)
+def test_a_version_that_is_not_validated_is_not_served(trained, tmp_path):
+    champion = trained.client.get_model_version_by_alias("heart-disease", "champion")
+    trained.client.set_registered_model_alias("heart-disease", "unchecked", champion.version)
+    trained.client.set_model_version_tag("heart-disease", champion.version, "validation.status", "REJECTED")
+    try:
+        server = started(["--alias", "unchecked"], trained.env, tmp_path, "rejected")
+        try:
+            status, health = request(server.base + "/health")
+            assert status == 503 and f"version {champion.version} (@unchecked) is REJECTED" in health["reason"]
+        finally:
+            server.stop()
+    finally:
+        trained.client.set_model_version_tag("heart-disease", champion.version, "validation.status", "VALIDATED")
+        trained.client.delete_registered_model_alias("heart-disease", "unchecked")
 
 
-def test_load_order_falls_back_to_local_directory_then_degraded(trained, tmp_path):
+def assert_serves_fallback(source, options, env, tmp_path):
+    server = started(options, env, tmp_path, f"fallback-{source}")
+    try:
+        status, health = request(server.base + "/health")
+        assert status == 200 and health["status"] == "fallback" and health["model_source"] == source
+        assert "does not exist" in health["reason"]
+        status, answer = request(server.base + "/predict", PATIENT)
+        assert status == 200 and answer["model_source"] == source  # every answer says where it came from
+    finally:
+        server.stop()
+
+
+def test_fallback_to_the_latest_train_run_only_when_asked(trained, tmp_path):
+    assert_serves_fallback("run", ["--alias", "no-such-alias", "--fallback", "run"], trained.env, tmp_path)
+
+
+def test_fallback_to_a_local_directory_only_when_asked(trained, tmp_path):
     exported = tmp_path / "exported"
     mlflow.set_tracking_uri(trained.tracking_uri)
     mlflow.artifacts.download_artifacts("models:/heart-disease@champion", dst_path=str(exported))
     empty = make_store(tmp_path / "empty")
-    assert_serves_from("local", ["--model-dir", str(exported)], empty.env, tmp_path)
+    assert_serves_fallback("dir", ["--fallback", "run,dir", "--model-dir", str(exported)], empty.env, tmp_path)
 
-    server = Server([sys.executable, "-m", "serving", "--model-dir", str(tmp_path / "nothing")], empty.env,
-                    "/health", tmp_path, "degraded")
+    server = started(["--fallback", "dir", "--model-dir", str(tmp_path / "nothing")], empty.env, tmp_path, "none")
     try:
         status, health = request(server.base + "/health")
-        assert status == 503 and health["status"] == "degraded"
-        assert "registry heart-disease@champion" in health["reason"] and "nothing" in health["reason"]
+        assert status == 503 and health["status"] == "unavailable"
+        assert "heart-disease@champion" in health["reason"] and "nothing" in health["reason"]
         assert request(server.base + "/predict", PATIENT)[0] == 503
     finally:
         server.stop()
+
+
+def test_an_unknown_fallback_is_refused_at_start(trained):
+    result = subprocess.run([sys.executable, "-m", "serving", "--fallback", "latest"], env=trained.env, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown ['latest']" in result.stderr
+
+
+def test_an_unreachable_tracking_server_starts_degraded_at_once(trained, tmp_path):
+    env = {**trained.env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    server = started(["--retry-seconds", "1"], env, tmp_path, "unreachable")
+    try:
+        status, health = request(server.base + "/health")
+        assert status == 503 and "unreachable" in health["reason"]
+    finally:
+        server.stop()
+    assert "cannot reach the tracking server" in server.log.read_text()
+
+
+def test_metrics_count_requests_and_predictions(api):
+    request(api.base + "/predict", [PATIENT, PATIENT])
+    status, text = request(api.base + "/metrics")
+    assert status == 200
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    assert any(k.startswith('heart_requests_total{endpoint="/predict",model_version=') and 'status="200"' in k
+               for k in samples)
+    assert sum(v for k, v in samples.items() if k.startswith("heart_predictions_total{")) >= 2
+    assert any(k.startswith("heart_request_seconds_bucket{") for k in samples)
+    assert samples.get('heart_model_events_total{event="load"}', 0) >= 1
+
+
+# --------------------------------------------------------------------------- identity and trust
+
+def test_a_model_loaded_by_version_reports_that_version(trained, tmp_path):
+    """The same logged model registered twice outside the pipeline: each URI answers as itself."""
+    champion = trained.client.get_model_version_by_alias("heart-disease", "champion")
+    mlflow.set_tracking_uri(trained.tracking_uri)
+    mlflow.set_registry_uri(trained.tracking_uri)
+    again = mlflow.register_model(champion.source, "heart-disease")
+    assert again.version != champion.version
+    for version in (champion.version, again.version):
+        answer = mlflow.pyfunc.load_model(f"models:/heart-disease/{version}").predict([PATIENT])
+        assert answer["model_version"].tolist() == [str(version)]
+    trained.client.delete_model_version("heart-disease", again.version)
+
+
+@pytest.mark.parametrize("tampering, message", [
+    (lambda flavor: flavor.update(serialization_format="pickle"), "asks for serialization_format 'pickle'"),
+    (lambda flavor: flavor["skops_trusted_types"].append("posix.system"), "asks to trust ['posix.system']"),
+])
+def test_the_loader_trusts_code_not_the_models_files(trained, tmp_path, tampering, message):
+    import yaml
+
+    mlflow.set_tracking_uri(trained.tracking_uri)
+    copy = Path(mlflow.artifacts.download_artifacts("models:/heart-disease@champion", dst_path=str(tmp_path)))
+    mlmodel = copy / "artifacts" / "pipeline" / "MLmodel"
+    spec = yaml.safe_load(mlmodel.read_text())
+    tampering(spec["flavors"]["sklearn"])
+    mlmodel.write_text(yaml.safe_dump(spec))
+    with pytest.raises(Exception, match=re.escape(message)):
+        mlflow.pyfunc.load_model(str(copy))
