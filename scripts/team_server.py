@@ -251,6 +251,7 @@ class Settings:
     workers: Optional[int] = None  # mlflow's default (4) when None
     extra_server_args: list[str] = field(default_factory=list)
     extra_server_env: dict[str, str] = field(default_factory=dict)  # e.g. webhook settings for tests
+    log_file: Optional[Path] = None  # mlflow's output; None: this terminal
 
 
 class TeamServer:
@@ -337,7 +338,9 @@ class TeamServer:
                 command += ["--workers", str(s.workers)]
             command += s.extra_server_args
             # Its own session: a Ctrl-C reaches this process, which then stops mlflow before PostgreSQL.
-            self.mlflow = subprocess.Popen(command, env=env, cwd=self.dir, start_new_session=True)
+            output = open(s.log_file, "ab") if s.log_file else None
+            self.mlflow = subprocess.Popen(command, env=env, cwd=self.dir, start_new_session=True,
+                                           stdout=output, stderr=subprocess.STDOUT if output else None)
             self._wait_until_ready(timeout)
         except BaseException:
             self.stop()
@@ -347,7 +350,8 @@ class TeamServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.mlflow.poll() is not None:
-                raise TeamServerError(f"mlflow server exited with code {self.mlflow.returncode} (its output is above)")
+                raise TeamServerError(f"mlflow server exited with code {self.mlflow.returncode}; its output: "
+                                      f"{self.settings.log_file or 'above'}")
             try:
                 with urllib.request.urlopen(self.tracking_uri + "/health", timeout=2):
                     return

@@ -1,0 +1,158 @@
+"""The project against a real team server (tests/team_server.py: PostgreSQL + mlflow server
+with the artifact proxy and basic-auth): `main` and a grid sweep through `mlflow run`, a step
+through `profile=server`, the leaderboard, both serving routes, the permission cases, and no
+credential anywhere in what the runs and commands leave behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow.exceptions import MlflowException
+
+from tests.conftest import BIN
+from tests.team_server import MODEL_NAME, team_server  # noqa: F401  (module-scoped fixture)
+from tests.test_serving import PATIENT, Server, request
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def editor_store(team_server, tmp_path_factory):  # noqa: F811
+    """`main`, then a two-point grid sweep, both through `mlflow run`, run by the EDIT user."""
+    store = team_server.store(team_server.editor, tmp_path_factory.mktemp("editor"))
+    store.mlflow_run("main")
+    result = store.mlflow_run("sweep", "model.C=0.03,0.1")
+    assert "2 of 2 trial(s) finished" in result.stdout, result.stdout
+    return store
+
+
+@pytest.fixture(scope="module")
+def reader_store(team_server, tmp_path_factory):  # noqa: F811
+    return team_server.store(team_server.reader, tmp_path_factory.mktemp("reader"))
+
+
+def test_anonymous_and_wrong_password_get_401(team_server):  # noqa: F811
+    search = team_server.uri + "/api/2.0/mlflow/experiments/search?max_results=1"
+    assert team_server.session(None).get(search, timeout=30).status_code == 401
+    wrong = requests.Session()
+    wrong.trust_env, wrong.auth = False, (team_server.editor.name, team_server.editor.password + "x")
+    assert wrong.get(search, timeout=30).status_code == 401
+    assert team_server.session(team_server.reader).get(search, timeout=30).status_code == 200
+
+
+def test_main_and_sweep_record_datasets_behind_the_artifact_proxy(editor_store):
+    client = editor_store.client
+    trains = editor_store.runs("train")
+    assert len(trains) == 2  # main's C=0.1, reused by its sweep trial, and the sweep's C=0.03
+    for run in trains:
+        assert run.data.tags["pipeline.complete"] == "true" and run.info.artifact_uri.startswith("mlflow-artifacts:")
+        sources = {d.dataset.name: (d.dataset.source_type, json.loads(d.dataset.source)) for d in run.inputs.dataset_inputs}
+        assert sources["train"][0] == "http"
+        assert sources["train"][1]["url"].startswith(f"{editor_store.tracking_uri}/api/2.0/mlflow-artifacts/artifacts/")
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    assert champion.run_id in {run.info.run_id for run in trains}
+
+
+def test_profile_server_reaches_the_same_store_without_mlflow_run(editor_store, team_server):  # noqa: F811
+    """`python -m steps.main profile=server`: MLFLOW_SERVER_URI picks the server, nothing else
+    points at it, and every step is found complete there and reused."""
+    env = {key: value for key, value in editor_store.env.items() if key != "MLFLOW_TRACKING_URI"}
+    env["MLFLOW_SERVER_URI"] = team_server.uri
+    result = replace(editor_store, env=env).steps("main", "profile=server")
+    assert result.stdout.count(" reused ") == 7, result.stdout
+    assert len(editor_store.runs("train")) == 2
+
+
+def test_reader_reads_runs_and_the_leaderboard_but_cannot_register_or_write(editor_store, reader_store):
+    client = reader_store.client
+    train = reader_store.runs("train")[0]
+    assert client.get_run(train.info.run_id).data.metrics
+    registry_before = reader_store.registry_state()
+
+    with pytest.raises(MlflowException) as refused:
+        client.create_model_version(MODEL_NAME, train.data.tags["pipeline.model_uri"], run_id=train.info.run_id)
+    assert refused.value.get_http_status_code() == 403
+    with pytest.raises(MlflowException) as refused:
+        client.set_registered_model_alias(MODEL_NAME, "champion", "1")
+    assert refused.value.get_http_status_code() == 403
+    with pytest.raises(MlflowException) as refused:
+        client.create_run(reader_store.experiment_id)
+    assert refused.value.get_http_status_code() == 403
+    assert reader_store.registry_state() == registry_before
+
+    board = reader_store.steps("leaderboard").stdout
+    assert train.info.run_id in board and "champion" in board
+
+
+@pytest.fixture(scope="module")
+def served(editor_store, reader_store, tmp_path_factory):
+    """Both serving routes, started by the READ user: loading the champion needs no more."""
+    logs = tmp_path_factory.mktemp("serving-logs")
+    mlflow_serve = Server([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}@champion",
+                           "--env-manager", "local", "--host", "127.0.0.1"], reader_store.env, "/ping", logs,
+                          "mlflow-serve")
+    try:
+        app = Server([sys.executable, "-m", "serving", "--poll-seconds", "0"], reader_store.env, "/health", logs,
+                     "fastapi")
+    except BaseException:
+        mlflow_serve.stop()
+        raise
+    yield mlflow_serve, app
+    mlflow_serve.stop()
+    app.stop()
+    reader_store.server.outputs += [mlflow_serve.log.read_text(), app.log.read_text()]
+
+
+def test_both_serving_routes_answer_with_the_champion_from_the_server(served, editor_store):
+    mlflow_serve, app = served
+    champion = editor_store.client.get_model_version_by_alias(MODEL_NAME, "champion")
+    status, answer = request(mlflow_serve.base + "/invocations", {"dataframe_records": [PATIENT]})
+    assert status == 200, answer
+    assert answer["predictions"][0]["model_version"] == str(champion.version)
+    status, answer = request(app.base + "/predict", PATIENT)
+    assert status == 200, answer
+    assert (answer["model_version"], answer["model_alias"]) == (str(champion.version), "champion")
+    assert answer["probability"] == pytest.approx(
+        request(mlflow_serve.base + "/invocations", {"dataframe_records": [PATIENT]})[1]["predictions"][0]["probability"])
+
+
+def _text_files(folder: Path):
+    for path in folder.rglob("*"):
+        if path.is_file():
+            yield path, path.read_bytes().decode("utf-8", errors="replace")
+
+
+def test_no_credential_in_outputs_params_tags_artifacts_or_logs(team_server, editor_store, served,  # noqa: F811
+                                                               tmp_path):
+    passwords = team_server.passwords
+    found: list[str] = []
+
+    def scan(where: str, text: str) -> None:
+        found.extend(f"{where}: {user}'s password" for user, password in
+                     zip(("admin", "editor", "reader"), passwords) if password in text)
+
+    for number, output in enumerate(team_server.outputs):
+        scan(f"command output #{number}", output)
+    scan("mlflow server log", team_server.log_file.read_text())
+    scan("postgres log", (team_server.server.dir / "postgres.log").read_text())
+
+    client = editor_store.client
+    runs = client.search_runs([editor_store.experiment_id], max_results=1000)
+    assert len(runs) >= 10  # main's parent and 7 steps, the sweep and its trials
+    for run in runs:
+        scan(f"run {run.info.run_id} params", json.dumps(run.data.params))
+        scan(f"run {run.info.run_id} tags", json.dumps(run.data.tags))
+        scan(f"run {run.info.run_id} datasets", " ".join(d.dataset.source for d in run.inputs.dataset_inputs))
+        target = tmp_path / run.info.run_id
+        for path, text in _text_files(Path(client.download_artifacts(run.info.run_id, "", str(target)))):
+            scan(f"run {run.info.run_id} artifact {path.relative_to(target)}", text)
+    for version in client.search_model_versions(f"name = '{MODEL_NAME}'"):
+        scan(f"model version {version.version}", json.dumps([version.source, version.tags, version.description]))
+    assert not found, found
+    assert os.stat(team_server.server.admin_password_file).st_mode & 0o777 == 0o600
