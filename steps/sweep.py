@@ -53,7 +53,7 @@ from steps.store import Tracking, connect
 # Optuna study sweeper is steps/plugins/hydra_plugins/optuna_study_sweeper.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "plugins"))
 from hydra_plugins.optuna_study_sweeper import STUDY_ENV, TRIAL_ENV  # noqa: E402
-from hydra_plugins.optuna_study_sweeper.sweeper import safe_url  # noqa: E402
+from hydra_plugins.optuna_study_sweeper.sweeper import check_study, safe_url  # noqa: E402
 
 ENV_SWEEP_RUN = "HEART_SWEEP_RUN_ID"  # the sweep parent run, for the trials
 ENV_SWEEP_KEYS = "HEART_SWEEP_KEYS"  # the config keys the sweep varies, which name the trials
@@ -211,6 +211,11 @@ class SweepRun(Callback):
     def on_multirun_start(self, config: DictConfig, tracking: Tracking) -> None:
         if "direction" in config.hydra.sweeper:
             check_direction(config.hydra.sweeper.direction, config.sweep.metric)
+        if "storage" in config.hydra.sweeper:
+            try:
+                check_study(config.hydra.sweeper.storage, config.hydra.sweeper.study_name)
+            except ValueError as err:
+                raise PipelineError(str(err)) from None
         run_id = open_group_run(tracking, "sweep", "sweep", own_run_id=adopt_launcher_run(tracking))
         atexit.register(close_unfinished_sweep, tracking, run_id)
         self.setup = sweep_setup(config.hydra)

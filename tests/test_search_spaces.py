@@ -59,7 +59,8 @@ def test_the_sweeper_masks_a_storage_password_wherever_it_shows_the_url():
     ("model.C=0.1,1", CategoricalDistribution([0.1, 1])),
 ])
 def test_command_line_sweeps_replace_the_config_space_key_by_key(override, expected):
-    space, fixed = search_space({"model.C": "interval(1, 2)", "model.max_iter": "100"}, [override, "evaluate.cv_repeats=2"])
+    config_space = {"model.C": "interval(1, 2)", "model.max_iter": "100"}
+    space, fixed = search_space(config_space, [override, "evaluate.cv_repeats=2"])
     key = override.split("=")[0]
     assert space[key] == expected
     assert fixed == ["model.max_iter=100", "evaluate.cv_repeats=2"]

@@ -133,6 +133,7 @@ def test_a_failing_trial_costs_the_others_nothing_and_fails_the_sweep(store):
 
 @pytest.mark.parametrize("overrides, message", [
     (["search=logreg", "sweep.metric=test_brier"], "add hydra.sweeper.direction=minimize"),
+    (["search=logreg", "hydra.sweeper.storage=sqlite:///study.db"], "hydra.sweeper.study_name is not"),
     (["model.C=0.1,1", "data.url=/no/such/processed.cleveland.data"], "/no/such/processed.cleveland.data"),
 ])
 def test_a_sweep_that_cannot_start_stops_before_any_trial(store, overrides, message):
@@ -142,9 +143,9 @@ def test_a_sweep_that_cannot_start_stops_before_any_trial(store, overrides, mess
     assert "Traceback" not in result.stderr
     client = store.client
     assert not client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'trial'")
-    # The direction is checked before the sweep run exists; ingest fails inside it.
+    # The sweeper's settings are checked before the sweep run exists; ingest fails inside it.
     sweeps = client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'")
-    assert [r.info.status for r in sweeps] == ([] if "direction" in message else ["FAILED"])
+    assert [r.info.status for r in sweeps] == ([] if "hydra.sweeper" in message else ["FAILED"])
 
 
 # --------------------------------------------------------------------------- one study, many workers
@@ -225,7 +226,8 @@ def test_three_workers_share_one_study_and_a_killed_worker_loses_nothing(study_s
 
     # The leaderboard ranks the whole study, whichever worker ran each trial.
     ranked = store.steps("leaderboard", "--study", "s").stdout.strip().splitlines()[2:]
-    assert sorted(line.split()[0] for line in ranked) == sorted({r.data.tags["pipeline.train.run_id"] for r in finished})
+    trained = {r.data.tags["pipeline.train.run_id"] for r in finished}
+    assert sorted(line.split()[0] for line in ranked) == sorted(trained)
     scores = [float(line.split()[4]) for line in ranked]
     assert scores == sorted(scores, reverse=True)
     unknown = store.steps("leaderboard", "--study", "nope", check=False)

@@ -31,6 +31,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, Trial, TrialState
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from hydra_plugins.optuna_study_sweeper import STUDY_ENV, TRIAL_ENV
 from hydra_plugins.optuna_study_sweeper.space import search_space
@@ -49,6 +50,12 @@ def counts_towards_n_trials(trial: FrozenTrial) -> bool:
 def safe_url(url: str) -> str:
     """A storage URL fit for logs and params: any password masked."""
     return make_url(url).render_as_string(hide_password=True)
+
+
+def check_study(storage: Optional[str], study_name: Optional[str]) -> None:
+    if storage and not study_name:
+        raise ValueError("hydra.sweeper.storage is set but hydra.sweeper.study_name is not: name the study, "
+                         "so that other workers and a re-run of this command join it")
 
 
 def worker_seed(seed: Optional[int], shared: bool) -> Optional[int]:
@@ -93,12 +100,11 @@ class OptunaStudySweeper(Sweeper):
     def __init__(self, sampler: functools.partial, direction: str, storage: Optional[str], study_name: Optional[str],
                  n_trials: int, n_jobs: int, heartbeat_interval: int, grace_period: int, max_retry: int,
                  params: Optional[DictConfig]) -> None:
-        if storage and not study_name:
-            raise ValueError("hydra.sweeper.storage is set but hydra.sweeper.study_name is not: name the study, "
-                             "so that other workers and a re-run of this command join it")
+        check_study(storage, study_name)
         self.sampler, self.direction, self.study_name = sampler, direction, study_name
         self.n_trials, self.n_jobs, self.params = n_trials, n_jobs, dict(params or {})
-        self.url, self.heartbeat_interval, self.grace_period, self.max_retry = storage, heartbeat_interval, grace_period, max_retry
+        self.url, self.max_retry = storage, max_retry
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.storage: Optional[RDBStorage] = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -130,8 +136,7 @@ class OptunaStudySweeper(Sweeper):
 
     def load_study(self) -> optuna.Study:
         if self.url:
-            self.storage = RDBStorage(self.url, heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period,
-                                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(self.max_retry))
+            self.storage = self.open_storage()
         seed = worker_seed(self.sampler.keywords.get("seed"), shared=self.storage is not None)
         study = optuna.create_study(storage=self.storage, sampler=self.sampler(seed=seed), study_name=self.study_name,
                                     direction=self.direction, load_if_exists=True)
@@ -140,6 +145,18 @@ class OptunaStudySweeper(Sweeper):
         log.info(f"Study {study.study_name} ({where}): {counted} of {self.n_trials} trials asked for so far; "
                  f"{type(study.sampler).__name__} seed {seed}")
         return study
+
+    def open_storage(self, attempts: int = 5) -> RDBStorage:
+        """The study's database, its tables created by whichever worker comes first: workers
+        started at once on a new database race to create them, and the losers try again."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return RDBStorage(self.url, heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(self.max_retry))
+            except (OperationalError, IntegrityError) as err:
+                if attempt == attempts or "already exists" not in str(err) and "UNIQUE" not in str(err).upper():
+                    raise
+                time.sleep(0.2 * attempt)
 
     def next_batch(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> list[Trial]:
         batch: list[Trial] = []
@@ -151,17 +168,23 @@ class OptunaStudySweeper(Sweeper):
         """A trial to run: a queued retry, or a new trial while the study has fewer than
         n_trials; None once it has them all. With `wait`, as long as other workers' trials
         still run, wait for them and look again."""
+        waiting_for: list[int] = []
         while True:
             fail_stale_trials(study)  # a dead worker's trials: FAILED, and queued again if retries are left
             trials = study.get_trials(deepcopy=False)
             queued = any(t.state == TrialState.WAITING for t in trials)
+            running = [t.number for t in trials if t.state == TrialState.RUNNING]
             if queued or sum(map(counts_towards_n_trials, trials)) < self.n_trials:
                 trial = study.ask(fixed_distributions=space)  # takes a queued trial first
                 if self.storage is not None:
                     self.storage.record_heartbeat(trial._trial_id)
                 if self.within_n_trials(study, trial):
                     return trial
-            elif wait and any(t.state == TrialState.RUNNING for t in trials):
+            elif wait and running:
+                if running != waiting_for:  # say so once: a trial that never beat would be waited for forever
+                    log.info(f"Study {study.study_name} has its {self.n_trials} trials; waiting for trial(s) "
+                             f"{running}, running elsewhere, in case a worker dies and leaves a retry")
+                    waiting_for = running
                 time.sleep(self.heartbeat_interval)
             else:
                 return None
