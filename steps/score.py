@@ -412,6 +412,7 @@ def run_score(cfg: DictConfig, tracking, own_run_id: Optional[str]) -> dict:
             else:
                 counts = score_spark(python_model, model_uri, source, score)
             seconds = time.perf_counter() - started
+            _log_datasets(client, run_id, source, score)  # while a downloaded input is still here
         identity = python_model.identity
         rows = counts.scored + counts.rejected
         metrics = {"rows_in": rows, "rows_scored": counts.scored, "rows_rejected": counts.rejected,
@@ -422,7 +423,6 @@ def run_score(cfg: DictConfig, tracking, own_run_id: Optional[str]) -> dict:
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                          tags=[RunTag(f"score.{k}", str(v)) for k, v in identity.items()]
                          + [RunTag("score.scoring_path", python_model.scoring_path)])
-        _log_datasets(client, run_id, source, score)
         end_run(tracking, run_id, FINISHED)
     except BaseException as err:
         end_after(tracking, run_id, err)
@@ -449,8 +449,13 @@ def _log_datasets(client, run_id: str, source: Input, score: DictConfig) -> None
 
     def record(path: Path, fmt: str, origin: str, name: str, context: str) -> DatasetInput:
         schema_frame = ds.dataset(str(path), format=fmt if fmt == "parquet" else "csv").schema.empty_table().to_pandas()
-        if not urllib.parse.urlparse(origin).scheme:
+        scheme = urllib.parse.urlparse(origin).scheme
+        if not scheme:
             origin = str(Path(origin).expanduser().resolve())
+        elif scheme == "runs":  # where the artifact is stored: a location MLflow's sources know
+            from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+            origin = RunsArtifactRepository.get_underlying_uri(origin)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dataset = MetaDataset(source=resolve_dataset_source(origin), name=name,

@@ -9,7 +9,7 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from steps.config import PipelineConfig
+from steps.config import PipelineConfig, register_configs
 
 ENGINES = ("pandas", "spark")
 INPUT_FORMATS = ("auto", "parquet", "csv")
@@ -43,5 +43,6 @@ class ScorePipelineConfig(PipelineConfig):
 
 
 def register_score_config() -> None:
-    """Make `score_schema` (in conf/score.yaml's defaults) known to Hydra."""
+    """Make `score_schema` and the `pipeline_schema` it extends known to Hydra."""
+    register_configs()
     ConfigStore.instance().store(name="score_schema", node=ScorePipelineConfig)

@@ -1,0 +1,135 @@
+"""`score`: batch scoring with the registered champion, on pandas and Spark, with rejects.
+
+One real store per module (main trains and registers the champion once); scoring runs
+in-process where the command line is not what is tested, and once through
+`python -m steps.score` on a CSV served over http on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from hydra import compose, initialize_config_dir
+
+from steps.errors import PipelineError
+from steps.score import REJECT_REASON, run_score
+from steps.score_config import register_score_config
+from steps.store import connect
+from steps.synthetic import generate
+from tests.conftest import REPO, make_store
+
+ROWS = 3000
+ANSWER = ["prediction", "probability", "confidence", "risk_level", "model_name", "model_version", "run_id", "model_id"]
+# (row, column, value, what the reason must say)
+BROKEN = [(3, "cp", 0, "unknown code 0"), (4, "chol", 5000, "impossible value 5000"),
+          (5, "age", np.nan, "'value required'"), (6, "thal", 2, "unknown code 2")]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    store = make_store(tmp_path_factory.mktemp("score") / "store")
+    store.steps("main")
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+            patch.setenv(key, store.env[key])
+        yield store
+
+
+@pytest.fixture(scope="module")
+def patients(store) -> pd.DataFrame:
+    frame = generate(ROWS, seed=8).drop(columns=["num"])
+    frame.insert(0, "patient_id", [f"P{i:05d}" for i in range(ROWS)])
+    for row, column, value, _ in BROKEN:
+        frame.loc[row, column] = value
+    frame.loc[7:9, ["ca", "thal"]] = np.nan  # may be missing: scored, not rejected
+    path = store.root / "patients.parquet"
+    frame.to_parquet(path, index=False)
+    return frame
+
+
+def config(*overrides: str):
+    register_score_config()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="score", overrides=list(overrides))
+
+
+def score(store, *overrides: str) -> dict:
+    cfg = config(*overrides)
+    return run_score(cfg, connect(cfg.profile), None)
+
+
+def test_pandas_engine_scores_in_chunks_and_rejects_rows_with_reasons(store, patients):
+    output = store.root / "pandas" / "scored.parquet"
+    result = score(store, f"score.input={store.root / 'patients.parquet'}", f"score.output={output}",
+                   "score.id_columns=[patient_id]", "score.batch_rows=500")
+    scored, rejects = pd.read_parquet(output), pd.read_parquet(output.with_name("scored.rejects.parquet"))
+    assert list(scored.columns) == ["patient_id", *ANSWER]
+    assert (result["rows_scored"], result["rows_rejected"]) == (ROWS - len(BROKEN), len(BROKEN))
+    assert pq.ParquetFile(output).num_row_groups == -(-ROWS // 500)  # written batch by batch
+
+    # Each rejected row, with the reason naming its column and value; nothing else rejected.
+    by_id = rejects.set_index("patient_id")[REJECT_REASON]
+    assert sorted(by_id.index) == sorted(f"P{row:05d}" for row, *_ in BROKEN)
+    for row, column, _, said in BROKEN:
+        assert f"column '{column}'" in by_id[f"P{row:05d}"] and said in by_id[f"P{row:05d}"]
+
+    # The answers are the champion's: the same as its sklearn pipeline on the same rows.
+    model = mlflow.pyfunc.load_model(result["model_uri"]).unwrap_python_model()
+    assert model.scoring_path.startswith("fast path")
+    good = patients[~patients.patient_id.isin(by_id.index)]
+    assert list(scored.patient_id) == list(good.patient_id)
+    np.testing.assert_allclose(scored.probability, model.pipeline.predict_proba(good[list(model.pipeline.feature_names_in_)])[:, 1],
+                               rtol=0, atol=1e-9)
+    assert set(scored.model_version) == {result["model_uri"].rsplit("/", 1)[-1]}
+
+    run = store.client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["rows_rejected"] == len(BROKEN) and run.data.metrics["rows_per_second"] > 0
+    contexts = {d.dataset.name: d.tags[0].value for d in run.inputs.dataset_inputs}
+    assert contexts == {"scoring_input": "scoring", "predictions": "predictions", "rejects": "rejects"}
+
+
+def test_command_line_scores_a_csv_url(store, patients, http_server, tmp_path):
+    folder = tmp_path / "served"
+    folder.mkdir()
+    patients.astype(object).where(patients.notna(), "").to_csv(folder / "patients.csv", index=False)
+    url = f"{http_server(folder)}/patients.csv"
+    output = tmp_path / "out" / "scored.parquet"
+    done = store.steps("score", f"score.input={url}", f"score.output={output}", "score.id_columns=[patient_id]")
+    assert f"{ROWS - len(BROKEN)} rows scored, {len(BROKEN)} rejected" in done.stdout
+    assert len(pd.read_parquet(output)) == ROWS - len(BROKEN)
+    assert not [p for p in output.parent.iterdir() if "partial" in p.name]
+
+
+def test_run_artifact_input_and_bad_input_leave_no_output(store, patients, tmp_path):
+    client = store.client
+    run = client.create_run(store.experiment_id)
+    client.log_artifact(run.info.run_id, str(store.root / "patients.parquet"), "batch")
+    output = tmp_path / "scored.parquet"
+    result = score(store, f"score.input=runs:/{run.info.run_id}/batch/patients.parquet", f"score.output={output}")
+    assert result["rows_scored"] == ROWS - len(BROKEN) and list(pd.read_parquet(output).columns) == ANSWER
+
+    patients.drop(columns=["thal"]).to_parquet(tmp_path / "no_thal.parquet")
+    with pytest.raises(PipelineError, match=r"no column \['thal'\]"):
+        score(store, f"score.input={tmp_path / 'no_thal.parquet'}", f"score.output={tmp_path / 'never.parquet'}")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".never", "never"))]
+
+
+@pytest.mark.e2e
+def test_spark_engine_gives_the_same_answer_for_every_row(store, patients, tmp_path):
+    pytest.importorskip("pyspark", reason="pyspark is installed by requirements-test.txt")
+    common = [f"score.input={store.root / 'patients.parquet'}", "score.id_columns=[patient_id]"]
+    pandas_out, spark_out = tmp_path / "pandas.parquet", tmp_path / "spark.parquet"
+    score(store, *common, f"score.output={pandas_out}")
+    result = score(store, *common, f"score.output={spark_out}", "score.engine=spark", "score.spark.master='local[2]'")
+    assert os.environ.get("PYSPARK_PYTHON")
+    assert (result["rows_scored"], result["rows_rejected"]) == (ROWS - len(BROKEN), len(BROKEN))
+    for pandas_file, spark_file in ((pandas_out, spark_out),
+                                    (tmp_path / "pandas.rejects.parquet", tmp_path / "spark.rejects.parquet")):
+        by_pandas = pd.read_parquet(pandas_file).sort_values("patient_id").reset_index(drop=True)
+        by_spark = pd.read_parquet(spark_file).sort_values("patient_id").reset_index(drop=True)
+        pd.testing.assert_frame_equal(by_pandas, by_spark[list(by_pandas.columns)], check_dtype=False)
