@@ -11,18 +11,30 @@ Wall time is measured around the commands; time inside the step functions comes 
 each step run's `pipeline.step_seconds` tag; overhead = wall - inside.
 
     python scripts/benchmark_pipeline.py [--repeats 3] [--output docs/BENCHMARKS.md]
+
+With --scale: `python -m steps.main data=synthetic data.rows=N` on a fresh store for each
+N (default 100,000 and 1,000,000): wall time, CPU time, peak memory and each step's
+seconds, with the machine's load before and after (other processes share the cores).
+Peak memory is the largest sum of the resident sets of `main` and every process under
+it, sampled every 0.1 s (what the machine must hold at once), beside the largest single
+process as the kernel counts it (getrusage RUSAGE_CHILDREN, as /usr/bin/time -v shows).
+
+    python scripts/benchmark_pipeline.py --scale [--rows 100000 1000000] [--output docs/BENCHMARKS.scale.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import platform
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -34,6 +46,7 @@ DATA = REPO / "tests" / "data" / "processed.cleveland.data"
 STEPS = ["ingest", "eda", "split", "transform", "train", "evaluate", "register"]
 MARKER_START = "<!-- pipeline-benchmark:start -->"
 MARKER_END = "<!-- pipeline-benchmark:end -->"
+SCALE_START, SCALE_END = "<!-- scale-benchmark:start -->", "<!-- scale-benchmark:end -->"
 
 
 class Bench:
@@ -174,6 +187,104 @@ def render(samples: list[dict[str, tuple[float, float]]], repeats: int) -> str:
     ])
 
 
+def _tree_rss_kb(root_pid: int) -> int:
+    """Resident set of `root_pid` and all its descendants, in kB (from /proc)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue  # the process ended meanwhile
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        pid = int(entry.name)
+        children.setdefault(int(fields["PPid"].strip()), []).append(pid)
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0])
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def scale_run(rows: int) -> dict:
+    """One cold `python -m steps.main data=synthetic data.rows=<rows>` on a fresh store."""
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as root:
+        bench = Bench(Path(root))
+        command = [sys.executable, "-m", "steps.main", "data=synthetic", f"data.rows={rows}"]
+        load_before = load_average()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=REPO, env=bench.env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        peak_tree = [0]
+
+        def sample() -> None:
+            while process.poll() is None:
+                peak_tree[0] = max(peak_tree[0], _tree_rss_kb(process.pid))
+                time.sleep(0.1)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        stdout, stderr = process.communicate()
+        wall = time.perf_counter() - started
+        sampler.join()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if process.returncode:
+            raise SystemExit(f"{command} failed:\n{stdout}\n{stderr}")
+        steps, repeats = {}, float("nan")
+        for step, run_id in re.findall(r"^(\w+)\s+([0-9a-f]{32})\s+ran\b", stdout, re.M):
+            run = bench.client.get_run(run_id)
+            steps[step] = float(run.data.tags["pipeline.step_seconds"])
+            if step == "evaluate":
+                repeats = run.data.metrics.get("cv_repeats_run", float("nan"))
+        return {"rows": rows, "wall": wall, "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+                "peak_tree_mb": peak_tree[0] / 1024, "peak_process_mb": after.ru_maxrss / 1024, "steps": steps,
+                "cv_repeats_run": repeats, "load_before": load_before, "load_after": load_average()}
+
+
+def render_scale(results: list[dict]) -> str:
+    names = list(results[0]["steps"])
+    header = "| rows | wall s | CPU s | peak MB (tree) | peak MB (one process) | CV repeats | " + \
+             " | ".join(f"{n} s" for n in names) + " | load before → after |"
+    lines = [header, "|" + " ---: |" * (6 + len(names)) + " --- |"]
+    for r in results:
+        lines.append(f"| {r['rows']:,} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['peak_tree_mb']:.0f} | "
+                     f"{r['peak_process_mb']:.0f} | {r['cv_repeats_run']:.0f} | "
+                     + " | ".join(f"{r['steps'].get(n, float('nan')):.1f}" for n in names)
+                     + f" | {r['load_before']} → {r['load_after']} |")
+    small, large = results[0], results[-1]
+    growth = (large["wall"] / small["wall"]) / (large["rows"] / small["rows"])
+    return "\n".join([
+        SCALE_START,
+        "## A million rows through `main`",
+        "",
+        f"`python scripts/benchmark_pipeline.py --scale --rows {' '.join(str(r['rows']) for r in results)}`: for each "
+        "row count, `python -m steps.main data=synthetic data.rows=N` (every step runs) on a fresh SQLite store in a "
+        "temp dir, default config (logistic regression, 5-fold CV with up to 10 repeats, docs/SCALE.md).",
+        "",
+        f"Machine: {machine()}. Load average (1, 5, 15 min) before and after each run in the last column: other "
+        "agents' work shares the 2 cores, so wall times above about 2 in load are inflated; CPU seconds are not.",
+        "",
+        *lines,
+        "",
+        "- Step seconds are each step run's `pipeline.step_seconds` (time inside the step function); eda runs in "
+        "a thread beside the chain, so its seconds overlap the others'. Wall includes start-up and imports.",
+        "- Peak MB (tree): the largest sum of resident memory of `main` and its child processes, sampled every "
+        "0.1 s; (one process): the kernel's largest resident set of a single process (getrusage).",
+        f"- Wall time grew {large['wall'] / small['wall']:.1f}× for {large['rows'] / small['rows']:.0f}× the rows "
+        f"({growth:.2f} of linear).",
+        SCALE_END,
+    ])
+
+
 def write_section(output: Path, section: str) -> None:
     """Put `section` (which starts and ends with its HTML-comment markers) into `output`,
     replacing its previous version, so each benchmark script rewrites only its own table."""
@@ -190,8 +301,20 @@ def write_section(output: Path, section: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--scale", action="store_true", help="the million-row table instead (see above)")
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     args = parser.parse_args()
+    if args.scale:
+        results = []
+        for rows in args.rows:
+            results.append(scale_run(rows))
+            print(json.dumps(results[-1]))
+        section = render_scale(results)
+        print(section)
+        write_section(args.output or REPO / "docs" / "BENCHMARKS.scale.md", section)
+        return
+    args.output = args.output or REPO / "docs" / "BENCHMARKS.md"
     samples = []
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="bench-") as root:

@@ -165,7 +165,7 @@ def test_monitor_command_flags_a_shifted_log_and_passes_an_unshifted_one(tmp_pat
     unseen = pd.concat([pd.read_parquet(store.client.download_artifacts(split, f"data/{name}.parquet",
                                                                         str(store.root / name)))
                         for name in ("val", "test")], ignore_index=True)[BOOK.features]
-    identity = {"model_name": "heart-disease", "model_version": version.version, "model_alias": "champion",
+    identity = {"model_name": "heart-disease", "model_version": str(version.version), "model_alias": "champion",
                 "run_id": version.run_id, "model_id": model.metadata.model_id}
 
     def log_requests(folder, rows: pd.DataFrame) -> None:
@@ -195,7 +195,7 @@ def test_monitor_command_flags_a_shifted_log_and_passes_an_unshifted_one(tmp_pat
     assert first.info.status == "FINISHED"
     assert first.data.tags["drift.features"].split(", ")[0] == "age"
     assert first.data.tags["model.id"] == model.metadata.model_id
-    assert first.data.tags["model.version"] == version.version
+    assert first.data.tags["model.version"] == str(version.version)
     assert first.data.metrics["rows_current"] == len(unseen)
     assert first.data.metrics["drift_age_p_adjusted"] < LEVEL
     history = store.client.get_metric_history(first.info.run_id, "drift_age_p_adjusted")
