@@ -178,12 +178,13 @@ class Postgres:
                                         "-D", str(self.data_dir)]), capture_output=True, start_new_session=True)
 
 
-def _ensure_databases(port: int, superuser_password: str, role_password: str) -> None:
-    """The role mlflow connects as and its two databases (tracking + registry, auth users)."""
+def _ensure_databases(port: int, password: str) -> None:
+    """The role mlflow connects as and its two databases (tracking + registry, auth users).
+    The role shares the superuser's password: both live in the same 0600 file."""
     import psycopg2
     from psycopg2 import sql
 
-    connection = psycopg2.connect(host="127.0.0.1", port=port, user=PG_USER, password=superuser_password,
+    connection = psycopg2.connect(host="127.0.0.1", port=port, user=PG_USER, password=password,
                                   dbname="postgres")
     connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
     try:
@@ -191,7 +192,7 @@ def _ensure_databases(port: int, superuser_password: str, role_password: str) ->
             cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DB_ROLE,))
             if cursor.fetchone() is None:
                 cursor.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(DB_ROLE)),
-                               (role_password,))
+                               (password,))
             for database in (TRACKING_DB, AUTH_DB):
                 cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
                 if cursor.fetchone() is None:
@@ -308,7 +309,7 @@ class TeamServer:
                                   f"another team server uses this --dir (or is still stopping)")
         self.postgres = postgres
         postgres.start()
-        _ensure_databases(s.pg_port, db_password, db_password)
+        _ensure_databases(s.pg_port, db_password)
         if created:
             print(f"Created a PostgreSQL cluster in {postgres.data_dir}", flush=True)
         env["PGPASSFILE"] = str(_pgpass(self.secrets_dir, s.pg_port, db_password))

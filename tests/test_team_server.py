@@ -65,7 +65,7 @@ def test_profile_server_reaches_the_same_store_without_mlflow_run(editor_store, 
     env = {key: value for key, value in editor_store.env.items() if key != "MLFLOW_TRACKING_URI"}
     env["MLFLOW_SERVER_URI"] = team_server.uri
     result = replace(editor_store, env=env).steps("main", "profile=server")
-    assert result.stdout.count(" reused ") == 7, result.stdout
+    assert sum(": reused run " in line for line in result.stdout.splitlines()) == 7, result.stdout
     assert len(editor_store.runs("train")) == 2
 
 

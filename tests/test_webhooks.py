@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -164,7 +165,8 @@ def mlflow_server(tmp_path_factory):
     process = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                                 "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
                                 "--port", str(port), "--workers", "1"],
-                               env=env, cwd=root, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+                               env=env, cwd=root, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while True:
@@ -176,8 +178,12 @@ def mlflow_server(tmp_path_factory):
         except requests.RequestException:
             time.sleep(0.5)
     yield uri
-    process.terminate()
-    process.wait(timeout=30)
+    os.killpg(process.pid, signal.SIGTERM)  # the server and its worker
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def test_an_alias_moved_on_a_real_server_reloads_every_watching_worker(receiver, mlflow_server):
