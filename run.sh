@@ -45,6 +45,8 @@ run_entry_point() {  # $1: entry point; the rest: Hydra overrides
     ensure_venv requirements.txt
     # Each argument is one Hydra override; %q keeps spaces and quotes inside one.
     [ $# -eq 0 ] || overrides="$(printf '%q ' "$@")"
+    # The launcher would print "View run at <url>", password included if the URI has one.
+    export MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="${MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT:-true}"
     exec mlflow run . -e "$entry_point" --env-manager local --experiment-name heart-disease \
         -P overrides="$overrides"
 }

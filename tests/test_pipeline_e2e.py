@@ -36,6 +36,12 @@ def step_run_count(store):
 def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
     result = store.mlflow_run("main")
     assert "pipeline finished" in result.stdout
+    # One line as each step starts and ends, before the table; no progress bars, no deprecation noise.
+    for step in STEP_ORDER:
+        assert f"{step}: running (run " in result.stdout and f"{step}: ran run " in result.stdout
+    assert result.stdout.index("register: ran run ") < result.stdout.index("pipeline finished")
+    assert "Downloading artifacts" not in result.stdout + result.stderr
+    assert "DeprecationWarning" not in result.stdout + result.stderr
 
     parent = latest_main(store)
     assert parent.info.status == "FINISHED"
@@ -55,6 +61,25 @@ def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
     assert "transformer/transformer.skops" in artifacts("transform", "transformer")
     assert {f"plots/{n}.png" for n in ("roc_curve", "pr_curve", "calibration", "confusion_matrix")} \
         <= artifacts("evaluate", "plots")
+    # MLflow 3's own records: the UI opens the model-training view; runs carry the
+    # standard tags; evaluate's metrics belong to the logged model and its test dataset.
+    experiment = store.client.get_experiment(store.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    for child in children:
+        assert {"mlflow.user", "mlflow.source.name", "mlflow.source.type"} <= set(child.data.tags), child.data.tags
+    contexts = {d.dataset.name: {t.value for t in d.tags if t.key == "mlflow.data.context"}
+                for d in by_step["evaluate"].inputs.dataset_inputs}
+    assert contexts == {"train": {"training"}, "val": {"validation"}, "test": {"testing"}}
+    model_id = by_step["train"].data.tags["pipeline.model_uri"].rsplit("/", 1)[-1]
+    import mlflow
+    mlflow.set_tracking_uri(store.tracking_uri)
+    found = mlflow.search_logged_models(experiment_ids=[store.experiment_id], filter_string="metrics.test_roc_auc > 0.5",
+                                        output_format="list")
+    assert [m.model_id for m in found] == [model_id]
+    linked = {m.key: m for m in found[0].metrics}
+    assert {"cv_roc_auc_mean", "test_roc_auc", "test_brier"} <= set(linked)
+    assert linked["test_roc_auc"].dataset_name == "test" and linked["test_roc_auc"].value == \
+        by_step["evaluate"].data.metrics["test_roc_auc"]
     assert "eda_report.html" in artifacts("eda")
     assert len(artifacts("eda", "plots")) == 4
 

@@ -1,10 +1,24 @@
 """Where runs go: the profile's store by default, an explicit MLFLOW_TRACKING_URI
 always. Real SQLite stores in a temp dir."""
 
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from steps.errors import PipelineError
 from steps.store import connect, load_profile
+from tests.conftest import REPO, make_store
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, read, released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def write_profile(tmp_path, db_name):
@@ -84,3 +98,61 @@ def test_parallel_processes_log_one_new_dataset_without_losing_a_run(tmp_path):
         assert not errors.qsize() and all(w.exitcode == 0 for w in workers), errors.get(timeout=1)
     runs = MlflowClient(uri).search_runs([experiment_id])
     assert len(runs) == 12 and all(len(r.inputs.dataset_inputs) == 1 for r in runs)
+
+
+# --------------------------------------------------------------------------- fail fast, leak nothing
+
+def test_an_unreachable_tracking_server_is_one_line_and_exit_1(tmp_path):
+    """MLflow's own retries take about 4 minutes; the reachability check answers in
+    seconds (measured in docs/BENCHMARKS.md), without a traceback or a run anywhere."""
+    env = {**make_store(tmp_path).env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"}
+    result = subprocess.run([sys.executable, "-m", "steps.main"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert result.stderr.startswith("error: cannot reach the tracking server at http://127.0.0.1:")
+
+
+def test_a_password_in_a_url_reaches_no_param_tag_artifact_or_output(tmp_path, http_server):
+    store = make_store(tmp_path / "store")
+    (tmp_path / "site").mkdir()
+    base = http_server(tmp_path / "site")  # serves nothing: the download fails with the URL in the error
+    secret = "s3cret-Pa55"
+    url = base.replace("http://", f"http://alice:{secret}@") + "/processed.cleveland.data"
+    result = store.steps("main", f"data.url={url}", check=False)
+    assert result.returncode == 1 and "http://***:***@127.0.0.1" in result.stderr
+    assert secret not in result.stdout + result.stderr
+    runs = store.client.search_runs([store.experiment_id], "")
+    assert runs, "the failed runs are recorded"
+    for run in runs:
+        recorded = json.dumps([run.data.params, run.data.tags])
+        assert secret not in recorded
+        for artifact in store.client.list_artifacts(run.info.run_id):
+            if not artifact.is_dir:
+                path = store.client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path))
+                assert secret not in Path(path).read_text(errors="replace"), artifact.path
+    assert any("http://***:***@127.0.0.1" in run.data.tags.get("pipeline.error", "") for run in runs)
+
+
+def test_a_file_that_is_not_uci_data_is_refused_without_quoting_it(tmp_path):
+    store = make_store(tmp_path / "store")
+    private = tmp_path / "accounts.txt"
+    private.write_text("".join(f"user{i}:x:{i}:{i}:Someone Private:/home/user{i}:/bin/bash\n" for i in range(30)))
+    result = store.steps("ingest", "data=file", f"data.path={private}", check=False)
+    assert result.returncode == 1 and "not the headerless UCI format" in result.stderr
+    ingest = store.client.search_runs([store.experiment_id], "tags.`pipeline.step` = 'ingest'")[0]
+    for text in (result.stdout + result.stderr, ingest.data.tags["pipeline.error"]):
+        assert "Someone Private" not in text and "/home/user" not in text
+
+
+def test_data_errors_quote_short_values_only():
+    import pandas as pd
+
+    from steps.codebook import EXAMPLE_CHARS, Codebook, check_features
+    from omegaconf import OmegaConf
+
+    book = Codebook.from_config(OmegaConf.load(REPO / "conf" / "schema" / "uci_codebook.yaml"))
+    frame = pd.DataFrame({name: [1.0] for name in book.features}).astype(object)
+    frame.loc[0, "age"] = "x" * 500
+    _, problems, _ = check_features(frame, book)
+    assert problems and "x" * (EXAMPLE_CHARS + 1) not in problems[0] and "x" * EXAMPLE_CHARS + "…" in problems[0]
