@@ -44,12 +44,16 @@ def _serve_from_command_line() -> None:
                         help="how often to check whether the alias moved (0: only POST /reload)")
     parser.add_argument("--retry-seconds", type=float, default=defaults.retry_seconds,
                         help="while the alias cannot be served, how often to try again")
+    parser.add_argument("--log-inputs", default=defaults.log_inputs, metavar="DIR",
+                        help="write every answered request (features and answers: PATIENT DATA) as Parquet "
+                             "files in DIR, for `./run.sh monitor`; off by default")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes; with more than one, rely on --poll-seconds to switch models")
     args = parser.parse_args()
     settings = Settings(profile=args.profile, model_name=args.model_name, alias=args.alias,
                         local_model_dir=args.model_dir, max_batch_rows=args.max_batch_rows,
-                        poll_seconds=args.poll_seconds, fallback=args.fallback, retry_seconds=args.retry_seconds)
+                        poll_seconds=args.poll_seconds, fallback=args.fallback, retry_seconds=args.retry_seconds,
+                        log_inputs=args.log_inputs)
     try:
         settings.fallbacks()
     except ValueError as err:

@@ -37,6 +37,7 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from serving import metrics
+from serving.inference_log import InferenceLog
 from steps import names
 from steps.redaction import redact
 from steps.codebook import Codebook
@@ -61,11 +62,13 @@ class Settings:
     fallback: str = ""
     # While nothing (or only a fallback) is served, how often to try the registry again.
     retry_seconds: float = 5.0
+    # Opt-in: a folder for the inference log (serving/inference_log.py; patient data).
+    log_inputs: str = ""
 
     ENV = {"profile": "HEART_PROFILE", "model_name": "HEART_MODEL_NAME", "alias": "HEART_MODEL_ALIAS",
            "local_model_dir": "HEART_MODEL_DIR", "max_batch_rows": "HEART_MAX_BATCH_ROWS",
            "poll_seconds": "HEART_POLL_SECONDS", "fallback": "HEART_FALLBACK",
-           "retry_seconds": "HEART_RETRY_SECONDS"}
+           "retry_seconds": "HEART_RETRY_SECONDS", "log_inputs": "HEART_LOG_INPUTS"}
     FALLBACKS = ("run", "dir")
 
     def fallbacks(self) -> list[str]:
@@ -265,6 +268,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     Patient = patient_schema(_codebook())
     feature_names = list(Patient.model_fields)
     predicting = threading.Lock()
+    inference_log = InferenceLog(settings.log_inputs, feature_names) if settings.log_inputs else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -274,6 +278,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         threading.Thread(target=holder.watch, args=(stop,), daemon=True, name="model-watch").start()
         yield
         stop.set()
+        if inference_log is not None:
+            inference_log.close()
 
     app = FastAPI(title="Heart disease risk", version="1", lifespan=lifespan,
                   description="Risk of heart disease from the 13 UCI Heart Disease features, in UCI codes. "
@@ -320,6 +326,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         metrics.count_predictions(answers["risk_level"], loaded.version or loaded.model_id)
         records = answers[["prediction", "probability", "confidence", "risk_level"]].to_dict(orient="records")
         identity = _identity(loaded)
+        if inference_log is not None:
+            inference_log.record(frame, records, {**identity, "run_id": loaded.run_id, "model_id": loaded.model_id})
         for record in records:
             record.update(identity)
         # A ready Response skips FastAPI's per-field re-encoding of the answer.

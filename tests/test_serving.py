@@ -416,3 +416,18 @@ def test_the_loader_trusts_code_not_the_models_files(trained, tmp_path, tamperin
     mlmodel.write_text(yaml.safe_dump(spec))
     with pytest.raises(Exception, match=re.escape(message)):
         mlflow.pyfunc.load_model(str(copy))
+
+
+def test_the_inference_log_keeps_what_was_answered(trained, tmp_path):
+    import pandas as pd
+
+    log_dir = tmp_path / "inferences"
+    server = started(["--log-inputs", str(log_dir)], trained.env, tmp_path, "inference-log")
+    try:
+        assert request(server.base + "/predict", [PATIENT, {**PATIENT, "ca": None}])[0] == 200
+        assert request(server.base + "/predict", {**PATIENT, "ca": True})[0] == 422  # refused: not logged
+    finally:
+        server.stop()  # a clean stop writes what is buffered
+    logged = pd.concat([pd.read_parquet(f) for f in sorted(log_dir.glob("inferences-*.parquet"))])
+    assert len(logged) == 2 and logged["age"].tolist() == [54.0, 54.0] and logged["ca"].isna().tolist() == [False, True]
+    assert set(logged["model_version"]) == {"1"} and "PATIENT DATA" in (log_dir / "README.txt").read_text()
