@@ -92,14 +92,17 @@ def test_reader_reads_runs_and_the_leaderboard_but_cannot_register_or_write(edit
 
 @pytest.fixture(scope="module")
 def served(editor_store, reader_store, tmp_path_factory):
-    """Both serving routes, started by the READ user: loading the champion needs no more."""
+    """Both serving routes, started by the READ user: loading the champion needs no more.
+    `mlflow models serve` finds the server by MLFLOW_TRACKING_URI, the app by `--profile server`."""
     logs = tmp_path_factory.mktemp("serving-logs")
+    profile_env = {key: value for key, value in reader_store.env.items() if key != "MLFLOW_TRACKING_URI"}
+    profile_env["MLFLOW_SERVER_URI"] = reader_store.tracking_uri
     mlflow_serve = Server([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}@champion",
                            "--env-manager", "local", "--host", "127.0.0.1"], reader_store.env, "/ping", logs,
                           "mlflow-serve")
     try:
-        app = Server([sys.executable, "-m", "serving", "--poll-seconds", "0"], reader_store.env, "/health", logs,
-                     "fastapi")
+        app = Server([sys.executable, "-m", "serving", "--profile", "server", "--poll-seconds", "0"], profile_env,
+                     "/health", logs, "fastapi")
     except BaseException:
         mlflow_serve.stop()
         raise
