@@ -331,7 +331,9 @@ def score_spark(python_model, model_uri: str, source: Input, score: DictConfig) 
     result_type = ", ".join(f"{c} {answer_types.get(c, 'string')}" for c in OUTPUT_COLUMNS)
     predict = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=result_type, env_manager="local")
     good = tagged.filter(F.col(REJECT_REASON).isNull())
-    answered = good.select(*ids, predict(*[F.col(c) for c in book.features]).alias("answer"))
+    # One struct argument: its field names become the model input's column names (with
+    # separate columns and an `any`-typed signature, spark_udf would name them 0..12).
+    answered = good.select(*ids, predict(F.struct(*[F.col(c) for c in book.features])).alias("answer"))
     scored = answered.select(*ids, *[F.col(f"answer.{c}").alias(c) for c in OUTPUT_COLUMNS])
     rejected = tagged.filter(F.col(REJECT_REASON).isNotNull())
     counts = []
