@@ -3,7 +3,8 @@
 Hydra composes the config; the config is checked before anything touches the store;
 then the command runs with SIGTERM and SIGINT turned into an orderly stop. Exit codes:
 0 done, 1 a failure the message explains, 2 a config error (no run was created),
-128+N stopped by signal N (the open runs are marked KILLED, saying which signal).
+3 drift found by `monitor` with monitor.fail_on_drift=true, 128+N stopped by signal N
+(the open runs are marked KILLED, saying which signal).
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ class EvaluateConfig:
     criteria: list[str] = field(default_factory=list)
     allow_no_criteria: bool = False  # an empty criteria list would validate every model
     cv_max_fit_rows: int = 4000000  # fewer CV repeats when the fits would train on more rows in all
-    n_jobs: int = 2  # folds fitted at once (threads); results do not depend on it
+    n_jobs: int = 1  # folds fitted at once (threads); speed only: not in the cache key
 
 
 @dataclass

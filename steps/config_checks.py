@@ -80,6 +80,7 @@ def check_config(cfg: DictConfig, steps: tuple[str, ...] = STEP_NAMES) -> None:
         _check_model(rules, cfg)
     rules.require("eda.histogram_bins", lambda v: v >= 1, "a whole number >= 1")
     rules.require("eda.dpi", lambda v: v > 0, "a positive number")
+    rules.count("eda.plot_rows", 100)
     rules.require("force", lambda v: set(v) <= set(STEP_NAMES) | {"all"},
                   "a list of step names (" + ", ".join(STEP_NAMES) + ") or [all]")
     if rules.problems:
@@ -136,6 +137,9 @@ def _check_train(rules: _Rules) -> None:
 def _check_evaluate(rules: _Rules, cfg: DictConfig) -> None:
     rules.count("evaluate.cv_folds", 2)
     rules.count("evaluate.cv_repeats", 1)
+    rules.count("evaluate.cv_max_fit_rows", 1)
+    rules.require("evaluate.n_jobs", lambda v: isinstance(v, int) and (v >= 1 or v == -1),
+                  "a whole number >= 1, or -1 for one per core")
     known = evaluate_metric_names(cfg.data.external_sites)
     criteria = list(cfg.evaluate.criteria)
     if not criteria and not cfg.evaluate.allow_no_criteria:

@@ -65,6 +65,12 @@ class ArtifactCache:
         with self._lock:
             self._objects[(run_id, artifact)] = value
 
+    def retain(self, artifacts: set[str]) -> None:
+        """Let go of every object but those at these artifact paths (a later read
+        downloads it again): tables no step still to run reads need not stay in memory."""
+        with self._lock:
+            self._objects = {key: value for key, value in self._objects.items() if key[1] in artifacts}
+
     def counted_download(self) -> None:
         with self._lock:
             self.downloads += 1
@@ -261,6 +267,10 @@ class StepContext:
             # MLflow's hints about int columns and ambiguous local sources do not apply here.
             warnings.simplefilter("ignore", UserWarning)
             dataset = from_pandas(frame, source=origin, name=name, targets=targets)
+            # MLflow finds the columns that may be missing by visiting every cell in Python
+            # (a minute per million rows). The same schema from a sample that keeps, for each
+            # column with missing values, one row where it is missing; set where MLflow caches it.
+            dataset.__dict__["schema"] = from_pandas(_schema_sample(frame)).schema
             entity = dataset._to_mlflow_entity()
         inputs = [DatasetInput(entity, [InputTag("mlflow.data.context", context)])]
         try:
@@ -299,6 +309,14 @@ class StepContext:
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
+
+
+def _schema_sample(frame, rows: int = 1000):
+    """The first `rows` rows plus one row per column that is missing somewhere: the same
+    MLflow schema (types and which columns are required) as the whole frame."""
+    missing = frame.isna().to_numpy()
+    with_missing = missing.argmax(axis=0)[missing.any(axis=0)]
+    return frame.iloc[sorted(set(range(min(rows, len(frame)))) | set(with_missing.tolist()))]
 
 
 def _save(value: Any, path: Path) -> None:

@@ -116,7 +116,7 @@ def html_report(frame: pd.DataFrame, images: dict[str, Path], plotted_rows: int)
 def run(ctx: StepContext) -> None:
     book = Codebook.from_config(ctx.cfg.schema)
     frame = ctx.read("raw")
-    plotted = frame
+    plotted = plot_sample(frame, ctx.cfg.eda.plot_rows, ctx.cfg.eda.seed)
     images = {}
     for name, figure in eda_figures(frame, plotted, book, ctx.cfg.eda.histogram_bins).items():
         figure.set_dpi(ctx.cfg.eda.dpi)

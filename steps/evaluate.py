@@ -180,7 +180,8 @@ def run(ctx: StepContext) -> None:
     probability = pipeline.predict_proba(test[book.features])[:, 1]
     metrics = prefixed("test", binary_metrics(test[label], probability, threshold))
     metrics.update(cross_validate(pipeline, train_val[book.features], train_val[label],
-                                  cfg.evaluate.cv_folds, cfg.evaluate.cv_repeats, cfg.evaluate.seed, threshold))
+                                  cfg.evaluate.cv_folds, cfg.evaluate.cv_repeats, cfg.evaluate.seed, threshold,
+                                  cfg.evaluate.cv_max_fit_rows, cfg.evaluate.n_jobs))
     slope, intercept = calibration_line(test[label], probability)
     metrics.update(test_calibration_slope=slope, test_calibration_intercept=intercept)
     status, reasons = judge(metrics, list(cfg.evaluate.criteria))

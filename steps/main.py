@@ -36,6 +36,11 @@ def summary_table(results: list[StepResult]) -> str:
         for r in results])
 
 
+def still_read(steps: set[str]) -> set[str]:
+    """The artifacts that `steps` declare they read: what the cache must keep for them."""
+    return {wanted.artifact for name in steps for wanted in STEPS[name].reads.values()}
+
+
 def run_pipeline(cfg: DictConfig, tracking: Tracking, parent_run_id: str, cache: ArtifactCache) -> list[StepResult]:
     """Execute or reuse every step under `parent_run_id`; return results in DAG order.
     A failing step stops the chain: nothing downstream of it runs or is registered."""
@@ -57,6 +62,7 @@ def run_pipeline(cfg: DictConfig, tracking: Tracking, parent_run_id: str, cache:
             except Exception as err:
                 failure = err
                 break
+            cache.retain(still_read(set(STEPS) - set(results) - {n for n, f in side.items() if f.done()}))
         for name, future in side.items():
             try:
                 results[name] = future.result()

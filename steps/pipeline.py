@@ -99,11 +99,14 @@ STEPS: dict[str, Step] = {
             reads={"transformer": Input("transform", names.TRANSFORMER),
                    "train_features": Input("transform", names.split_table("train")),
                    "train": _split_input("train"),
-                   "val": _split_input("val")},
+                   "val": _split_input("val"),
+                   # Only to check the fast path on test rows too; not a training dataset.
+                   "test": Input("split", names.split_table("test"))},
             writes={"model": Output(names.MODEL)},
         ),
         Step(
             "evaluate", "train", ("evaluate", "schema"),
+            not_in_key=("evaluate.n_jobs",),
             reads={"model": Input("train", names.MODEL),
                    **{name: _split_input(name) for name in _SPLITS},
                    "external": Input("ingest", names.EXTERNAL_TABLE, optional=True),

@@ -137,10 +137,8 @@ def run(ctx: StepContext) -> None:
                **prefixed("val", binary_metrics(val[label], p_val, threshold))}
     ctx.log_metrics(metrics)
 
-    checked = {"train": raw_train, "val": val,
+    checked = {"train": raw_train, "val": val, "test": ctx.read("test"),
                "synthetic": generate(fast_path.SYNTHETIC_ROWS, fast_path.SYNTHETIC_SEED)}
-    if "test" in ctx.step.reads:  # declared in steps/pipeline.py for this check only
-        checked["test"] = ctx.read("test")
     scoring_path, differences = verify_fast_path(pipeline, book.features, checked,
                                                  {"train": p_train, "val": p_val})
     ctx.log_params({"fast_path": scoring_path[:500]})
