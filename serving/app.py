@@ -322,7 +322,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                                            f"{settings.max_batch_rows}"}, status_code=413)
         frame = pd.DataFrame({name: [getattr(row, name) for row in rows] for name in feature_names}, dtype="float64")
         with predicting:  # one prediction at a time per worker: threads would only fight over the GIL
-            answers = loaded.model.predict(frame)
+            # The model itself (steps/model.py), not pyfunc's wrapper: it checks every value
+            # and the frame is already float64 in order, so the wrapper's pass adds only time.
+            answers = loaded.model.unwrap_python_model().predict(None, frame)
         metrics.count_predictions(answers["risk_level"], loaded.version or loaded.model_id)
         records = answers[["prediction", "probability", "confidence", "risk_level"]].to_dict(orient="records")
         identity = _identity(loaded)

@@ -112,10 +112,14 @@ def check_features(frame: pd.DataFrame, book: Codebook, impossible_values: str =
         problems += [f"column '{c}': rule 'known field': not a feature of the UCI codebook; "
                      f"expected exactly {book.features}" for c in unknown]
 
-    # Numbers as float arrays: one pass per column, vectorised, because this runs on
-    # every prediction request as well as on whole tables.
-    arrays: dict[str, np.ndarray] = {}
-    for name in (c for c in book.features if c not in absent):
+    # Numbers as float arrays, vectorised, because this runs on every prediction request as
+    # well as on whole tables: columns that already hold numbers convert in one step.
+    present = [c for c in book.features if c not in absent]
+    dtypes = frame.dtypes
+    plain = [c for c in present if isinstance(dtypes[c], np.dtype) and dtypes[c].kind in "iuf"]
+    matrix = frame[plain].to_numpy(dtype="float64", na_value=np.nan) if plain else np.empty((len(frame), 0))
+    arrays: dict[str, np.ndarray] = {name: matrix[:, i] for i, name in enumerate(plain)}
+    for name in (c for c in present if c not in arrays):
         values = frame[name]
         if numbers_only:
             not_numbers = _not_numbers(values)
@@ -142,7 +146,7 @@ def check_features(frame: pd.DataFrame, book: Codebook, impossible_values: str =
                             f"{int(missing.sum())} row(s) are missing it (null, NaN or empty); "
                             f"only {sorted(allow_missing)} may be missing")
         if rule.codes is not None:
-            unknown = ~missing & ~np.isin(values, rule.codes)
+            unknown = ~missing & ~(values[:, None] == np.asarray(rule.codes)).any(axis=1)
             if unknown.any():
                 problems.append(f"column '{name}': rule '{rule.describe()}': {int(unknown.sum())} row(s) hold "
                                 f"unknown codes, e.g. {_examples(pd.Series(values[unknown]))}")
@@ -154,7 +158,7 @@ def check_features(frame: pd.DataFrame, book: Codebook, impossible_values: str =
                                     f"hold impossible values, e.g. {_examples(pd.Series(values[impossible]))}")
                 impossible_counts[name] = int(impossible.sum())
                 arrays[name] = np.where(impossible, np.nan, values)
-    clean = pd.DataFrame(arrays, index=frame.index)
+    clean = pd.DataFrame({name: arrays[name] for name in present if name in arrays}, index=frame.index)
     return clean, problems, impossible_counts
 
 
