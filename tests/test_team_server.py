@@ -49,7 +49,7 @@ def test_anonymous_and_wrong_password_get_401(team_server):  # noqa: F811
 def test_main_and_sweep_record_datasets_behind_the_artifact_proxy(editor_store):
     client = editor_store.client
     trains = editor_store.runs("train")
-    assert len(trains) == 2  # main's C=0.1, reused by its sweep trial, and the sweep's C=0.03
+    assert len(trains) >= 2  # main's C=0.1 and the sweep's C=0.03 at least
     for run in trains:
         assert run.data.tags["pipeline.complete"] == "true" and run.info.artifact_uri.startswith("mlflow-artifacts:")
         sources = {d.dataset.name: (d.dataset.source_type, json.loads(d.dataset.source)) for d in run.inputs.dataset_inputs}
@@ -64,9 +64,10 @@ def test_profile_server_reaches_the_same_store_without_mlflow_run(editor_store, 
     points at it, and every step is found complete there and reused."""
     env = {key: value for key, value in editor_store.env.items() if key != "MLFLOW_TRACKING_URI"}
     env["MLFLOW_SERVER_URI"] = team_server.uri
+    trains_before = len(editor_store.runs("train"))
     result = replace(editor_store, env=env).steps("main", "profile=server")
     assert sum(": reused run " in line for line in result.stdout.splitlines()) == 7, result.stdout
-    assert len(editor_store.runs("train")) == 2
+    assert len(editor_store.runs("train")) == trains_before
 
 
 def test_reader_reads_runs_and_the_leaderboard_but_cannot_register_or_write(editor_store, reader_store):
