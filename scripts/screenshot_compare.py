@@ -13,97 +13,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = PROJECT_ROOT / ".venv" / "bin"
+from ui_screenshots import (PROJECT_ROOT, api, chromium, experiment_id, log, make_room, run_command, running_ui,
+                            scratch, use_fresh_store)
+
 DEFAULT_OVERRIDES = ["search=hist_gradient_boosting", "hydra.sweeper.n_trials=8"]
-DEFAULT_DATA = PROJECT_ROOT / "tests" / "data" / "processed.cleveland.data"
-EXPERIMENT = "heart-disease"  # profiles/local.yaml experiment_name
 TAG_ROLE = "pipeline.role"  # steps/names.py ROLE: main | sweep | trial
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-# ----------------------------------------------------------------- the sweep and the UI
-
-def run_sweep(tmp: Path, overrides: list[str], env: dict) -> None:
-    # Created here, with its artifact location in tmp: the steps, given an explicit
-    # MLFLOW_TRACKING_URI, would let MLflow default to ./mlruns of the project folder.
-    subprocess.run([str(VENV_BIN / "mlflow"), "experiments", "create", "-n", EXPERIMENT,
-                    "-l", str(tmp / "artifacts")],
-                   cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log(f"sweep: python -m steps.sweep {' '.join(overrides)}")
-    sweep_log = tmp / "sweep.log"
-    with open(sweep_log, "w") as out:
-        result = subprocess.run([str(VENV_BIN / "python"), "-m", "steps.sweep", *overrides],
-                                cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
-    if result.returncode != 0:
-        sys.stderr.write(sweep_log.read_text()[-5000:])
-        raise SystemExit(f"the sweep failed (exit {result.returncode}); the end of its log is above")
-
-
-def start_ui(tracking_uri: str, tmp: Path, env: dict) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with open(tmp / "ui.log", "w") as ui_log:  # the child keeps its own handle
-        ui = subprocess.Popen(
-            [str(VENV_BIN / "mlflow"), "ui", "--backend-store-uri", tracking_uri,
-             "--artifacts-destination", str(tmp / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp, env=env, stdout=ui_log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if ui.poll() is not None:
-            raise SystemExit(f"mlflow ui exited with code {ui.returncode}; see {tmp / 'ui.log'}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2):
-                return ui, base
-        except OSError:
-            time.sleep(0.3)
-    stop(ui)
-    raise SystemExit("mlflow ui did not answer within 60 s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)  # the process group we started (start_new_session)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def api(base: str, path: str, body: dict | None = None) -> dict:
-    request = urllib.request.Request(base + path, data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
 
 
 def find_trials(base: str, parent: str | None) -> tuple[str, dict, list[dict]]:
     """The sweep run (the given one, or the latest) and its finished trial runs, via the REST API."""
-    experiment = api(base, "/api/2.0/mlflow/experiments/get-by-name?"
-                     + urllib.parse.urlencode({"experiment_name": EXPERIMENT}))["experiment"]["experiment_id"]
+    experiment = experiment_id(base)
 
     def search(filter_string: str, max_results: int) -> list[dict]:
         return api(base, "/api/2.0/mlflow/runs/search", {
@@ -112,7 +38,7 @@ def find_trials(base: str, parent: str | None) -> tuple[str, dict, list[dict]]:
 
     sweeps = search(f"attributes.run_id = '{parent}'" if parent else f"tags.`{TAG_ROLE}` = 'sweep'", 1)
     if not sweeps:
-        raise SystemExit(f"no sweep run (tag {TAG_ROLE}=sweep) in experiment {EXPERIMENT}")
+        raise SystemExit(f"no sweep run (tag {TAG_ROLE}=sweep) in experiment {experiment}")
     sweep = sweeps[0]
     trials = search(f"tags.`mlflow.parentRunId` = '{sweep['info']['run_id']}' "
                     f"and tags.`{TAG_ROLE}` = 'trial' and attributes.status = 'FINISHED'", 1000)
@@ -167,12 +93,6 @@ SCROLL_TOP = """() => { [...document.querySelectorAll("*")].forEach(e => { if (e
 TALL = 4000  # viewport height that holds every section: nothing scrolls, clicks need no scrolling
 
 
-def click_if_present(page: Page, selector: str) -> None:
-    element = page.locator(selector)
-    if element.count():
-        element.first.click()
-
-
 def choose_plot_metrics(page: Page, metrics: list[str]) -> None:
     """The parallel coordinates plot starts with the trials' first metric only; the last
     axis colours the lines, so the sweep metric goes last."""
@@ -200,20 +120,17 @@ def open_compare_page(browser: Browser, url: str, width: int, scale: float,
     page.goto(url)
     wait_rendered(page, names, metrics)
     page.wait_for_timeout(1000)
-    # Room for the comparison: the assistant panel (opened on first visit) and the sidebar go.
-    click_if_present(page, '[data-component-id="mlflow.assistant.chat_panel.close"]')
-    click_if_present(page, '[data-component-id="mlflow_header.toggle_sidebar_button"]')
+    make_room(page)
     # Only the swept params: then the Metrics table fits in the picture too.
     page.locator('[aria-label="Parameters - Show diff only"]').click()
     choose_plot_metrics(page, metrics)
     return page
 
 
-def screenshot(chromium: str, url: str, out: Path, width: int, names: list[str], metrics: list[str],
+def screenshot(executable: str, url: str, out: Path, width: int, names: list[str], metrics: list[str],
                settle: float, timeout: float, full_page: bool) -> None:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        log(f"chromium {browser.version}: {url}")
+    with chromium(executable) as browser:
+        log(f"open {url}")
         page = open_compare_page(browser, url, width, 1, names, metrics, timeout)
         # Every trial's column in view: find how wide the layout must be, then lay the page out
         # that wide at a device scale factor that brings the picture back to `width` pixels.
@@ -244,7 +161,6 @@ def screenshot(chromium: str, url: str, out: Path, width: int, names: list[str],
         page.evaluate(SCROLL_TOP)
         out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=out, clip={"x": 0, "y": 0, "width": layout_width, "height": bottom})
-        browser.close()
     log(f"page laid out {layout_width}x{bottom} CSS px, saved at scale {width / layout_width:.2f}")
 
 
@@ -266,38 +182,22 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="sweep-compare-"))
-    env = dict(os.environ, TMPDIR=str(tmp), MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true",
-               HEART_DISEASE_DATA_URL=os.environ.get("HEART_DISEASE_DATA_URL", str(DEFAULT_DATA)))
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_REGISTRY_URI"):
-        env.pop(name, None)
-    ui = None
-    try:
-        tracking_uri = args.tracking_uri or f"sqlite:///{tmp / 'mlflow.db'}"
-        if not args.tracking_uri:
-            env["MLFLOW_TRACKING_URI"] = tracking_uri
-            run_sweep(tmp, args.overrides or DEFAULT_OVERRIDES, env)
-            log(f"sweep done in {time.monotonic() - started:.0f} s")
-        ui, base = start_ui(tracking_uri, tmp, env)
-        log(f"mlflow ui: {base}")
-
-        experiment, sweep, trials = find_trials(base, args.parent)
-        trials = sort_trials(trials)
-        names = [run["info"]["run_name"] for run in trials]
-        log(f"sweep run {sweep['info']['run_id']}: {len(trials)} trials: {', '.join(names)}")
-        # What "tick the trial runs, Compare" opens.
-        runs = [run["info"]["run_id"] for run in trials]
-        url = f"{base}/#/compare-runs?runs={json_query(runs)}&experiments={json_query([experiment])}"
-        screenshot(args.chromium, url, args.output.resolve(), args.width, names, args.metrics.split(","),
-                   args.settle, args.timeout, args.full_page)
-        log(f"saved {args.output} ({args.output.stat().st_size / 1024:.0f} KB) in {time.monotonic() - started:.0f} s")
-    finally:
-        if ui is not None:
-            stop(ui)
-        if args.keep:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with scratch("sweep-compare-", args.keep) as (tmp, env):
+        tracking_uri = args.tracking_uri
+        if not tracking_uri:
+            tracking_uri = use_fresh_store(tmp, env)
+            run_command("steps.sweep", args.overrides or DEFAULT_OVERRIDES, tmp, env, "sweep.log")
+        with running_ui(tracking_uri, tmp, env) as base:
+            experiment, sweep, trials = find_trials(base, args.parent)
+            trials = sort_trials(trials)
+            names = [run["info"]["run_name"] for run in trials]
+            log(f"sweep run {sweep['info']['run_id']}: {len(trials)} trials: {', '.join(names)}")
+            # What "tick the trial runs, Compare" opens.
+            runs = [run["info"]["run_id"] for run in trials]
+            url = f"{base}/#/compare-runs?runs={json_query(runs)}&experiments={json_query([experiment])}"
+            screenshot(args.chromium, url, args.output.resolve(), args.width, names, args.metrics.split(","),
+                       args.settle, args.timeout, args.full_page)
+    log(f"saved {args.output} ({args.output.stat().st_size / 1024:.0f} KB) in {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":
