@@ -29,8 +29,8 @@ from steps.redaction import redact
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = PROJECT_ROOT / "profiles"
 _SQLITE = "sqlite:///"
-# MLflow's UI opens an experiment in the view its kind names (else it guesses, and may
-# guess GenAI): this one trains models.
+# The experiment's kind, as MLflow records it: this one trains models. (MLflow 3.17's UI
+# still opens on its GenAI switch: README says how to pick the model-training view.)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # A tracking server that does not answer is reported after this long, not after MLflow's
 # default retries (about 4 minutes). The other settings bound every later request; an
