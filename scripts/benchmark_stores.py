@@ -103,12 +103,17 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=16)
     parser.add_argument("--trials", type=int, default=5, help="trials per process")
     parser.add_argument("--server-workers", type=int, default=4, help="`mlflow server --workers`")
+    parser.add_argument("--disable-telemetry", action="store_true",
+                        help="MLFLOW_DISABLE_TELEMETRY=true in every process: MLflow's telemetry thread edits "
+                             "os.environ while HTTP requests read it, which can fail a request")
     parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "docs" / "BENCHMARKS.stores.md")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="store-benchmark-"))
     os.chmod(folder, 0o711)  # PostgreSQL runs as `postgres` when this runs as root
     base_env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    if args.disable_telemetry:
+        base_env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     os.environ.clear()
     os.environ.update(base_env)
     load_before = _uptime()
@@ -136,7 +141,8 @@ def main() -> None:
     load_after = _uptime()
 
     command = f"python scripts/benchmark_stores.py --processes {args.processes} --trials {args.trials}" + (
-        f" --server-workers {args.server_workers}" if args.server_workers != 4 else "")
+        f" --server-workers {args.server_workers}" if args.server_workers != 4 else "") + (
+        " --disable-telemetry" if args.disable_telemetry else "")
     lines = [
         "## Tracking stores under concurrent writers",
         "",
