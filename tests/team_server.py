@@ -22,6 +22,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import requests
@@ -97,10 +98,12 @@ class RunningTeamServer:
 class TeamStore(Store):
     """A Store whose client logs in, and whose command outputs are kept for the credential scan."""
 
-    server: RunningTeamServer = None
+    server: Optional[RunningTeamServer] = None
 
     @property
     def client(self):
+        """A client logged in as this store's user. MLflow reads credentials from the
+        environment at each request, so in this process the last store asked wins."""
         from mlflow.tracking import MlflowClient
 
         os.environ["MLFLOW_TRACKING_USERNAME"] = self.env["MLFLOW_TRACKING_USERNAME"]
