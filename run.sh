@@ -47,6 +47,7 @@ run_entry_point() {  # $1: entry point; the rest: Hydra overrides
     [ $# -eq 0 ] || overrides="$(printf '%q ' "$@")"
     # The launcher would print "View run at <url>", password included if the URI has one.
     export MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="${MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT:-true}"
+    export MLFLOW_DISABLE_TELEMETRY="${MLFLOW_DISABLE_TELEMETRY:-true}"
     exec mlflow run . -e "$entry_point" --env-manager local --experiment-name heart-disease \
         -P overrides="$overrides"
 }

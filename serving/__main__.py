@@ -15,6 +15,7 @@ import tempfile
 def main() -> None:
     # Every worker's metrics in one folder, so /metrics adds them up (serving/metrics.py).
     # Set before the app is imported: prometheus_client reads it when metrics are made.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # see steps/cli.py quiet_third_parties
     metrics_dir = tempfile.mkdtemp(prefix="heart-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
@@ -24,6 +25,7 @@ def main() -> None:
 
 
 def _serve_from_command_line() -> None:
+    from serving import webhooks
     from serving.app import Settings
     from serving.server import serve
 
@@ -47,8 +49,11 @@ def _serve_from_command_line() -> None:
     parser.add_argument("--log-inputs", default=defaults.log_inputs, metavar="DIR",
                         help="write every answered request (features and answers: PATIENT DATA) as Parquet "
                              "files in DIR, for `./run.sh monitor`; off by default")
+    parser.add_argument("--reload-dir", default=os.environ.get(webhooks.RELOAD_DIR_ENV),
+                        help="folder the workers share for webhook reload signals (default: a new temp folder)")
     parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes; with more than one, rely on --poll-seconds to switch models")
+                        help="worker processes; they switch models on registry webhooks (HEART_WEBHOOK_SECRET) "
+                             "or by polling (--poll-seconds)")
     args = parser.parse_args()
     settings = Settings(profile=args.profile, model_name=args.model_name, alias=args.alias,
                         local_model_dir=args.model_dir, max_batch_rows=args.max_batch_rows,
@@ -60,6 +65,8 @@ def _serve_from_command_line() -> None:
         parser.error(str(err))
     # uvicorn builds the app in each worker process: the settings travel in the environment.
     os.environ.update(settings.to_env())
+    if os.environ.get(webhooks.SECRET_ENV):
+        os.environ[webhooks.RELOAD_DIR_ENV] = args.reload_dir or tempfile.mkdtemp(prefix="heart-serving-reload-")
     serve(host=args.host, port=args.port, workers=args.workers)
 
 

@@ -36,7 +36,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from serving import metrics
+from serving import metrics, webhooks
 from serving.inference_log import InferenceLog
 from steps import names
 from steps.redaction import redact
@@ -265,6 +265,11 @@ def _evaluation_of(tracking: Optional[Tracking], train_run_id: Optional[str]) ->
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or Settings.from_env()
     holder = ModelHolder(settings)
+    # Registry webhooks (serving/webhooks.py), when a secret is set: the worker that gets a
+    # delivery bumps a file every worker watches, so all of them reload.
+    webhook_secret = os.environ.get(webhooks.SECRET_ENV, "")
+    reload_dir = os.environ.get(webhooks.RELOAD_DIR_ENV)
+    reload_signal = webhooks.ReloadSignal(reload_dir) if reload_dir else None
     Patient = patient_schema(_codebook())
     feature_names = list(Patient.model_fields)
     predicting = threading.Lock()
@@ -276,6 +281,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         # must not keep the app from telling health checks why it cannot serve.
         stop = threading.Event()
         threading.Thread(target=holder.watch, args=(stop,), daemon=True, name="model-watch").start()
+        if reload_signal is not None:
+            reload_signal.start(lambda: holder.reload(event="webhook"), stop)
         yield
         stop.set()
         if inference_log is not None:
@@ -287,6 +294,17 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.holder = holder
 
     app.add_middleware(RequestLog, holder=holder)
+
+    if webhook_secret:
+        def alias_changed(name: str, alias: str) -> None:
+            if (name, alias) != (settings.model_name, settings.alias):
+                return
+            if reload_signal is not None:
+                reload_signal.bump()  # every worker reloads, this one included
+            else:
+                threading.Thread(target=holder.reload, kwargs={"event": "webhook"}, daemon=True).start()
+
+        app.include_router(webhooks.router(webhook_secret, alias_changed))
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, err: RequestValidationError):

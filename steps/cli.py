@@ -79,6 +79,9 @@ def quiet_third_parties() -> None:
     prints a redacted link), no deprecation notices from libraries about each other."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow 3.17's telemetry thread edits os.environ while HTTP requests read it (a race
+    # seen failing runs against a tracking server); the project sends none.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module="(mlflow|skops|sklearn)")
 

@@ -23,8 +23,6 @@ from steps.errors import PipelineError
 from steps.store import Tracking, complete_filter, connect, load_profile
 
 # Tags on the trial runs of an Optuna study (steps/sweep.py): the study's name, the trial's number in it.
-STUDY_TAG = "sweep.study"
-TRIAL_NUMBER_TAG = "sweep.trial_number"
 COLUMNS = ["train run", "model", "params", "cv roc_auc [95% CI]", "test roc_auc", "test brier", "status",
            "registered"]
 
@@ -41,10 +39,10 @@ def evaluations_in_study(tracking: Tracking, study: str) -> set[str]:
     """Evaluate run ids the trials of an Optuna study used, whichever worker (and sweep run) ran them."""
     if "'" in study:
         raise PipelineError(f"--study {study}: a study name with a quote cannot be searched for")
-    trials = tracking.client.search_runs([tracking.experiment_id], f"tags.`{STUDY_TAG}` = '{study}' and "
+    trials = tracking.client.search_runs([tracking.experiment_id], f"tags.`{names.STUDY}` = '{study}' and "
                                          f"tags.`{names.ROLE}` = 'trial'", max_results=5000)
     if not trials:
-        raise PipelineError(f"no trial runs of study {study!r} in this experiment (runs tagged {STUDY_TAG}={study})")
+        raise PipelineError(f"no trial runs of study {study!r} in this experiment (runs tagged {names.STUDY}={study})")
     return {run.data.tags["pipeline.evaluate.run_id"] for run in trials if "pipeline.evaluate.run_id" in run.data.tags}
 
 

@@ -44,6 +44,11 @@ PIPELINE_ARTIFACT = "pipeline"  # inside the logged model: the fitted sklearn pi
 MODEL = "model"  # not an artifact path: a step's logged MLflow model (train)
 
 
+# Trial runs of an Optuna study (steps/sweep.py; steps/leaderboard.py --study).
+STUDY = "sweep.study"
+TRIAL_NUMBER = "sweep.trial_number"
+
+
 def split_table(name: str) -> str:
     """data/train.parquet, data/val.parquet, data/test.parquet."""
     return f"data/{name}.parquet"

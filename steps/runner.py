@@ -152,7 +152,7 @@ def claim(tracking: Tracking, name: str, key: str, tags: dict[str, str], own_run
                 if run_id:  # a claim that lost to another machine's
                     OPEN_RUNS.discard(run_id)
                     if run_id != own_run_id:
-                        tracking.client.delete_run(run_id)
+                        _withdraw(tracking, run_id, done.info.run_id)
                 return "reuse", done
             rivals = _live_claims(tracking, key, run_id)
             if run_id is None and not rivals:
@@ -178,6 +178,15 @@ def _standard_tags() -> dict[str, str]:
     return {k: v for k, v in resolve_tags().items() if k != MLFLOW_RUN_NAME}
 
 
+def _withdraw(tracking: Tracking, claim_run_id: str, winner_run_id: str) -> None:
+    """Take back a claim another process's complete run made useless: delete it, or, where
+    deleting needs more than EDIT permission (MLflow's MANAGE), end it KILLED saying why."""
+    try:
+        tracking.client.delete_run(claim_run_id)
+    except MlflowException:
+        end_run(tracking, claim_run_id, KILLED, f"withdrawn: run {winner_run_id} computed the same result first")
+
+
 def _open_run(tracking: Tracking, tags: dict[str, str], own_run_id: Optional[str]) -> str:
     tags = {**tags, **owner_tags()}
     if own_run_id:  # `mlflow run` made it, with the standard tags already
@@ -190,9 +199,9 @@ def _open_run(tracking: Tracking, tags: dict[str, str], own_run_id: Optional[str
 
 
 def open_group_run(tracking: Tracking, role: str, run_name: str, own_run_id: Optional[str] = None,
-                   parent_run_id: Optional[str] = None) -> str:
+                   parent_run_id: Optional[str] = None, extra_tags: Optional[dict[str, str]] = None) -> str:
     """A run that groups step runs (main, sweep, trial), with its owner recorded."""
-    tags = {names.ROLE: role, MLFLOW_RUN_NAME: run_name}
+    tags = {names.ROLE: role, MLFLOW_RUN_NAME: run_name, **(extra_tags or {})}
     if parent_run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     if own_run_id:

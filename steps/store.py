@@ -20,6 +20,7 @@ from typing import Iterator, Optional
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 from omegaconf import DictConfig, OmegaConf
 
 from steps import names
@@ -127,7 +128,7 @@ def connect(profile: DictConfig) -> Tracking:
     with store_lock(tracking_uri):
         # The client opens the store, and MLflow creates a SQLite store's tables right there.
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
-        experiment = client.get_experiment_by_name(name)
+        experiment = _chosen_experiment(client) or client.get_experiment_by_name(name)
         if experiment is None:
             artifact_location = None
             if profile.artifact_location and not explicit_uri:
@@ -144,6 +145,18 @@ def connect(profile: DictConfig) -> Tracking:
                     client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return Tracking(client, experiment_id, tracking_uri)
+
+
+def _chosen_experiment(client: MlflowClient):
+    """The experiment `mlflow run --experiment-name/--experiment-id` chose: it passes its id
+    in MLFLOW_EXPERIMENT_ID. Its Default experiment ("0", what it passes when none was
+    chosen) is not a choice: the profile's experiment is used then."""
+    if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        return None
+    chosen = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if not chosen or chosen == DEFAULT_EXPERIMENT_ID:
+        return None
+    return client.get_experiment(chosen)
 
 
 def complete_filter(extra: str) -> str:

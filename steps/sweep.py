@@ -44,7 +44,7 @@ from steps.config_checks import check_config
 from steps.context import ArtifactCache
 from steps.errors import PipelineError
 from steps.fingerprint import step_view
-from steps.leaderboard import COLUMNS, STUDY_TAG, TRIAL_NUMBER_TAG, leaderboard, lower_is_better, render, short
+from steps.leaderboard import COLUMNS, leaderboard, lower_is_better, render, short
 from steps.pipeline import STEPS
 from steps.runner import FAILED, FINISHED, StepResult, config_params, end_run, execute, open_group_run
 from steps.store import Tracking, connect
@@ -134,10 +134,10 @@ def run_trial(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     title = trial_name(hydra_cfg.runtime.choices["model"], list(hydra_cfg.overrides.task),
                        set(os.environ[ENV_SWEEP_KEYS].split()))
-    trial = open_group_run(tracking, "trial", title, parent_run_id=os.environ[ENV_SWEEP_RUN])
-    if TRIAL_ENV in os.environ:  # an Optuna study's trial: which study, which trial of it
-        tracking.client.log_batch(trial, tags=[RunTag(STUDY_TAG, os.environ[STUDY_ENV]),
-                                               RunTag(TRIAL_NUMBER_TAG, os.environ[TRIAL_ENV])])
+    # An Optuna study's trial says which study, which trial of it.
+    study = ({names.STUDY: os.environ[STUDY_ENV], names.TRIAL_NUMBER: os.environ[TRIAL_ENV]}
+             if TRIAL_ENV in os.environ else None)
+    trial = open_group_run(tracking, "trial", title, parent_run_id=os.environ[ENV_SWEEP_RUN], extra_tags=study)
     try:
         check_config(cfg)  # a trial's values were not checked with the sweep's base config
         value = train_and_evaluate(cfg, tracking, trial)

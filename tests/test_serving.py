@@ -431,3 +431,48 @@ def test_the_inference_log_keeps_what_was_answered(trained, tmp_path):
     logged = pd.concat([pd.read_parquet(f) for f in sorted(log_dir.glob("inferences-*.parquet"))])
     assert len(logged) == 2 and logged["age"].tolist() == [54.0, 54.0] and logged["ca"].isna().tolist() == [False, True]
     assert set(logged["model_version"]) == {"1"} and "PATIENT DATA" in (log_dir / "README.txt").read_text()
+
+
+def test_a_signed_registry_webhook_reloads_every_worker(trained, tmp_path):
+    import uuid
+
+    from serving.webhooks import DELIVERY_ID_HEADER, SECRET_ENV, SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_PATH, sign
+
+    secret = "webhook-test-secret"
+    server = Server([sys.executable, "-m", "serving", "--workers", "2", "--poll-seconds", "0"],
+                    {**trained.env, SECRET_ENV: secret}, "/health", tmp_path, "webhooks")
+    try:
+        current = trained.client.get_model_version_by_alias("heart-disease", "champion")
+        mlflow.set_tracking_uri(trained.tracking_uri)
+        mlflow.set_registry_uri(trained.tracking_uri)
+        target = str(mlflow.register_model(current.source, "heart-disease",
+                                           tags={"validation.status": "VALIDATED"}).version)
+        trained.client.set_registered_model_alias("heart-disease", "champion", target)
+        body = json.dumps({"entity": "model_version_alias", "action": "created", "timestamp": "2026-01-01T00:00:00Z",
+                           "data": {"name": "heart-disease", "alias": "champion", "version": target}}).encode()
+
+        def post(signature_secret):
+            delivery, stamp = str(uuid.uuid4()), str(int(time.time()))
+            req = urllib.request.Request(server.base + WEBHOOK_PATH, data=body, method="POST", headers={
+                "Content-Type": "application/json", DELIVERY_ID_HEADER: delivery, TIMESTAMP_HEADER: stamp,
+                SIGNATURE_HEADER: sign(signature_secret, delivery, stamp, body)})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as response:
+                    return response.status
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        assert post("forged") == 401
+        assert post(secret) == 200
+        deadline, reloads = time.time() + 60, 0
+        while time.time() < deadline and reloads < 2:
+            time.sleep(0.25)
+            text = request(server.base + "/metrics")[1]
+            reloads = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                          if line.startswith('heart_model_events_total{event="webhook"}'))
+        assert reloads == 2  # both workers, not only the one that got the delivery
+        assert {request(server.base + "/health")[1]["model_version"] for _ in range(6)} == {target}
+    finally:
+        server.stop()
+        trained.client.set_registered_model_alias("heart-disease", "champion", current.version)
+        trained.client.delete_model_version("heart-disease", target)
