@@ -147,13 +147,18 @@ def connect(profile: DictConfig) -> Tracking:
     return Tracking(client, experiment_id, tracking_uri)
 
 
+# Read once, at start: mlflow.set_experiment (which connect calls) rewrites the variable,
+# and a later connect in the same process, to another store, must not take it for a choice.
+_LAUNCHER_EXPERIMENT_ID = os.environ.get("MLFLOW_EXPERIMENT_ID")
+
+
 def _chosen_experiment(client: MlflowClient):
     """The experiment `mlflow run --experiment-name/--experiment-id` chose: it passes its id
     in MLFLOW_EXPERIMENT_ID. Its Default experiment ("0", what it passes when none was
     chosen) is not a choice: the profile's experiment is used then."""
     if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
         return None
-    chosen = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    chosen = _LAUNCHER_EXPERIMENT_ID
     if not chosen or chosen == DEFAULT_EXPERIMENT_ID:
         return None
     return client.get_experiment(chosen)

@@ -135,7 +135,7 @@ def test_second_run_reuses_every_step(store):
     result = store.mlflow_run("main")
     assert statuses(latest_main(store)) == {step: "reused" for step in STEP_ORDER}
     assert step_run_count(store) == before
-    assert result.stdout.count(" reused ") == len(STEP_ORDER)
+    assert result.stdout.count(": reused run ") == len(STEP_ORDER)  # one progress line per step
     assert "0 step(s) ran, 7 reused" in store.card(latest_main(store).info.run_id)
     assert store.registry_state()["heart-disease"]["versions"] == [1]
 

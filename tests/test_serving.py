@@ -422,6 +422,7 @@ def test_the_inference_log_keeps_what_was_answered(trained, tmp_path):
     import pandas as pd
 
     log_dir = tmp_path / "inferences"
+    champion = trained.client.get_model_version_by_alias("heart-disease", "champion").version
     server = started(["--log-inputs", str(log_dir)], trained.env, tmp_path, "inference-log")
     try:
         assert request(server.base + "/predict", [PATIENT, {**PATIENT, "ca": None}])[0] == 200
@@ -430,7 +431,7 @@ def test_the_inference_log_keeps_what_was_answered(trained, tmp_path):
         server.stop()  # a clean stop writes what is buffered
     logged = pd.concat([pd.read_parquet(f) for f in sorted(log_dir.glob("inferences-*.parquet"))])
     assert len(logged) == 2 and logged["age"].tolist() == [54.0, 54.0] and logged["ca"].isna().tolist() == [False, True]
-    assert set(logged["model_version"]) == {"1"} and "PATIENT DATA" in (log_dir / "README.txt").read_text()
+    assert set(logged["model_version"]) == {str(champion)} and "PATIENT DATA" in (log_dir / "README.txt").read_text()
 
 
 def test_a_signed_registry_webhook_reloads_every_worker(trained, tmp_path):
