@@ -159,6 +159,7 @@ def test_monitor_command_flags_a_shifted_log_and_passes_an_unshifted_one(tmp_pat
     store = make_store(tmp_path_factory.mktemp("monitor"))
     store.steps("main", "evaluate.cv_repeats=1")
     mlflow.set_tracking_uri(store.tracking_uri)
+    mlflow.set_registry_uri(store.tracking_uri)  # an earlier test in this process may have set another
     version = store.client.get_model_version_by_alias("heart-disease", "champion")
     model = mlflow.pyfunc.load_model(f"models:/heart-disease/{version.version}")
     split = store.runs("split")[0].info.run_id

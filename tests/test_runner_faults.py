@@ -151,7 +151,9 @@ def test_a_changed_artifact_of_the_same_size_is_a_clear_error_then_rebuilt(store
 
 
 # Every rule is covered in-process by test_config_checks.py; these go through the command line.
-@pytest.mark.parametrize("override", ["data.rows=-5", "split.test_fraction=2", "model.C=-1"])
+# Through the command line once per kind of check (a knob's own rule, the model's
+# parameters); every rule is checked in-process in tests/test_config_checks.py.
+@pytest.mark.parametrize("override", ["split.test_fraction=2", "model.C=-1"])
 def test_a_bad_override_exits_2_with_one_line_and_creates_no_run(tmp_path, override):
     store = make_store(tmp_path / "store")
     result = store.steps("main", override, check=False)

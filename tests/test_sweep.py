@@ -62,13 +62,13 @@ def test_sweep_runs_trials_under_one_parent_on_cached_upstream(store):
 
 
 def test_parallel_sweep_on_sqlite_records_every_trial(store):
-    """8 trials on 2 joblib worker processes writing to one SQLite store: none may be lost
+    """6 trials on 2 joblib worker processes writing to one SQLite store: none may be lost
     to "database is locked"."""
-    values = "0.01,0.02,0.04,0.06,0.08,0.15,0.25,0.5"
+    values = "0.01,0.02,0.04,0.08,0.25,0.5"
     result = store.mlflow_run("sweep", f"hydra/launcher=joblib hydra.launcher.n_jobs=2 model.C={values} "
                                        "evaluate.cv_repeats=2")
     assert "database is locked" not in result.stdout + result.stderr
-    assert "8 of 8 trial(s) finished, 8 model(s) ranked" in result.stdout
+    assert "6 of 6 trial(s) finished, 6 model(s) ranked" in result.stdout
     client = store.client
     sweep = client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'")[0]
     trials = client.search_runs([store.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and "
