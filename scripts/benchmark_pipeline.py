@@ -19,7 +19,7 @@ Peak memory is the largest sum of the resident sets of `main` and every process 
 it, sampled every 0.1 s (what the machine must hold at once), beside the largest single
 process as the kernel counts it (getrusage RUSAGE_CHILDREN, as /usr/bin/time -v shows).
 
-    python scripts/benchmark_pipeline.py --scale [--rows 100000 1000000] [--output docs/BENCHMARKS.scale.md]
+    python scripts/benchmark_pipeline.py --scale [--rows 100000 1000000] [--output docs/BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -312,7 +312,7 @@ def main() -> None:
             print(json.dumps(results[-1]))
         section = render_scale(results)
         print(section)
-        write_section(args.output or REPO / "docs" / "BENCHMARKS.scale.md", section)
+        write_section(args.output or REPO / "docs" / "BENCHMARKS.md", section)
         return
     args.output = args.output or REPO / "docs" / "BENCHMARKS.md"
     samples = []

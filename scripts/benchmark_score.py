@@ -9,7 +9,7 @@ Cleveland file:
 Peak RSS is the largest resident set of the command's process tree (getrusage of a
 fresh wrapper per command). Other agents share the 2 CPUs: `uptime` is recorded.
 
-    python scripts/benchmark_score.py [--rows 5000000] [--compare-rows 1000000] [--output docs/BENCHMARKS.scoring.md]
+    python scripts/benchmark_score.py [--rows 5000000] [--compare-rows 1000000] [--output docs/BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--compare-rows", type=int, default=1_000_000)
-    parser.add_argument("--output", type=Path, default=REPO / "docs" / "BENCHMARKS.scoring.md")
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-score-") as root:

@@ -1,7 +1,7 @@
 """Concurrent writers on two tracking stores, in one run: a SQLite file, and the team server
 (PostgreSQL-backed `mlflow server` with the artifact proxy and basic-auth, scripts/team_server.py).
 
-    python scripts/benchmark_stores.py [--processes 16] [--trials 5] [--output docs/BENCHMARKS.stores.md]
+    python scripts/benchmark_stores.py [--processes 16] [--trials 5] [--output docs/BENCHMARKS.md]
 
 Each of --processes worker processes runs --trials trial-like runs back to back, as a sweep
 worker's trials do: create a run, log 10 params and 10 metrics over 5 steps in one batch, set
@@ -28,6 +28,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import team_server  # noqa: E402  (scripts/team_server.py, beside this file)
+from benchmark_pipeline import write_section  # noqa: E402
 
 EXPERIMENT = "store-benchmark"
 
@@ -106,7 +107,7 @@ def main() -> None:
     parser.add_argument("--disable-telemetry", action="store_true",
                         help="MLFLOW_DISABLE_TELEMETRY=true in every process: MLflow's telemetry thread edits "
                              "os.environ while HTTP requests read it, which can fail a request")
-    parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "docs" / "BENCHMARKS.stores.md")
+    parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "docs" / "BENCHMARKS.md")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="store-benchmark-"))
@@ -144,6 +145,7 @@ def main() -> None:
         f" --server-workers {args.server_workers}" if args.server_workers != 4 else "") + (
         " --disable-telemetry" if args.disable_telemetry else "")
     lines = [
+        "<!-- stores-benchmark:start -->",
         "## Tracking stores under concurrent writers",
         "",
         f"`{command}`: {args.processes} processes started together, {args.trials} trial-like runs each "
@@ -160,7 +162,8 @@ def main() -> None:
     for row in rows:
         if row["errors"]:
             lines.append(f"- {row['store']}: first errors: " + "; ".join(f"`{e}`" for e in row["errors"]))
-    args.output.write_text("\n".join(lines) + "\n")
+    lines.append("<!-- stores-benchmark:end -->")
+    write_section(args.output, "\n".join(lines))
     print("\n".join(lines))
 
 

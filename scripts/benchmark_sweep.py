@@ -17,7 +17,7 @@ trials in the study and as many FINISHED trial runs tagged with it. The table re
 load average (`uptime`) before and after: other work on the machine slows every way.
 
     python scripts/benchmark_sweep.py [--part grid|study|both] [--repeats 3] [--output docs/BENCHMARKS.md]
-        [--study-output docs/BENCHMARKS.sweeps.md]
+        [--study-output docs/BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--part", choices=["grid", "study", "both"], default="both")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
-    parser.add_argument("--study-output", type=Path, default=REPO / "docs" / "BENCHMARKS.sweeps.md")
+    parser.add_argument("--study-output", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     args = parser.parse_args()
     if args.part in ("study", "both"):
         before, samples = load(), []
