@@ -172,7 +172,8 @@ def test_two_identical_mains_at_once_train_and_register_once(tmp_path):
     outputs = [process.communicate(timeout=600) for process in both]
     assert [process.returncode for process in both] == [0, 0], outputs
     for step in ("train", "evaluate", "register"):
-        assert len(store.runs(step)) == 1, step
+        assert len(store.runs(step)) == 1, (step, [err[-3000:] for _, err in outputs],
+                                            [(r.info.status, r.data.tags.get(names.CACHE_KEY)) for r in store.runs(step)])
     assert [str(v.version) for v in store.client.search_model_versions("name = 'heart-disease'")] == ["1"]
     assert any("waiting for run" in err for _, err in outputs)  # the second waited for the first's claim
 
