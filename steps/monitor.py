@@ -43,6 +43,7 @@ from omegaconf import DictConfig
 from steps import names
 from steps.codebook import Codebook
 from steps.errors import PipelineError
+from steps.redaction import redact
 
 DRIFT_EXIT_CODE = 3
 PROBABILITY = "probability"  # the model's output, tested beside the features
@@ -428,18 +429,19 @@ def _record(client, run_id: str, model: ServedModel, status: str, drifted: list[
     tags = {"drift.status": status, "drift.features": ", ".join(drifted) or "none",
             "monitor.model_uri": model.uri, "monitor.train_run_id": model.run_id,
             "model.id": model.model_id or "", "model.name": model.name or "", "model.version": model.version or ""}
-    client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()],
-                     tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    client.log_batch(run_id, metrics=metrics, params=[Param(k, redact(str(v))) for k, v in params.items()],
+                     tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
     # The training rows are the train run's dataset already: only the current rows are logged here.
-    dataset = from_pandas(current, source=str(facts["source"]), name="monitored", targets=None)
+    dataset = from_pandas(current, source=redact(str(facts["source"])), name="monitored", targets=None)
     client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context",
                                                                                    "monitoring")])])
     report = {"status": status, "drifted": drifted, "level": cfg.monitor.level,
-              "correction": cfg.monitor.correction, "facts": {k: str(v) for k, v in facts.items()},
+              "correction": cfg.monitor.correction, "facts": {k: redact(str(v)) for k, v in facts.items()},
               "tests": json.loads(table.to_json(orient="records"))}
     client.log_dict(run_id, report, "drift_report.json")
-    client.log_text(run_id, drift_card(status, facts, table, reference, current, Codebook.from_config(cfg.schema),
-                                       cfg.monitor.level, cfg.monitor.correction), names.CARD)
+    card = drift_card(status, facts, table, reference, current, Codebook.from_config(cfg.schema),
+                      cfg.monitor.level, cfg.monitor.correction)
+    client.log_text(run_id, redact(card), names.CARD)
 
 
 def main(cfg: DictConfig) -> None:

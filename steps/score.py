@@ -40,6 +40,7 @@ from omegaconf import DictConfig
 
 from steps.codebook import Codebook
 from steps.errors import PipelineError
+from steps.redaction import redact
 
 REJECT_REASON = "reject_reason"
 MISSING_MARKERS = ["", "?", "NA", "NaN", "nan", "null"]
@@ -435,7 +436,7 @@ def run_score(cfg: DictConfig, tracking, own_run_id: Optional[str]) -> dict:
 def _param(key: str, value) -> "object":
     from mlflow.entities import Param
 
-    return Param(key, str(value)[:6000])
+    return Param(key, redact(str(value))[:6000])
 
 
 def _log_datasets(client, run_id: str, source: Input, score: DictConfig) -> None:
@@ -460,7 +461,7 @@ def _log_datasets(client, run_id: str, source: Input, score: DictConfig) -> None
             origin = RunsArtifactRepository.get_underlying_uri(origin)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dataset = MetaDataset(source=resolve_dataset_source(origin), name=name,
+            dataset = MetaDataset(source=resolve_dataset_source(redact(origin)), name=name,
                                   schema=_infer_schema(schema_frame))
         return DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])
 
