@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from steps.codebook import Codebook, DataValidationError, validate
+from steps.codebook import Codebook, DataValidationError, check_feature_matrix, check_features, check_numbers, validate
 from steps.config import register_configs
 from steps.sources import read_uci
 from tests.conftest import CLEVELAND, REPO
@@ -109,3 +109,52 @@ def test_canonical_table_with_binary_target(cleveland, schema):
     again, report = validate(clean, schema)
     assert report["rows"] == 303
     pd.testing.assert_frame_equal(again, clean)
+
+
+# --------------------------------------------------------------------------- the request path
+# The served model checks each request with check_feature_matrix: numeric frames take one
+# vectorised pass, others the column-by-column one; both must say exactly what ingest says.
+
+def _bad_rows(cleveland, schema) -> pd.DataFrame:
+    clean, _ = validate(cleveland, schema)
+    rows = clean[schema.features].head(6).copy()
+    rows.loc[0, "cp"] = 0  # unknown code
+    rows.loc[1, "chol"] = 20  # impossible
+    rows.loc[2, "trestbps"] = np.nan  # required
+    rows.loc[3, ["ca", "thal"]] = np.nan  # may be missing
+    rows.loc[4, "thal"] = 2
+    return rows
+
+
+@pytest.mark.parametrize("policy", ["missing", "fail"])
+def test_numeric_and_mixed_frames_get_the_same_problems_in_the_same_order(cleveland, schema, policy):
+    rows = _bad_rows(cleveland, schema)
+    kwargs = dict(impossible_values=policy, allow_missing={"ca", "thal"}, numbers_only=True)
+    mixed = rows.astype({"age": object})  # one object column: the column-by-column path
+    reordered = rows[sorted(rows.columns)]  # numeric, another column order: the one-pass path
+    fast_clean, fast_problems, fast_counts = check_features(reordered, schema, **kwargs)
+    slow_clean, slow_problems, slow_counts = check_features(mixed, schema, **kwargs)
+    assert fast_problems == slow_problems and fast_counts == slow_counts
+    pd.testing.assert_frame_equal(fast_clean, slow_clean)
+    named = {"cp", "trestbps", "thal"} | ({"chol"} if policy == "fail" else set())
+    assert [p.split("'")[1] for p in slow_problems] == [c for c in schema.features if c in named]
+    assert fast_counts == {"chol": 1} and np.isnan(fast_clean.loc[1, "chol"])  # blanked under both policies
+    assert rows.loc[1, "chol"] == 20  # the caller's frame is never changed
+
+
+def test_check_numbers_is_check_features_on_a_matrix(cleveland, schema):
+    rows = _bad_rows(cleveland, schema)
+    values = rows.to_numpy(dtype=np.float64)
+    checked, problems, counts = check_numbers(values, schema, "fail", allow_missing={"ca", "thal"})
+    _, expected, expected_counts = check_features(rows, schema, "fail", allow_missing={"ca", "thal"})
+    assert problems == expected and counts == expected_counts and len(problems) == 4
+    blanked, _, _ = check_numbers(values, schema, "missing")
+    assert np.isnan(blanked[1, schema.features.index("chol")]) and values[1, schema.features.index("chol")] == 20
+
+
+def test_a_text_column_is_named_and_left_out_of_the_matrix(cleveland, schema):
+    rows = _bad_rows(cleveland, schema).astype({"age": object})
+    rows.loc[5, "age"] = "54"
+    checked = check_feature_matrix(rows, schema, numbers_only=True, reject_unknown_columns=True)
+    assert checked.problems[0].startswith("column 'age': rule 'a number or null'")
+    assert "age" not in checked.columns and checked.values.shape == (6, len(schema.features) - 1)

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from steps import fast_path
 from steps.codebook import Codebook
 from steps.errors import PipelineError
+from steps.model import OUTPUT_COLUMNS, answer, risk_levels
 from steps.synthetic import generate
 from steps.train import fit_model, verify_fast_path
 from steps.transform import fit_transform
@@ -109,3 +110,27 @@ def test_train_refuses_a_fast_path_that_disagrees(fitted_transform):
     assert path.startswith("fast path") and differences["val"] <= fast_path.TOLERANCE
     with pytest.raises(PipelineError, match=r"differs from the sklearn pipeline by 2e-09 .* on the val rows"):
         verify_fast_path(pipeline, BOOK.features, {"val": rows}, {"val": truth + 2e-9})
+
+
+@pytest.mark.parametrize("identity", [
+    {"model_name": "heart-disease", "model_version": "3", "run_id": "r1", "model_id": "m-1"},
+    {"model_name": None, "model_version": None, "run_id": "r1", "model_id": None},  # not registered
+])
+def test_the_answer_frame_is_what_dataframe_would_infer(identity):
+    """answer() assembles its frame from ready columns (steps/model.py); it must equal the
+    plain DataFrame of the same values, dtypes included, and no answer may change the next."""
+    bands = {"Moderate": 0.6, "Low": 0.3, "High": 1.0}
+    for rows in (1, 5):
+        probability = np.linspace(0.05, 1.0, rows)
+        reference = pd.DataFrame({
+            "prediction": (probability >= 0.4).astype(int),
+            "probability": probability,
+            "confidence": np.where(probability >= 0.4, probability, 1 - probability),
+            "risk_level": risk_levels(probability, bands),
+            **identity,
+        })
+        first = answer(probability, 0.4, bands, identity)
+        pd.testing.assert_frame_equal(first, reference, check_exact=True)
+        assert list(first.columns) == OUTPUT_COLUMNS
+        first.loc[0, "run_id"] = "changed by a caller"
+        pd.testing.assert_frame_equal(answer(probability, 0.4, bands, identity), reference, check_exact=True)
