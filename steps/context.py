@@ -42,8 +42,12 @@ class ArtifactCache:
     def __init__(self, client: MlflowClient):
         self.client = client
         self.downloads = 0  # artifacts and models fetched from the store
-        self._objects: dict[tuple[str, str], Any] = {}
+        self._objects: dict[tuple[str, str], Any] = {}  # (run id, artifact path) -> object
         self._runs: dict[str, Any] = {}
+        # Set by `main` (retain): the steps still to run that read each object. None in a
+        # single step's process, where nothing is let go early.
+        self._readers: Optional[dict[tuple[str, str], set[str]]] = None
+        self._done_reading: set[tuple[tuple[str, str], str]] = set()  # (object, step that said it is done with it)
         self._lock = threading.Lock()
 
     def run(self, run_id: str):
@@ -65,11 +69,24 @@ class ArtifactCache:
         with self._lock:
             self._objects[(run_id, artifact)] = value
 
-    def retain(self, artifacts: set[str]) -> None:
-        """Let go of every object but those at these artifact paths (a later read
-        downloads it again): tables no step still to run reads need not stay in memory."""
+    def retain(self, readers: dict[tuple[str, str], set[str]]) -> None:
+        """Let go of every object that no step in `readers` ({(run id, artifact path): steps
+        still to run that read it}) still needs (a later read downloads it again): tables
+        no step still to run reads need not stay in memory."""
         with self._lock:
-            self._objects = {key: value for key, value in self._objects.items() if key[1] in artifacts}
+            self._readers = readers
+            self._objects = {key: value for key, value in self._objects.items() if self._still_read(key)}
+
+    def done_reading(self, key: tuple[str, str], step: str) -> None:
+        """`step` no longer needs this object: let go of it at once if no other step
+        still to run reads it (eda and evaluate finish with their big tables early)."""
+        with self._lock:
+            self._done_reading.add((key, step))
+            if self._readers is not None and key in self._readers and not self._still_read(key):
+                self._objects.pop(key, None)
+
+    def _still_read(self, key: tuple[str, str]) -> bool:
+        return any((key, step) not in self._done_reading for step in self._readers.get(key, ()))
 
     def counted_download(self) -> None:
         with self._lock:
@@ -151,10 +168,7 @@ class StepContext:
     def read(self, name: str) -> Any:
         """The declared input `name` (pipeline.py): a DataFrame, dict, fitted object or
         model; None for an optional input its producer did not write."""
-        if name not in self.step.reads:
-            raise PipelineError(f"step {self.step.name} reads {name!r}, which pipeline.py does not declare "
-                                f"for it; declared: {sorted(self.step.reads)}")
-        wanted = self.step.reads[name]
+        wanted = self._declared_input(name)
         run_id = self.lineage[wanted.step]
         value = self._read(wanted, run_id)
         if wanted.dataset and value is not None and name not in self.datasets:
@@ -164,6 +178,20 @@ class StepContext:
         if wanted.artifact == names.MODEL and value is not None:
             self.model_id = manifest_of(self.input_run(wanted.step))[names.MODEL]["uri"].rsplit("/", 1)[-1]
         return value
+
+    def done_with(self, *inputs: str) -> None:
+        """This step will not read these declared inputs again: under `main`, the cache lets
+        go of each one no other step still to run reads. The caller must drop its own
+        references too for the memory to be freed."""
+        for name in inputs:
+            wanted = self._declared_input(name)
+            self.cache.done_reading((self.lineage[wanted.step], wanted.artifact), self.step.name)
+
+    def _declared_input(self, name: str):
+        if name not in self.step.reads:
+            raise PipelineError(f"step {self.step.name} reads {name!r}, which pipeline.py does not declare "
+                                f"for it; declared: {sorted(self.step.reads)}")
+        return self.step.reads[name]
 
     def _read(self, wanted, run_id: str) -> Any:
         held = self.cache.get(run_id, wanted.artifact)

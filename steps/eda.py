@@ -76,15 +76,15 @@ def missingness(frame: pd.DataFrame) -> Figure:
     return fig
 
 
-def eda_figures(frame: pd.DataFrame, sample: pd.DataFrame, book: Codebook, bins: int) -> dict[str, Figure]:
-    """Histograms and correlations drawn from `sample`; counts (class balance, missing
-    cells) from every row of `frame`, which costs little."""
-    return {
-        "feature_histograms": feature_histograms(sample, book, bins),
-        "correlation_heatmap": correlation_heatmap(sample),
-        "class_balance": class_balance(frame, book.label),
-        "missingness": missingness(frame),
-    }
+def count_figures(frame: pd.DataFrame, book: Codebook) -> dict[str, Figure]:
+    """Class balance and missing cells, counted on every row of `frame` (cheap)."""
+    return {"class_balance": class_balance(frame, book.label), "missingness": missingness(frame)}
+
+
+def sample_figures(sample: pd.DataFrame, book: Codebook, bins: int) -> dict[str, Figure]:
+    """Histograms and correlations, drawn from `sample` (the slow part)."""
+    return {"feature_histograms": feature_histograms(sample, book, bins),
+            "correlation_heatmap": correlation_heatmap(sample)}
 
 
 def plot_sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
@@ -92,19 +92,26 @@ def plot_sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     return frame if len(frame) <= rows else frame.sample(n=rows, random_state=seed)
 
 
-def html_report(frame: pd.DataFrame, images: dict[str, Path], plotted_rows: int) -> str:
-    """One HTML file with the summary tables and every plot inlined as base64."""
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>EDA: heart disease</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:70em}"
-        "table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:.2em .5em}"
-        "img{max-width:100%}</style></head><body>",
+def summary_html(frame: pd.DataFrame, plotted_rows: int) -> str:
+    """The report's opening: size, duplicates and summary statistics of every row."""
+    return "\n".join([
         f"<h1>Exploratory data analysis</h1><p>{len(frame)} rows, {frame.shape[1]} columns, "
         f"{int(frame.duplicated().sum())} exact duplicate rows. "
         + (f"Histograms and correlations draw a random sample of {plotted_rows} rows.</p>"
            if plotted_rows < len(frame) else "</p>"),
         "<h2>Summary statistics</h2>",
         frame.describe().T.round(2).to_html(),
+    ])
+
+
+def html_report(summary: str, images: dict[str, Path]) -> str:
+    """One HTML file with the summary (summary_html) and every plot inlined as base64."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>EDA: heart disease</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:70em}"
+        "table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:.2em .5em}"
+        "img{max-width:100%}</style></head><body>",
+        summary,
     ]
     for name, path in images.items():
         encoded = base64.b64encode(path.read_bytes()).decode()
@@ -116,12 +123,18 @@ def html_report(frame: pd.DataFrame, images: dict[str, Path], plotted_rows: int)
 def run(ctx: StepContext) -> None:
     book = Codebook.from_config(ctx.cfg.schema)
     frame = ctx.read("raw")
+    # Everything that counts every row first; then let go of the table (under `main` it
+    # would otherwise stay in memory while the plots are drawn beside the chain).
     plotted = plot_sample(frame, ctx.cfg.eda.plot_rows, ctx.cfg.eda.seed)
+    counts, summary = count_figures(frame, book), summary_html(frame, len(plotted))
+    del frame
+    ctx.done_with("raw")
+    figures = {**sample_figures(plotted, book, ctx.cfg.eda.histogram_bins), **counts}
     images = {}
-    for name, figure in eda_figures(frame, plotted, book, ctx.cfg.eda.histogram_bins).items():
+    for name, figure in figures.items():
         figure.set_dpi(ctx.cfg.eda.dpi)
         images[name] = ctx.write(name, figure)
-    ctx.write("report", html_report(frame, images, len(plotted)))
+    ctx.write("report", html_report(summary, images))
     ctx.summary.update(plots=len(images), plotted_rows=len(plotted))
 
 

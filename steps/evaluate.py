@@ -175,11 +175,16 @@ def run(ctx: StepContext) -> None:
     model = ctx.read("model")
     pipeline, threshold = model.pipeline, model.threshold
     test = ctx.read("test")
-    train_val = pd.concat([ctx.read("train"), ctx.read("val")], ignore_index=True)
+    # Train+val for CV: only the feature and label columns, copied once (the folds hold them while they run).
+    train_val = [ctx.read(name) for name in ("train", "val")]
+    features = pd.concat([frame[book.features] for frame in train_val], ignore_index=True)
+    labels = pd.concat([frame[label] for frame in train_val], ignore_index=True)
+    del train_val
+    ctx.done_with("train", "val")  # under `main`, nothing after evaluate reads them: free them for the folds
 
     probability = pipeline.predict_proba(test[book.features])[:, 1]
     metrics = prefixed("test", binary_metrics(test[label], probability, threshold))
-    metrics.update(cross_validate(pipeline, train_val[book.features], train_val[label],
+    metrics.update(cross_validate(pipeline, features, labels,
                                   cfg.evaluate.cv_folds, cfg.evaluate.cv_repeats, cfg.evaluate.seed, threshold,
                                   cfg.evaluate.cv_max_fit_rows, cfg.evaluate.n_jobs))
     slope, intercept = calibration_line(test[label], probability)

@@ -81,6 +81,8 @@ def run(ctx: StepContext) -> None:
     book = Codebook.from_config(cfg.schema)
     raw = load_source(cfg.data, book)
     clean, report = validate(raw.frame, book, cfg.data.impossible_values, keep=(SITE,))
+    # For the model card (register reads the report, not the raw table; sites are in by_site).
+    report["male_share"] = float((clean["sex"] == 1).mean())
 
     external = load_external_sites(cfg.data, book)
     report["external"] = {"rows": {} if external.frame is None else external.frame[SITE].value_counts().to_dict(),

@@ -12,6 +12,7 @@ logging) a table: step, run id, ran or reused, seconds, key outputs.
 
 from __future__ import annotations
 
+import ctypes
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,9 +37,17 @@ def summary_table(results: list[StepResult]) -> str:
         for r in results])
 
 
-def still_read(steps: set[str]) -> set[str]:
-    """The artifacts that `steps` declare they read: what the cache must keep for them."""
-    return {wanted.artifact for name in steps for wanted in STEPS[name].reads.values()}
+def still_read(steps: set[str], run_ids: dict[str, str]) -> dict[tuple[str, str], set[str]]:
+    """{(run id, artifact): which of `steps` read it} for every input `steps` declare from
+    the runs in `run_ids` ({step: run id}): what the cache must keep, and for whom. By run,
+    not only by path: split's and transform's train tables share a path, and only split's
+    is read after train."""
+    readers: dict[tuple[str, str], set[str]] = {}
+    for name in steps:
+        for wanted in STEPS[name].reads.values():
+            if wanted.step in run_ids:
+                readers.setdefault((run_ids[wanted.step], wanted.artifact), set()).add(name)
+    return readers
 
 
 def run_pipeline(cfg: DictConfig, tracking: Tracking, parent_run_id: str, cache: ArtifactCache) -> list[StepResult]:
@@ -62,7 +71,8 @@ def run_pipeline(cfg: DictConfig, tracking: Tracking, parent_run_id: str, cache:
             except Exception as err:
                 failure = err
                 break
-            cache.retain(still_read(set(STEPS) - set(results) - {n for n, f in side.items() if f.done()}))
+            cache.retain(still_read(set(STEPS) - set(results) - {n for n, f in side.items() if f.done()},
+                                    {done: result.run_id for done, result in results.items()}))
         for name, future in side.items():
             try:
                 results[name] = future.result()
@@ -82,7 +92,33 @@ class _ChainFailed(Exception):
         super().__init__(str(cause))
 
 
+def return_freed_tables_to_the_system() -> None:
+    """`main` frees each table once no step still needs it; make sure the memory goes back.
+
+    Arrow (Parquet writes) allocates from the system allocator instead of its bundled
+    mimalloc, which keeps freed pages for reuse: some 100 MB after writing one
+    million-row table. And glibc's malloc serves every block of 128 KiB or more (its
+    initial threshold) straight from the kernel, so freeing it returns the pages: by
+    default the threshold grows to the largest block freed so far (up to 32 MiB), after
+    which million-row columns (8 MB each) come from the heap and stay resident once
+    freed. Together some 270 MB less at a million rows' peak (docs/SCALE.md). Without
+    glibc (macOS, musl) the second part does nothing."""
+    import pyarrow
+
+    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+    try:
+        set_option = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    set_option(_M_MMAP_THRESHOLD, 128 * 1024)
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
 def main(cfg: DictConfig) -> None:
+    return_freed_tables_to_the_system()
+
     def go(tracking: Tracking) -> None:
         client = tracking.client
         parent_run_id = open_group_run(tracking, "main", "main", own_run_id=adopt_launcher_run(tracking))

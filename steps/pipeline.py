@@ -119,7 +119,8 @@ STEPS: dict[str, Step] = {
         Step(
             "register", "evaluate", ("register",),
             reads={"model": Input("train", names.MODEL),
-                   "raw": Input("ingest", names.RAW_TABLE),
+                   # Sites and share of men come from the report, not the raw table: so the
+                   # raw table need not stay in memory under `main` once split and eda are done.
                    "validation_report": Input("ingest", names.VALIDATION_REPORT),
                    "test_predictions": Input("evaluate", names.TEST_PREDICTIONS),
                    "external_validation": Input("evaluate", names.EXTERNAL_VALIDATION, optional=True)},

@@ -55,7 +55,9 @@ def card_facts(ctx: StepContext, name: str) -> dict:
     """Everything the model card states, read from the runs this version was built from."""
     ingest, split, train, evaluation = (ctx.input_run(s) for s in ("ingest", "split", "train", "evaluate"))
     report = ctx.read("validation_report")
-    raw = ctx.read("raw")
+    if "male_share" not in report:
+        raise PipelineError(f"the validation report of ingest run {ingest.info.run_id} has no male_share (written by "
+                            "ingest since register stopped reading the raw table): run ingest again")
     model = ctx.read("model")
     book, threshold = model.codebook, model.threshold
     predictions = ctx.read("test_predictions")
@@ -69,14 +71,14 @@ def card_facts(ctx: StepContext, name: str) -> dict:
     return {
         "name": name, "version": None,  # known once registered
         "data_source": ingest.data.tags.get(names.DATA_SOURCE),
-        "sites": sorted(raw[names.SITE].unique()) if names.SITE in raw else [],
+        "sites": sorted(report.get(f"by_{names.SITE}", {})),
         "rows": report["rows"], "duplicates_dropped": int(split.data.metrics.get("duplicates_dropped", 0)),
         "split_rows": " / ".join(str(int(split.data.metrics[f"{s}_rows"])) for s in ("train", "val", "test")),
         "test_rows": int(split.data.metrics["test_rows"]),
         "dataset_digest": ingest.inputs.dataset_inputs[0].dataset.digest if ingest.inputs.dataset_inputs else "n/a",
         "sha256": {k.split(".", 2)[2]: v for k, v in ingest.data.tags.items() if k.startswith(names.DATA_SHA256 + ".")},
         "missing": report["missing"], "impossible": report["impossible_as_missing"],
-        "male_share": float((raw["sex"] == 1).mean()),
+        "male_share": report["male_share"],
         "codebook": {column: book.columns[column].describe() for column in book.features},
         "model": f"{train.data.tags.get(names.MODEL_CLASS)} "
                  + ", ".join(f"{k[6:]}={v}" for k, v in params.items() if k.startswith("model.") and k != "model._target_"),

@@ -35,6 +35,7 @@ def run(ctx: StepContext) -> None:
     label = cfg.schema.label
     sets, dropped = split_data(ctx.read("raw"), label, cfg.split.test_fraction,
                                cfg.split.val_fraction, cfg.split.seed)
+    ctx.done_with("raw")  # under `main`, freed now if eda is done with it too
     for name, frame in sets.items():
         ctx.write(name, frame)
     counts = {name: frame[label].value_counts().sort_index().to_dict() for name, frame in sets.items()}

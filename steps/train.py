@@ -126,6 +126,7 @@ def run(ctx: StepContext) -> None:
     label = book.label
     pipeline = fit_model(ctx.read("transformer"), ctx.read("train_features"), cfg.model, label,
                          cfg.train.calibration, cfg.train.calibration_folds)
+    ctx.done_with("train_features")  # fitted: under `main`, free it for the checks and logging below
 
     raw_train, val = ctx.read("train"), ctx.read("val")
     p_train, p_val = (pipeline.predict_proba(rows[book.features])[:, 1] for rows in (raw_train, val))

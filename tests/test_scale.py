@@ -1,5 +1,6 @@
 """Scale without dishonesty: on large data evaluate runs fewer CV repeats, and the interval
-it reports is computed for the folds actually run (docs/SCALE.md). In-process, small data."""
+it reports is computed for the folds actually run (docs/SCALE.md); under `main`, a table
+stays in memory only while a step still to run reads it. In-process, small data."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from steps import synthetic
+from steps import names, synthetic
 from steps.codebook import Codebook, validate
+from steps.context import ArtifactCache
 from steps.evaluate import cross_validate, repeats_within
+from steps.main import still_read
 from steps.metrics import binary_metrics
+from steps.pipeline import STEPS
 from steps.transform import build_transformer
 from tests.conftest import REPO
 
@@ -68,3 +72,58 @@ def test_parallel_folds_give_the_same_numbers(data):
     one = cross_validate(pipeline, features, label, 5, 2, seed=0, n_jobs=1)
     two = cross_validate(pipeline, features, label, 5, 2, seed=0, n_jobs=2)
     assert one == two  # exact: folds are independent and collected in order
+
+
+# ----------------------------------------------------------------------------- memory under main
+
+RUNS = {"ingest": "run-ingest", "split": "run-split", "transform": "run-transform", "train": "run-train",
+        "evaluate": "run-evaluate"}
+RAW, TRAIN = (RUNS["ingest"], names.RAW_TABLE), (RUNS["split"], names.split_table("train"))
+TRAIN_FEATURES = (RUNS["transform"], names.split_table("train"))
+
+
+def cache_after(done: list[str], eda_done: bool = False) -> ArtifactCache:
+    """A cache holding every table of the steps in `done`, told (as `main` tells it after
+    each step) which steps still to run read what."""
+    cache = ArtifactCache(client=None)  # the client is only for fetching runs, which this never does
+    for step in done:
+        for output in STEPS[step].writes.values():
+            cache.put(RUNS[step], output.artifact, object())
+    cache.retain(still_read(set(STEPS) - set(done) - ({"eda"} if eda_done else set()),
+                            {step: RUNS[step] for step in done}))
+    return cache
+
+
+def test_main_keeps_a_table_only_while_a_step_still_to_run_reads_it():
+    # split reads raw, and so does eda until it ends; register takes sites and the share
+    # of men from the validation report, so nothing after split needs raw.
+    assert cache_after(["ingest"]).get(*RAW) is not None
+    assert cache_after(["ingest", "split"]).get(*RAW) is not None  # eda still running
+    assert cache_after(["ingest", "split"], eda_done=True).get(*RAW) is None
+    # transform's train table has the same path as split's: only train reads it.
+    after_transform = cache_after(["ingest", "split", "transform"], eda_done=True)
+    assert after_transform.get(*TRAIN_FEATURES) is not None and after_transform.get(*TRAIN) is not None
+    after_train = cache_after(["ingest", "split", "transform", "train"], eda_done=True)
+    assert after_train.get(*TRAIN_FEATURES) is None
+    assert after_train.get(*TRAIN) is not None  # evaluate reads it
+
+
+def test_a_step_done_with_a_table_frees_it_once_no_other_reader_is_left():
+    cache = cache_after(["ingest"])
+    cache.done_reading(RAW, "eda")
+    assert cache.get(*RAW) is not None  # split has not read it yet
+    cache.done_reading(RAW, "split")
+    assert cache.get(*RAW) is None
+
+    # eda said it is done while split ran: once split ends, raw goes, though eda still runs.
+    cache = cache_after(["ingest"])
+    cache.done_reading(RAW, "eda")
+    cache.put(RUNS["split"], names.split_table("train"), object())
+    cache.retain(still_read(set(STEPS) - {"ingest", "split"}, {"ingest": RUNS["ingest"], "split": RUNS["split"]}))
+    assert cache.get(*RAW) is None and cache.get(*TRAIN) is not None
+
+    # A single step's process (no `main` telling the cache who reads what) lets nothing go.
+    alone = ArtifactCache(client=None)
+    alone.put(*RAW, object())
+    alone.done_reading(RAW, "split")
+    assert alone.get(*RAW) is not None
