@@ -16,7 +16,8 @@ With --scale: `python -m steps.main data=synthetic data.rows=N` on a fresh store
 N (default 100,000 and 1,000,000): wall time, CPU time, peak memory and each step's
 seconds, with the machine's load before and after (other processes share the cores).
 Peak memory is the largest sum of the resident sets of `main` and every process under
-it, sampled every 0.1 s (what the machine must hold at once), beside the largest single
+it, sampled every 0.1 s (what the machine must hold at once; with the chain step running
+at that moment, from main's progress lines), beside the largest single
 process as the kernel counts it (getrusage RUSAGE_CHILDREN, as /usr/bin/time -v shows).
 
     python scripts/benchmark_pipeline.py --scale [--rows 100000 1000000] [--output docs/BENCHMARKS.md]
@@ -222,20 +223,36 @@ def scale_run(rows: int) -> dict:
         load_before = load_average()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=REPO, env=bench.env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
-        peak_tree = [0]
+        process = subprocess.Popen(command, cwd=REPO, env={**bench.env, "PYTHONUNBUFFERED": "1"},
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        peak_tree, running = [0, "start-up"], ["start-up"]  # [kB, chain step then], the chain step now
 
         def sample() -> None:
             while process.poll() is None:
-                peak_tree[0] = max(peak_tree[0], _tree_rss_kb(process.pid))
+                rss = _tree_rss_kb(process.pid)
+                if rss > peak_tree[0]:
+                    peak_tree[:] = [rss, running[0]]
                 time.sleep(0.1)
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        stdout, stderr = process.communicate()
+        def follow(stream, lines: list[str]) -> None:
+            """Keep the output; note which chain step runs now (eda runs beside it)."""
+            for line in stream:
+                lines.append(line)
+                started_step = re.match(r"(\w+): running \(run ", line)
+                if started_step and started_step.group(1) != "eda":
+                    running[0] = started_step.group(1)
+
+        out_lines, err_lines = [], []
+        threads = [threading.Thread(target=sample, daemon=True),
+                   threading.Thread(target=follow, args=(process.stdout, out_lines), daemon=True),
+                   threading.Thread(target=follow, args=(process.stderr, err_lines), daemon=True)]
+        for thread in threads:
+            thread.start()
+        process.wait()
         wall = time.perf_counter() - started
-        sampler.join()
+        for thread in threads:
+            thread.join()
+        stdout, stderr = "".join(out_lines), "".join(err_lines)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if process.returncode:
             raise SystemExit(f"{command} failed:\n{stdout}\n{stderr}")
@@ -246,18 +263,18 @@ def scale_run(rows: int) -> dict:
             if step == "evaluate":
                 repeats = run.data.metrics.get("cv_repeats_run", float("nan"))
         return {"rows": rows, "wall": wall, "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-                "peak_tree_mb": peak_tree[0] / 1024, "peak_process_mb": after.ru_maxrss / 1024, "steps": steps,
+                "peak_tree_mb": peak_tree[0] / 1024, "peak_during": peak_tree[1], "peak_process_mb": after.ru_maxrss / 1024, "steps": steps,
                 "cv_repeats_run": repeats, "load_before": load_before, "load_after": load_average()}
 
 
 def render_scale(results: list[dict]) -> str:
     names = list(results[0]["steps"])
-    header = "| rows | wall s | CPU s | peak MB (tree) | peak MB (one process) | CV repeats | " + \
+    header = "| rows | wall s | CPU s | peak MB (tree) | peak during | peak MB (one process) | CV repeats | " + \
              " | ".join(f"{n} s" for n in names) + " | load before → after |"
-    lines = [header, "|" + " ---: |" * (6 + len(names)) + " --- |"]
+    lines = [header, "|" + " ---: |" * 4 + " --- |" + " ---: |" * (2 + len(names)) + " --- |"]
     for r in results:
         lines.append(f"| {r['rows']:,} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['peak_tree_mb']:.0f} | "
-                     f"{r['peak_process_mb']:.0f} | {r['cv_repeats_run']:.0f} | "
+                     f"{r['peak_during']} | {r['peak_process_mb']:.0f} | {r['cv_repeats_run']:.0f} | "
                      + " | ".join(f"{r['steps'].get(n, float('nan')):.1f}" for n in names)
                      + f" | {r['load_before']} → {r['load_after']} |")
     small, large = results[0], results[-1]
@@ -278,9 +295,11 @@ def render_scale(results: list[dict]) -> str:
         "- Step seconds are each step run's `pipeline.step_seconds` (time inside the step function); eda runs in "
         "a thread beside the chain, so its seconds overlap the others'. Wall includes start-up and imports.",
         "- Peak MB (tree): the largest sum of resident memory of `main` and its child processes, sampled every "
-        "0.1 s; (one process): the kernel's largest resident set of a single process (getrusage).",
+        "0.1 s, and the step of the chain running then (eda may run beside it); (one process): the kernel's "
+        "largest resident set of a single process (getrusage).",
         f"- Wall time grew {large['wall'] / small['wall']:.1f}× for {large['rows'] / small['rows']:.0f}× the rows "
-        f"({growth:.2f} of linear).",
+        f"({growth:.2f} of linear); peak memory (tree) grew {large['peak_tree_mb'] / small['peak_tree_mb']:.1f}× "
+        f"({large['peak_tree_mb'] / small['peak_tree_mb'] / (large['rows'] / small['rows']):.2f} of linear).",
         SCALE_END,
     ])
 
