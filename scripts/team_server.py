@@ -12,7 +12,7 @@ In --dir (default .server/ in the project) it keeps:
     postgres/   the cluster (initdb on first use), owned by the user `postgres` when run as root
     artifacts/  the artifact proxy's destination, unless --artifacts-destination says otherwise
     secrets/    (0700) one 0600 file per secret it generated: the admin password, the Flask secret
-                key, the webhook-secret encryption key, the database password and its pgpass file
+                key, the webhook-secret encryption key, the database passwords and their pgpass files
     basic_auth.ini, postgres.log
 
 Secrets come from the environment when set (MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY,
@@ -47,6 +47,9 @@ BIN = Path(sys.executable).parent  # the venv's mlflow sits beside its python
 PG_USER = "postgres"  # the unprivileged account PostgreSQL runs as when this runs as root
 DB_ROLE = "mlflow"  # the database role mlflow connects as: owns its two databases, no superuser
 TRACKING_DB, AUTH_DB = "mlflow", "mlflow_auth"
+# Optuna studies that sweep workers on any machine share (hydra.sweeper.storage). Their own role
+# and database: a sweep worker's password then opens the studies, not MLflow's tables.
+STUDY_ROLE = STUDY_DB = "optuna"
 ADMIN_USERNAME = "admin"
 AUTH_CACHE_SECONDS = 60
 PG_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin", "/usr/pgsql-15/bin", "/usr/local/pgsql/bin")
@@ -91,6 +94,7 @@ FLASK_SECRET_KEY = Secret("flask-secret-key", "MLFLOW_FLASK_SERVER_SECRET_KEY", 
 # invents its own, and after a restart (or in another worker) the stored secrets no longer decrypt.
 WEBHOOK_KEY = Secret("webhook-encryption-key", "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", _fernet_key)
 DB_PASSWORD = Secret("postgres-password", None, _password)
+STUDY_DB_PASSWORD = Secret("studies-password", None, _password)
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -178,9 +182,10 @@ class Postgres:
                                         "-D", str(self.data_dir)]), capture_output=True, start_new_session=True)
 
 
-def _ensure_databases(port: int, password: str) -> None:
-    """The role mlflow connects as and its two databases (tracking + registry, auth users).
-    The role shares the superuser's password: both live in the same 0600 file."""
+def _ensure_databases(port: int, password: str, study_password: str) -> None:
+    """The role mlflow connects as and its two databases (tracking + registry, auth users),
+    and the studies' role and database. mlflow's role shares the superuser's password: both
+    live in the same 0600 file."""
     import psycopg2
     from psycopg2 import sql
 
@@ -189,25 +194,26 @@ def _ensure_databases(port: int, password: str) -> None:
     connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DB_ROLE,))
-            if cursor.fetchone() is None:
-                cursor.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(DB_ROLE)),
-                               (password,))
-            for database in (TRACKING_DB, AUTH_DB):
-                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+            for role, role_password, databases in ((DB_ROLE, password, (TRACKING_DB, AUTH_DB)),
+                                                   (STUDY_ROLE, study_password, (STUDY_DB,))):
+                cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
                 if cursor.fetchone() is None:
-                    cursor.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                        sql.Identifier(database), sql.Identifier(DB_ROLE)))
+                    cursor.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(role)),
+                                   (role_password,))
+                for database in databases:
+                    cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+                    if cursor.fetchone() is None:
+                        cursor.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                            sql.Identifier(database), sql.Identifier(role)))
     finally:
         connection.close()
 
 
-def _pgpass(secrets_dir: Path, port: int, password: str) -> Path:
-    """libpq's password file: the database URIs then carry no password."""
-    path = secrets_dir / "pgpass"
+def _pgpass(path: Path, port: int, role: str, password: str) -> Path:
+    """libpq's password file (0600): the database URIs then carry no password."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
-        handle.write(f"127.0.0.1:{port}:*:{DB_ROLE}:{password}\n")
+        handle.write(f"127.0.0.1:{port}:*:{role}:{password}\n")
     return path
 
 
@@ -279,6 +285,19 @@ class TeamServer:
     def admin_password(self) -> str:
         return ADMIN_PASSWORD.value(self.secrets_dir)
 
+    @property
+    def study_pgpass(self) -> Path:
+        """The pgpass file that lets sweep workers into the studies' database (and nothing else)."""
+        return self.secrets_dir / "studies.pgpass"
+
+    @property
+    def study_storage(self) -> Optional[str]:
+        """The Optuna storage URL for hydra.sweeper.storage (no password in it: libpq reads
+        it from PGPASSFILE); None when the server uses an existing database."""
+        if self.settings.backend_store_uri:
+            return None
+        return f"postgresql+psycopg2://{STUDY_ROLE}@127.0.0.1:{self.settings.pg_port}/{STUDY_DB}"
+
     def _prepare_dir(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.secrets_dir.mkdir(mode=0o700, exist_ok=True)
@@ -309,10 +328,11 @@ class TeamServer:
                                   f"another team server uses this --dir (or is still stopping)")
         self.postgres = postgres
         postgres.start()
-        _ensure_databases(s.pg_port, db_password)
+        _ensure_databases(s.pg_port, db_password, STUDY_DB_PASSWORD.value(self.secrets_dir))
         if created:
             print(f"Created a PostgreSQL cluster in {postgres.data_dir}", flush=True)
-        env["PGPASSFILE"] = str(_pgpass(self.secrets_dir, s.pg_port, db_password))
+        env["PGPASSFILE"] = str(_pgpass(self.secrets_dir / "pgpass", s.pg_port, DB_ROLE, db_password))
+        _pgpass(self.study_pgpass, s.pg_port, STUDY_ROLE, STUDY_DB_PASSWORD.value(self.secrets_dir))
         base = f"postgresql+psycopg2://{DB_ROLE}@127.0.0.1:{s.pg_port}"
         return f"{base}/{TRACKING_DB}", s.auth_database_uri or f"{base}/{AUTH_DB}"
 
@@ -391,7 +411,12 @@ class TeamServer:
                 f"  point the project at it:\n"
                 f"    export MLFLOW_TRACKING_URI={self.tracking_uri}   # or MLFLOW_SERVER_URI=... with profile=server\n"
                 f"    export MLFLOW_TRACKING_USERNAME=<user> MLFLOW_TRACKING_PASSWORD=<password>\n"
-                f"  create team users and grants: docs/TEAM_SERVER.md. Ctrl-C stops the server.")
+                + (f"  sweep workers share Optuna studies in this PostgreSQL (it listens on loopback: from another\n"
+                   f"  machine, first `ssh -N -L {self.settings.pg_port}:127.0.0.1:{self.settings.pg_port} <this host>`):\n"
+                   f"    export PGPASSFILE={self.study_pgpass}   # a copy of it on each worker's machine\n"
+                   f"    ./run.sh sweep search=logreg hydra.sweeper.storage={self.study_storage} "
+                   f"hydra.sweeper.study_name=<name>\n" if self.study_storage else "")
+                + "  create team users and grants: docs/TEAM_SERVER.md. Ctrl-C stops the server.")
 
 
 # --------------------------------------------------------------------------- command line

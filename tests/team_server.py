@@ -90,6 +90,7 @@ class RunningTeamServer:
             HEART_DISEASE_DATA_URL=str(CLEVELAND),
             PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             PYTHONUNBUFFERED="1",
+            PGPASSFILE=str(self.server.study_pgpass),  # the Optuna studies' database (hydra.sweeper.storage)
         )
         return TeamStore(root, self.uri, EXPERIMENT, env, server=self)
 
