@@ -9,6 +9,7 @@ and 100-row bodies. Each HTTP client keeps one connection open. The model is tra
 first on the real Cleveland file in a temp store; servers run on 127.0.0.1.
 
     python scripts/benchmark_serving.py [--requests 400] [--output docs/BENCHMARKS.md]
+    python scripts/benchmark_serving.py --ways fastapi --workers 2   # one line quickly; no table written
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MARKER_START = "<!-- serving-benchmark:start -->"
 MARKER_END = "<!-- serving-benchmark:end -->"
+WAYS = ("in-process", "mlflow", "fastapi")
 
 
 def free_port() -> int:
@@ -120,7 +122,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=400, help="requests per configuration")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
+    parser.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS),
+                        help="measure only these (then the figures are printed, not written to --output)")
+    parser.add_argument("--workers", nargs="+", type=int, choices=(1, 2), default=[1, 2],
+                        help="server worker counts to measure (same rule for --output)")
     args = parser.parse_args()
+    complete = set(args.ways) == set(WAYS) and set(args.workers) == {1, 2}
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as root:
         bench = Bench(Path(root))  # a fresh store and the environment that points the steps at it
@@ -130,19 +137,21 @@ def main() -> None:
         model = mlflow.pyfunc.load_model("models:/heart-disease@champion")
 
         servers, ports = [], {}
-        for workers in (1, 2):
-            for name, command, health in (
-                ("mlflow models serve /invocations", [str(BIN / "mlflow"), "models", "serve", "-m",
+        for workers in args.workers:
+            for way, name, command, health in (
+                ("mlflow", "mlflow models serve /invocations", [str(BIN / "mlflow"), "models", "serve", "-m",
                  "models:/heart-disease@champion", "--env-manager", "local", "--host", "127.0.0.1"], "/ping"),
-                ("FastAPI /predict", [sys.executable, "-m", "serving"], "/health"),
+                ("fastapi", "FastAPI /predict", [sys.executable, "-m", "serving"], "/health"),
             ):
+                if way not in args.ways:
+                    continue
                 process, port = start([*command, "--workers", str(workers)], env, health)
                 servers.append(process)
                 ports[(name, workers)] = port
         try:
             results = []
             for rows in (1, 100):
-                ways = {("in-process pyfunc predict", 0): InProcess(model, rows)}
+                ways = {("in-process pyfunc predict", 0): InProcess(model, rows)} if "in-process" in args.ways else {}
                 for (name, workers), port in ports.items():
                     path = "/invocations" if "invocations" in name else "/predict"
                     body = ({"dataframe_records": [EXAMPLE] * rows} if path == "/invocations"
@@ -161,6 +170,9 @@ def main() -> None:
                 process.terminate()
                 process.wait(timeout=30)
 
+    if not complete:
+        print(f"only {args.ways} with {args.workers} worker(s) measured: {args.output} left as it is")
+        return
     section = render(results, args.requests)
     print(section)
     write_section(args.output, section)

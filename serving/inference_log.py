@@ -106,14 +106,17 @@ class InferenceLog:
         self._timer = threading.Thread(target=self._flush_when_old, daemon=True, name="inference-log")
         self._timer.start()
 
-    def record(self, features: pd.DataFrame, answers: Sequence[Mapping], identity: Mapping[str, Optional[str]]) -> None:
-        """Buffer one request: its feature rows (columns in `features` order), the answer
-        per row as the app returns it (a mapping with ANSWER_COLUMNS; other keys are
-        ignored) and who answered (IDENTITY_COLUMNS)."""
+    def record(self, features: pd.DataFrame | np.ndarray, answers: Sequence[Mapping],
+               identity: Mapping[str, Optional[str]]) -> None:
+        """Buffer one request: its feature rows (a DataFrame with the `features` columns, or
+        the float matrix the app builds, columns in `features` order), the answer per row
+        as the app returns it (a mapping with ANSWER_COLUMNS; other keys are ignored) and
+        who answered (IDENTITY_COLUMNS)."""
         now = time.time()
-        if list(features.columns) != self.features:  # the app builds them in this order already
-            features = features[self.features]
-        values = features.to_numpy(dtype="float64", na_value=np.nan)
+        if isinstance(features, pd.DataFrame):
+            values = features[self.features].to_numpy(dtype="float64", na_value=np.nan)
+        else:
+            values = np.array(features, dtype="float64")  # a copy: the buffer outlives the request
         stamps = np.full(len(values), int(now * 1_000_000), dtype="int64")
         with self._lock:
             self._buffer.append((stamps, values, answers, identity))

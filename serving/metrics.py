@@ -9,9 +9,9 @@ registry is used.
 from __future__ import annotations
 
 import os
-from typing import Optional
+import collections
+from typing import Iterable, Optional
 
-import pandas as pd
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import multiprocess
 
@@ -30,9 +30,10 @@ def observe_request(path: str, status: int, model_version: Optional[str], second
     LATENCY.labels(endpoint=endpoint).observe(seconds)
 
 
-def count_predictions(risk_levels: pd.Series, model_version: Optional[str]) -> None:
-    for level, count in risk_levels.value_counts().items():
-        PREDICTIONS.labels(risk_level=str(level), model_version=model_version or "none").inc(int(count))
+def count_predictions(risk_levels: Iterable[str], model_version: Optional[str]) -> None:
+    """One increment per risk level present (not per patient): the multiprocess files take a lock per write."""
+    for level, count in collections.Counter(risk_levels).items():
+        PREDICTIONS.labels(risk_level=str(level), model_version=model_version or "none").inc(count)
 
 
 def exposition() -> tuple[bytes, str]:
