@@ -49,6 +49,9 @@ def _serve_from_command_line() -> None:
     parser.add_argument("--log-inputs", default=defaults.log_inputs, metavar="DIR",
                         help="write every answered request (features and answers: PATIENT DATA) as Parquet "
                              "files in DIR, for `./run.sh monitor`; off by default")
+    parser.add_argument("--inline-rows", type=int, default=defaults.inline_rows,
+                        help="requests of at most this many patients are scored on the event loop (fast), "
+                             "larger ones in a thread (the worker keeps answering health checks)")
     parser.add_argument("--reload-dir", default=os.environ.get(webhooks.RELOAD_DIR_ENV),
                         help="folder the workers share for webhook reload signals (default: a new temp folder)")
     parser.add_argument("--workers", type=int, default=1,
@@ -58,7 +61,7 @@ def _serve_from_command_line() -> None:
     settings = Settings(profile=args.profile, model_name=args.model_name, alias=args.alias,
                         local_model_dir=args.model_dir, max_batch_rows=args.max_batch_rows,
                         poll_seconds=args.poll_seconds, fallback=args.fallback, retry_seconds=args.retry_seconds,
-                        log_inputs=args.log_inputs)
+                        log_inputs=args.log_inputs, inline_rows=args.inline_rows)
     try:
         settings.fallbacks()
     except ValueError as err:
