@@ -269,14 +269,23 @@ def test_reload_switches_to_a_new_champion_without_restart(api, trained):
     assert request(api.base + "/predict", PATIENT)[1]["model_version"] == "2"
 
 
+def new_version_of_the_champion(store) -> str:
+    """A further version of the champion's logged model, with its validation tags: the
+    registry's view of a new champion, without training one (the reload test trains one)."""
+    mlflow.set_tracking_uri(store.tracking_uri)  # where MLflow looks the champion's logged model up
+    champion = store.client.get_model_version_by_alias("heart-disease", "champion")
+    version = store.client.create_model_version("heart-disease", champion.source, run_id=champion.run_id,
+                                                tags=champion.tags)
+    return str(version.version)
+
+
 def test_workers_follow_the_alias_by_polling(trained, tmp_path):
     server = Server([sys.executable, "-m", "serving", "--workers", "2", "--poll-seconds", "1"], trained.env,
                     "/health", tmp_path, "polling")
     try:
         before = trained.client.get_model_version_by_alias("heart-disease", "champion").version
-        trained.steps("main", "model.C=0.5", "evaluate.cv_repeats=1")
-        newest = max(int(v.version) for v in trained.client.search_model_versions("name = 'heart-disease'"))
-        trained.client.set_registered_model_alias("heart-disease", "champion", str(newest))
+        newest = new_version_of_the_champion(trained)
+        trained.client.set_registered_model_alias("heart-disease", "champion", newest)
         assert str(newest) != str(before)
         deadline = time.time() + 30
         seen = set()
@@ -444,10 +453,7 @@ def test_a_signed_registry_webhook_reloads_every_worker(trained, tmp_path):
                     {**trained.env, SECRET_ENV: secret}, "/health", tmp_path, "webhooks")
     try:
         current = trained.client.get_model_version_by_alias("heart-disease", "champion")
-        mlflow.set_tracking_uri(trained.tracking_uri)
-        mlflow.set_registry_uri(trained.tracking_uri)
-        target = str(mlflow.register_model(current.source, "heart-disease",
-                                           tags={"validation.status": "VALIDATED"}).version)
+        target = new_version_of_the_champion(trained)
         trained.client.set_registered_model_alias("heart-disease", "champion", target)
         body = json.dumps({"entity": "model_version_alias", "action": "created", "timestamp": "2026-01-01T00:00:00Z",
                            "data": {"name": "heart-disease", "alias": "champion", "version": target}}).encode()
