@@ -191,6 +191,12 @@ def render(results, requests: int) -> str:
                      f"{s['rps']:.0f} | {s['errors']} |")
     lines.append("")
     lookup = {(rows, name, workers, clients): s for rows, name, workers, clients, s in results}
+    alone = lookup[(1, "in-process pyfunc predict", 0, 1)]["p50"]
+    app = lookup[(1, "FastAPI /predict", 2, 8)]
+    fast_enough = app["rps"] >= 1000 and app["p50"] < 5
+    lines += [f"- One patient in-process: p50 {alone:.2f} ms (target ≤ 0.5 ms: {'met' if alone <= 0.5 else 'NOT met'}).",
+              f"- The FastAPI app, 2 workers, 8 clients, one patient per request: {app['rps']:.0f} requests/s at p50 "
+              f"{app['p50']:.2f} ms (target ≥ 1,000 requests/s with p50 < 5 ms: {'met' if fast_enough else 'NOT met'})."]
     for rows in (1, 100):
         base = lookup[(rows, "in-process pyfunc predict", 0, 1)]["p50"]
         for name in ("mlflow models serve /invocations", "FastAPI /predict"):
