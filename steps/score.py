@@ -93,21 +93,71 @@ def split_rejects(frame: pd.DataFrame, book: Codebook, may_be_missing: set[str])
     return pd.DataFrame(columns, index=frame.index), reasons
 
 
-def score_frame(python_model, frame: pd.DataFrame, id_columns: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(scored rows: ids + the model's answer; rejected rows: ids + features + reason)."""
+def feature_numbers(batch, features: list[str]) -> Optional[pd.DataFrame]:
+    """The features as float64 columns (NaN where missing), cast by Arrow in one pass per
+    column, or None when some cell is text that is not a number: the caller then takes
+    split_rejects' text path, which names each such cell. A CSV arrives as text, so this
+    is what keeps scoring a clean CSV as fast as scoring Parquet."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns = {}
+    for name in features:
+        column = batch.column(name)
+        try:
+            numbers = pc.cast(column, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            if pc.any(pc.is_nan(numbers)).as_py():  # the text "nan": the text path says what it is
+                return None
+        columns[name] = numbers.to_numpy(zero_copy_only=False)  # nulls become NaN
+    return pd.DataFrame(columns)
+
+
+def answer_schema(id_fields: list) -> "pa.Schema":
+    """The output file's columns: the input's id columns, then the model's answer."""
+    import pyarrow as pa
+
+    from steps.model import IDENTITY_COLUMNS
+
+    return pa.schema([*id_fields, ("prediction", pa.int64()), ("probability", pa.float64()),
+                      ("confidence", pa.float64()), ("risk_level", pa.string()),
+                      *[(c, pa.string()) for c in IDENTITY_COLUMNS]])
+
+
+def answer_table(ids, answer, identity: dict, schema) -> "pa.Table":
+    """Output rows from the id columns (Arrow) and the model's Scores, without pandas."""
+    import pyarrow as pa
+
+    rows = len(answer.probability)
+    columns = [*ids.columns, pa.array(answer.prediction), pa.array(answer.probability),
+               pa.array(answer.confidence), pa.array(answer.band_names, pa.string()).take(answer.band),
+               *[pa.repeat(pa.scalar(identity[field.name], pa.string()), rows)
+                 for field in schema if field.name in identity]]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def score_batch(python_model, batch, id_columns: list[str], schema) -> tuple[Optional["pa.Table"], Optional[pd.DataFrame]]:
+    """(scored rows: ids + the model's answer, in `schema`; rejected rows: ids + features
+    + reason) of one Arrow record batch; None for none."""
+    import pyarrow as pa
+
     book = python_model.codebook
-    features, reasons = split_rejects(frame, book, python_model.imputable)
+    numbers = feature_numbers(batch, book.features)
+    features, reasons = split_rejects(batch.select(book.features).to_pandas() if numbers is None else numbers,
+                                      book, python_model.imputable)
     rejected = np.not_equal(reasons, None)
-    ids = frame[id_columns].reset_index(drop=True)
     good = ~rejected
+    scored = None
     if good.any():
-        answer = python_model.predict(None, features[good])
-        scored = pd.concat([ids[good].reset_index(drop=True), answer.reset_index(drop=True)], axis=1)
-    else:
-        scored = None
-    rejects = pd.concat([ids[rejected].reset_index(drop=True),
-                         features[rejected].reset_index(drop=True)], axis=1)
-    rejects[REJECT_REASON] = pd.Series(reasons[rejected], dtype="string")
+        answer = python_model.score_numbers(features.to_numpy()[good])
+        scored = answer_table(batch.select(id_columns).filter(pa.array(good)), answer, python_model.identity, schema)
+    rejects = None
+    if rejected.any():
+        rejects = pd.concat([batch.select(id_columns).filter(pa.array(rejected)).to_pandas(),
+                             features[rejected].reset_index(drop=True)], axis=1)
+        rejects[REJECT_REASON] = pd.Series(reasons[rejected], dtype="string")
     return scored, rejects
 
 
@@ -185,8 +235,8 @@ def _dataset(source: Input, book: Codebook, id_columns: list[str]):
     return dataset
 
 
-def read_batches(source: Input, book: Codebook, id_columns: list[str], batch_rows: int) -> Iterator[pd.DataFrame]:
-    """The input's id and feature columns, `batch_rows` rows at a time."""
+def read_batches(source: Input, book: Codebook, id_columns: list[str], batch_rows: int) -> Iterator["pa.RecordBatch"]:
+    """The input's id and feature columns as Arrow record batches of `batch_rows` rows at most."""
     dataset = _dataset(source, book, id_columns)
     wanted = list(dict.fromkeys([*id_columns, *[c for c in book.features if c in dataset.schema.names]]))
     absent = [c for c in book.features if c not in dataset.schema.names]
@@ -195,7 +245,7 @@ def read_batches(source: Input, book: Codebook, id_columns: list[str], batch_row
                             f"(found {dataset.schema.names})")
     for batch in dataset.to_batches(columns=wanted, batch_size=batch_rows):
         if batch.num_rows:
-            yield batch.to_pandas()
+            yield batch
 
 
 # --------------------------------------------------------------------------- output
@@ -211,18 +261,18 @@ class AtomicParquet:
         self.writer = None
         self.rows = 0
 
-    def write(self, frame: pd.DataFrame) -> None:
+    def write(self, rows: "pd.DataFrame | pa.Table") -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(rows, preserve_index=False)
         if self.writer is None:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self.writer = pq.ParquetWriter(str(self.partial), table.schema)
         self.writer.write_table(table.cast(self.writer.schema))
-        self.rows += len(frame)
+        self.rows += len(table)
 
-    def commit(self, empty: pd.DataFrame) -> None:
+    def commit(self, empty: "pd.DataFrame | pa.Table") -> None:
         if self.writer is None:
             self.write(empty)
         self.writer.close()
@@ -234,18 +284,13 @@ class AtomicParquet:
         self.partial.unlink(missing_ok=True)
 
 
-def empty_frames(python_model, id_columns: list[str], dataset_schema) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Zero-row output and rejects frames with the right columns, for inputs that yield none."""
+def empty_rejects(python_model, id_columns: list[str], dataset_schema) -> pd.DataFrame:
+    """A zero-row rejects frame with the right columns, for inputs that reject none."""
     ids = dataset_schema.empty_table().select(id_columns).to_pandas() if id_columns else pd.DataFrame()
-    from steps.model import OUTPUT_COLUMNS
-
-    scored = pd.concat([ids, pd.DataFrame({c: pd.Series(dtype="float64" if c in ("probability", "confidence")
-                                                        else "int64" if c == "prediction" else "string")
-                                           for c in OUTPUT_COLUMNS})], axis=1)
     features = pd.DataFrame({c: pd.Series(dtype="float64") for c in python_model.codebook.features})
     rejects = pd.concat([ids, features], axis=1)
     rejects[REJECT_REASON] = pd.Series(dtype="string")
-    return scored, rejects
+    return rejects
 
 
 def rejects_path(score: DictConfig) -> Path:
@@ -267,17 +312,17 @@ class Counts:
 def score_pandas(python_model, source: Input, score: DictConfig) -> Counts:
     ids = list(score.id_columns)
     output, rejects = AtomicParquet(Path(score.output).expanduser()), AtomicParquet(rejects_path(score))
+    input_schema = _dataset(source, python_model.codebook, ids).schema
+    schema = answer_schema([input_schema.field(c) for c in ids])
     try:
-        for frame in read_batches(source, python_model.codebook, ids, score.batch_rows):
-            scored, rejected = score_frame(python_model, frame, ids)
+        for batch in read_batches(source, python_model.codebook, ids, score.batch_rows):
+            scored, rejected = score_batch(python_model, batch, ids, schema)
             if scored is not None:
                 output.write(scored)
-            if len(rejected):
+            if rejected is not None:
                 rejects.write(rejected)
-        empty_scored, empty_rejects = empty_frames(python_model, ids, _dataset(source, python_model.codebook,
-                                                                               ids).schema)
-        output.commit(empty_scored)
-        rejects.commit(empty_rejects)
+        output.commit(schema.empty_table())
+        rejects.commit(empty_rejects(python_model, ids, input_schema))
     except BaseException:
         output.abandon()
         rejects.abandon()

@@ -119,6 +119,24 @@ def test_run_artifact_input_and_bad_input_leave_no_output(store, patients, tmp_p
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".never", "never"))]
 
 
+def test_csv_text_is_cast_by_arrow_and_a_word_rejects_only_its_row(store, patients, tmp_path):
+    """A clean CSV is cast to numbers by Arrow; a batch with a word in it takes the text
+    path, which rejects that row by name and scores every other row the same."""
+    as_text = patients.astype(object).where(patients.notna(), "")
+    as_text.to_csv(tmp_path / "clean.csv", index=False)
+    as_text.loc[10, "chol"] = "high"
+    as_text.to_csv(tmp_path / "word.csv", index=False)
+    out = {}
+    for name in ("clean", "word"):
+        result = score(store, f"score.input={tmp_path / name}.csv", f"score.output={tmp_path / name}.parquet",
+                       "score.id_columns=[patient_id]")
+        out[name] = pd.read_parquet(tmp_path / f"{name}.parquet").set_index("patient_id")
+        assert result["rows_rejected"] == len(BROKEN) + (name == "word")
+    reasons = pd.read_parquet(tmp_path / "word.rejects.parquet").set_index("patient_id")[REJECT_REASON]
+    assert reasons["P00010"].startswith("column 'chol': rule '") and reasons["P00010"].endswith(": not a number 'high'")
+    pd.testing.assert_frame_equal(out["word"], out["clean"].drop(index="P00010"))
+
+
 @pytest.mark.e2e
 def test_spark_engine_gives_the_same_answer_for_every_row(store, patients, tmp_path):
     pytest.importorskip("pyspark", reason="pyspark is installed by requirements-test.txt")
