@@ -89,41 +89,59 @@ def main() -> None:
         # Features only: the model refuses fields it does not know, and `mlflow models predict`
         # cannot leave an id column aside as score does.
         write_patients(small, args.compare_rows, with_ids=False)
-        score = [sys.executable, "-m", "steps.score", "score.id_columns=[patient_id]"]
+        write_patients(one := root / "one.csv", 1, with_ids=False)
+        score = [sys.executable, "-m", "steps.score"]
+        commands = {  # name: (input, output) -> command line
+            "score, pandas engine": lambda given, out: [*score, f"score.input={given}", f"score.output={out}.parquet"],
+            "mlflow models predict": lambda given, out: [
+                str(BIN / "mlflow"), "models", "predict", "-m", "models:/heart-disease@champion", "-t", "csv",
+                "--env-manager", "local", "-i", str(given), "-o", f"{out}.json"],
+        }
         lines = []
 
         load_before = uptime()
-        wall, peak = measured([*score, f"score.input={big}", f"score.output={root / 'big.parquet'}"], bench.env)
+        wall, peak = measured([*score, "score.id_columns=[patient_id]", f"score.input={big}",
+                               f"score.output={root / 'big.parquet'}"], bench.env)
         lines.append(("score, pandas engine", "Parquet", args.rows, wall, peak))
-        wall, peak = measured([sys.executable, "-m", "steps.score", f"score.input={small}", f"score.output={root / 'small.parquet'}"], bench.env)
-        lines.append(("score, pandas engine", "CSV", args.compare_rows, wall, peak))
-        score_wall = wall
-        wall, peak = measured([str(BIN / "mlflow"), "models", "predict", "-m", "models:/heart-disease@champion",
-                               "-i", str(small), "-t", "csv", "-o", str(root / "predict.json"),
-                               "--env-manager", "local"], bench.env)
-        lines.append(("mlflow models predict", "CSV", args.compare_rows, wall, peak))
+        # Each command on the same CSV, then on a one-row CSV (the median of three): what it
+        # costs to start, load the model and finish, whatever the input's size.
+        walls = {}
+        for name, command in commands.items():
+            for given, rows, repeats in ((small, args.compare_rows, 1), (one, 1, 3)):
+                runs = sorted(measured(command(given, root / f"{given.stem}-{name[:5]}-{i}"), bench.env)
+                              for i in range(repeats))
+                wall, peak = runs[len(runs) // 2]
+                lines.append((name, "CSV", rows, wall, peak))
+                walls[name, rows] = wall
         load_after = uptime()
-        predict_wall = wall
 
-    section = render(lines, args, load_before, load_after, predict_wall / score_wall)
+    section = render(lines, args, load_before, load_after, walls)
     print(section)
     write_section(args.output, section)
 
 
-def render(lines, args, load_before: str, load_after: str, speedup: float) -> str:
+def render(lines, args, load_before: str, load_after: str, walls: dict) -> str:
     out = [MARKER_START, "## Batch scoring", "",
            f"`python scripts/benchmark_score.py --rows {args.rows} --compare-rows {args.compare_rows}`: the champion "
-           "trained on the Cleveland file, synthetic patients (steps/synthetic.py) with a patient_id. Wall time "
-           "includes start-up and model loading; peak RSS is the command's largest process.", "",
+           "trained on the Cleveland file, synthetic patients (steps/synthetic.py); the Parquet file has a "
+           "patient_id, the CSV files the 13 features only. Wall time includes start-up and model loading; peak "
+           "RSS is the command's largest process. The one-row lines are what each command costs whatever the "
+           "input's size (interpreter, imports, store, model).", "",
            f"Machine: {machine()}. Shared with other agents: load before `{load_before}`, after `{load_after}`.", "",
            "| command | input | rows | wall s | rows/s | peak RSS MB |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     for name, fmt, rows, wall, peak in lines:
         out.append(f"| {name} | {fmt} | {rows:,} | {wall:.1f} | {rows / wall:,.0f} | {peak:,.0f} |")
     big_peak = lines[0][4]
+    score, predict = "score, pandas engine", "mlflow models predict"
+    on_wall = walls[predict, args.compare_rows] / walls[score, args.compare_rows]
+    past_start = ((walls[predict, args.compare_rows] - walls[predict, 1])
+                  / max(walls[score, args.compare_rows] - walls[score, 1], 1e-9))
     out += ["", f"- {args.rows:,} rows at {big_peak:,.0f} MB peak RSS (target ≤ 1,536 MB: "
                 f"{'met' if big_peak <= 1536 else 'NOT met'}).",
-            f"- Same {args.compare_rows:,}-row CSV: score {speedup:.1f}× faster than `mlflow models predict` "
-            f"(target ≥ 10×: {'met' if speedup >= 10 else 'NOT met'}).", MARKER_END]
+            f"- Same {args.compare_rows:,}-row CSV, wall time: score {on_wall:.1f}× faster than `mlflow models predict` "
+            f"(target ≥ 10×: {'met' if on_wall >= 10 else 'NOT met'}).",
+            f"- The same, past start-up (wall on {args.compare_rows:,} rows minus wall on one row, for each "
+            f"command): {past_start:.1f}×.", MARKER_END]
     return "\n".join(out)
 
 
