@@ -5,6 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import QUICK_EVALUATE
+
 pytestmark = pytest.mark.e2e
 
 
@@ -14,9 +16,9 @@ def metrics_of(store, step):
 
 
 def test_same_config_and_data_give_identical_metrics(store):
-    store.steps("main")
+    store.steps("main", QUICK_EVALUATE)
     first = {step: metrics_of(store, step) for step in ("ingest", "split", "train", "evaluate")}
-    store.steps("main", "force=[all]")
+    store.steps("main", QUICK_EVALUATE, "force=[all]")
     second = {step: metrics_of(store, step) for step in ("ingest", "split", "train", "evaluate")}
     assert len(store.runs("evaluate")) == 2
     assert first == second  # exact equality, every metric
@@ -30,7 +32,7 @@ def test_no_test_row_is_seen_by_any_fitted_statistic(store, tmp_path):
     lines = CLEVELAND.read_text().splitlines()
     noisy = tmp_path / "with_duplicates.data"
     noisy.write_text("\n".join(lines + lines[:60]) + "\n")
-    store.steps("main", "data=file", f"data.path={noisy}")
+    store.steps("main", QUICK_EVALUATE, "data=file", f"data.path={noisy}")
 
     split = store.runs("split")[0]
     assert split.data.metrics["duplicates_dropped"] == 60

@@ -14,12 +14,11 @@ import pytest
 from steps import names
 from steps.faults import all_points
 from steps.pipeline import STEPS
-from tests.conftest import REPO, make_store
+from tests.conftest import QUICK_EVALUATE, REPO, make_store
 
 pytestmark = pytest.mark.e2e
 
 # Keeps each `main` short: the guarantees do not depend on how long evaluate's CV runs.
-QUICK = "evaluate.cv_repeats=2"
 
 
 def complete(run) -> bool:
@@ -56,7 +55,7 @@ def assert_healthy(store):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     store = make_store(tmp_path_factory.mktemp("faults"))
-    store.steps("main", QUICK)
+    store.steps("main", QUICK_EVALUATE)
     return store
 
 
@@ -73,11 +72,11 @@ def test_every_named_fault_point_exists_in_the_code():
     "eda.outputs_written",  # the side branch, in its thread
 ])
 def test_sigkill_at_a_named_point_then_a_plain_main_recovers(store, point):
-    killed = store.steps("main", QUICK, "force=[all]", check=False, extra_env={names.FAULT_ENV: point})
+    killed = store.steps("main", QUICK_EVALUATE, "force=[all]", check=False, extra_env={names.FAULT_ENV: point})
     assert killed.returncode == -9, killed.stderr[-2000:]
     versions_before = len(store.client.search_model_versions("name = 'heart-disease'"))
 
-    again = store.steps("main", QUICK, check=False)
+    again = store.steps("main", QUICK_EVALUATE, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "marked run" in again.stderr and "KILLED" in again.stderr  # the dead process's runs
     assert_healthy(store)
@@ -92,7 +91,7 @@ def test_sigkill_at_a_named_point_then_a_plain_main_recovers(store, point):
     ("transform.outputs_written", "INT", 130),
 ])
 def test_sigterm_and_sigint_end_the_runs_killed_with_the_signal_named(store, point, signal_name, exit_code):
-    stopped = store.steps("main", QUICK, "force=[all]", check=False,
+    stopped = store.steps("main", QUICK_EVALUATE, "force=[all]", check=False,
                           extra_env={names.FAULT_ENV: f"{point}:{signal_name}"})
     assert stopped.returncode == exit_code, stopped.stderr[-2000:]
     assert "Traceback" not in stopped.stderr
@@ -104,7 +103,7 @@ def test_sigterm_and_sigint_end_the_runs_killed_with_the_signal_named(store, poi
     assert step_run.info.status == "KILLED" and step_run.data.tags[names.ERROR] == f"stopped by SIG{signal_name}"
     assert not complete(step_run)
 
-    store.steps("main", QUICK)
+    store.steps("main", QUICK_EVALUATE)
     assert_healthy(store)
 
 
@@ -118,14 +117,14 @@ def test_a_truncated_or_deleted_artifact_is_never_reused(store):
     # Every test here leaves the store's latest main healthy: its runs are the ones to damage.
     split_run, train_file = _artifact_file(store, "split", "data/train.parquet")
     train_file.write_bytes(train_file.read_bytes()[:100])
-    result = store.steps("main", QUICK)
+    result = store.steps("main", QUICK_EVALUATE)
     assert f"not reusing run {split_run}: its artifact data/train.parquet has 100 bytes" in result.stderr
     assert latest_main(store).data.tags["pipeline.split.status"] == "ran"
     assert store.client.get_run(split_run).data.tags[names.COMPLETE].startswith("damaged:")
 
     transform_run, transformer = _artifact_file(store, "transform", names.TRANSFORMER)
     transformer.unlink()
-    result = store.steps("main", QUICK)
+    result = store.steps("main", QUICK_EVALUATE)
     assert f"not reusing run {transform_run}: its artifact {names.TRANSFORMER} is missing" in result.stderr
     main = latest_main(store)
     assert main.data.tags["pipeline.split.status"] == "reused" and main.data.tags["pipeline.transform.status"] == "ran"
@@ -138,13 +137,13 @@ def test_a_changed_artifact_of_the_same_size_is_a_clear_error_then_rebuilt(store
     data[len(data) // 2] ^= 0xFF  # same size, other content
     val_file.write_bytes(bytes(data))
 
-    failed = store.steps("main", QUICK, "force=[train]", check=False)
+    failed = store.steps("main", QUICK_EVALUATE, "force=[train]", check=False)
     assert failed.returncode == 1
     assert "Traceback" not in failed.stderr
     assert f"split run {split_run}: artifact data/val.parquet does not match its recorded sha256" in failed.stderr
     assert "run the command again to rebuild split" in failed.stderr
 
-    store.steps("main", QUICK)
+    store.steps("main", QUICK_EVALUATE)
     assert latest_main(store).data.tags["pipeline.split.status"] == "ran"
     assert_healthy(store)
 
@@ -165,7 +164,7 @@ def test_a_bad_override_exits_2_with_one_line_and_creates_no_run(tmp_path, overr
 
 def test_two_identical_mains_at_once_train_and_register_once(tmp_path):
     store = make_store(tmp_path / "store")
-    command = [sys.executable, "-m", "steps.main", QUICK]
+    command = [sys.executable, "-m", "steps.main", QUICK_EVALUATE]
     both = [subprocess.Popen(command, cwd=REPO, env=store.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True) for _ in range(2)]
     outputs = [process.communicate(timeout=600) for process in both]
@@ -194,7 +193,7 @@ def test_eight_processes_starting_on_a_missing_sqlite_store_all_succeed(tmp_path
 def test_two_mains_with_different_configs_at_once_leave_the_best_model_champion(store):
     """Each register decides against the champion it sees; the store lock makes those
     decisions one after the other, so the champion ends up the best of all versions."""
-    both = [subprocess.Popen([sys.executable, "-m", "steps.main", QUICK, f"model.C={c}"], cwd=REPO, env=store.env,
+    both = [subprocess.Popen([sys.executable, "-m", "steps.main", QUICK_EVALUATE, f"model.C={c}"], cwd=REPO, env=store.env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in (0.02, 3.0)]
     outputs = [process.communicate(timeout=600) for process in both]
     assert [process.returncode for process in both] == [0, 0], outputs

@@ -20,7 +20,7 @@ from steps.score import REJECT_REASON, run_score
 from steps.score_config import register_score_config
 from steps.store import connect
 from steps.synthetic import generate
-from tests.conftest import REPO, make_store
+from tests.conftest import QUICK_EVALUATE, REPO, make_store
 
 ROWS = 3000
 ANSWER = ["prediction", "probability", "confidence", "risk_level", "model_name", "model_version", "run_id", "model_id"]
@@ -32,7 +32,7 @@ BROKEN = [(3, "cp", 0, "unknown code 0"), (4, "chol", 5000, "impossible value 50
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     store = make_store(tmp_path_factory.mktemp("score") / "store")
-    store.steps("main")
+    store.steps("main", QUICK_EVALUATE)
     with pytest.MonkeyPatch.context() as patch:
         for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
             patch.setenv(key, store.env[key])

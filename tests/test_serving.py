@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import BIN, REPO, make_store
+from tests.conftest import BIN, QUICK_EVALUATE, REPO, make_store
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +77,7 @@ class Server:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     store = make_store(tmp_path_factory.mktemp("serving"))
-    store.steps("main")
+    store.steps("main", QUICK_EVALUATE)
     return store
 
 

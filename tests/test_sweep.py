@@ -10,16 +10,17 @@ import time
 import optuna
 import pytest
 
-from tests.conftest import REPO, make_store
+from tests.conftest import QUICK_EVALUATE, REPO, make_store
 
 pytestmark = pytest.mark.e2e
 
 
 def test_sweep_runs_trials_under_one_parent_on_cached_upstream(store):
-    store.steps("main")  # upstream steps are cached now
+    store.steps("main", QUICK_EVALUATE)  # upstream steps are cached now
     upstream_before = {s: len(store.runs(s)) for s in ("ingest", "split", "transform")}
 
-    result = store.mlflow_run("sweep", "model.C=0.03,0.1,0.3 'evaluate.criteria=[\"cv_roc_auc_mean >= 0.5\"]'")
+    result = store.mlflow_run("sweep", f"model.C=0.03,0.1,0.3 {QUICK_EVALUATE} "
+                                       "'evaluate.criteria=[\"cv_roc_auc_mean >= 0.5\"]'")
     assert "3 of 3 trial(s) finished, 3 model(s) ranked" in result.stdout
 
     assert {s: len(store.runs(s)) for s in ("ingest", "split", "transform")} == upstream_before

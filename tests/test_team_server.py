@@ -15,7 +15,7 @@ import pytest
 import requests
 from mlflow.exceptions import MlflowException
 
-from tests.conftest import BIN
+from tests.conftest import BIN, QUICK_EVALUATE
 from tests.team_server import MODEL_NAME, team_server  # noqa: F401  (module-scoped fixture)
 from tests.test_serving import PATIENT, Server, request
 
@@ -30,7 +30,7 @@ def editor_store(team_server, tmp_path_factory):  # noqa: F811
     """`main`, then an Optuna sweep whose study lives in the server's PostgreSQL (as workers
     on several machines would share it), both through `mlflow run`, run by the EDIT user."""
     store = team_server.store(team_server.editor, tmp_path_factory.mktemp("editor"))
-    store.mlflow_run("main")
+    store.mlflow_run("main", QUICK_EVALUATE)
     result = store.mlflow_run("sweep", f"search=logreg hydra.sweeper.n_trials=2 evaluate.cv_repeats=1 "
                                        f"hydra.sweeper.storage={team_server.server.study_storage} "
                                        f"hydra.sweeper.study_name={STUDY}")
@@ -82,7 +82,7 @@ def test_profile_server_reaches_the_same_store_without_mlflow_run(editor_store, 
     env = {key: value for key, value in editor_store.env.items() if key != "MLFLOW_TRACKING_URI"}
     env["MLFLOW_SERVER_URI"] = team_server.uri
     trains_before = len(editor_store.runs("train"))
-    result = replace(editor_store, env=env).steps("main", "profile=server")
+    result = replace(editor_store, env=env).steps("main", QUICK_EVALUATE, "profile=server")
     assert sum(": reused run " in line for line in result.stdout.splitlines()) == 7, result.stdout
     assert len(editor_store.runs("train")) == trains_before
 
