@@ -51,15 +51,20 @@ def start(command: list[str], env: dict, health: str) -> tuple[subprocess.Popen,
     port = free_port()
     process = subprocess.Popen([*command, "--port", str(port)], env=env, cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 90
-    while time.time() < deadline:
+    # Ready when 20 health checks in a row, each on a new connection, pass: every worker
+    # loads its own model, and one ready worker does not make the server ready.
+    deadline, in_a_row = time.time() + 180, 0
+    while time.time() < deadline and in_a_row < 20:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}{health}", timeout=2)
-            return process, port
+            in_a_row += 1
         except OSError:
+            in_a_row = 0
             time.sleep(0.3)
-    process.kill()
-    raise SystemExit(f"{command} did not start")
+    if in_a_row < 20:
+        process.kill()
+        raise SystemExit(f"{command} did not start")
+    return process, port
 
 
 def run_clients(call, clients: int, per_client: int) -> dict[str, float]:
