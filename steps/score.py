@@ -126,21 +126,10 @@ def answer_schema(id_fields: list) -> "pa.Schema":
                       *[(c, pa.string()) for c in IDENTITY_COLUMNS]])
 
 
-def answer_table(ids, answer, identity: dict, schema) -> "pa.Table":
-    """Output rows from the id columns (Arrow) and the model's Scores, without pandas."""
-    import pyarrow as pa
-
-    rows = len(answer.probability)
-    columns = [*ids.columns, pa.array(answer.prediction), pa.array(answer.probability),
-               pa.array(answer.confidence), pa.array(answer.band_names, pa.string()).take(answer.band),
-               *[pa.repeat(pa.scalar(identity[field.name], pa.string()), rows)
-                 for field in schema if field.name in identity]]
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def score_batch(python_model, batch, id_columns: list[str], schema) -> tuple[Optional["pa.Table"], Optional[pd.DataFrame]]:
-    """(scored rows: ids + the model's answer, in `schema`; rejected rows: ids + features
-    + reason) of one Arrow record batch; None for none."""
+def score_batch(python_model, batch, id_columns: list[str]) -> tuple[Optional["pa.Table"], Optional[pd.DataFrame]]:
+    """(scored rows: ids + the model's answer; rejected rows: ids + features + reason) of
+    one Arrow record batch; None for none. The answer is the model's own predict (every
+    registered version has it, whichever code it was logged with): one call per batch."""
     import pyarrow as pa
 
     book = python_model.codebook
@@ -151,8 +140,10 @@ def score_batch(python_model, batch, id_columns: list[str], schema) -> tuple[Opt
     good = ~rejected
     scored = None
     if good.any():
-        answer = python_model.score_numbers(features.to_numpy()[good])
-        scored = answer_table(batch.select(id_columns).filter(pa.array(good)), answer, python_model.identity, schema)
+        answer = pa.Table.from_pandas(python_model.predict(None, features[good].reset_index(drop=True)),
+                                      preserve_index=False)
+        ids = batch.select(id_columns).filter(pa.array(good))
+        scored = pa.Table.from_arrays([*ids.columns, *answer.columns], names=[*id_columns, *answer.column_names])
     rejects = None
     if rejected.any():
         rejects = pd.concat([batch.select(id_columns).filter(pa.array(rejected)).to_pandas(),
@@ -313,15 +304,14 @@ def score_pandas(python_model, source: Input, score: DictConfig) -> Counts:
     ids = list(score.id_columns)
     output, rejects = AtomicParquet(Path(score.output).expanduser()), AtomicParquet(rejects_path(score))
     input_schema = _dataset(source, python_model.codebook, ids).schema
-    schema = answer_schema([input_schema.field(c) for c in ids])
     try:
         for batch in read_batches(source, python_model.codebook, ids, score.batch_rows):
-            scored, rejected = score_batch(python_model, batch, ids, schema)
+            scored, rejected = score_batch(python_model, batch, ids)
             if scored is not None:
                 output.write(scored)
             if rejected is not None:
                 rejects.write(rejected)
-        output.commit(schema.empty_table())
+        output.commit(answer_schema([input_schema.field(c) for c in ids]).empty_table())
         rejects.commit(empty_rejects(python_model, ids, input_schema))
     except BaseException:
         output.abandon()
