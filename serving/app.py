@@ -371,9 +371,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             order = model_order(tuple(model.codebook.features)) if hasattr(model, "score_numbers") else None
             if order is not None:
                 scores = model.score_numbers(features[:, order])
-                return scores.risk_level, [
+                levels = scores.risk_level
+                return levels, [
                     {"prediction": int(p), "probability": float(q), "confidence": float(c), "risk_level": str(r)}
-                    for p, q, c, r in zip(scores.prediction, scores.probability, scores.confidence, scores.risk_level)]
+                    for p, q, c, r in zip(scores.prediction, scores.probability, scores.confidence, levels)]
             # A model logged before score_numbers existed, or with other features than the
             # schema (its predict names them in a 400), answers through its predict.
             answers = model.predict(None, pd.DataFrame(features, columns=feature_names))
