@@ -5,7 +5,8 @@ Cleveland file:
   - `python -m steps.score` (pandas engine) on --rows synthetic patients (default 5M,
     Parquet): wall time, rows/s and the process's peak RSS (target <= 1.5 GB);
   - side by side on the same --compare-rows file (default 1M, CSV): `python -m steps.score`
-    against `mlflow models predict -t csv` (target: score at least 10x faster).
+    against `mlflow models predict -t csv` (target: score at least 10x faster), and both
+    on a one-row CSV (median of three): their fixed start-up cost, and the speed-up past it.
 Peak RSS is the largest resident set of the command's process tree (getrusage of a
 fresh wrapper per command). Other agents share the 2 CPUs: `uptime` is recorded.
 
@@ -79,6 +80,8 @@ def main() -> None:
     parser.add_argument("--compare-rows", type=int, default=1_000_000)
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     args = parser.parse_args()
+    if args.compare_rows < 2:
+        parser.error("--compare-rows: at least 2 (the one-row runs are the baseline)")
 
     with tempfile.TemporaryDirectory(prefix="bench-score-") as root:
         root = Path(root)
@@ -130,7 +133,8 @@ def render(lines, args, load_before: str, load_after: str, walls: dict) -> str:
            f"Machine: {machine()}. Shared with other agents: load before `{load_before}`, after `{load_after}`.", "",
            "| command | input | rows | wall s | rows/s | peak RSS MB |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     for name, fmt, rows, wall, peak in lines:
-        out.append(f"| {name} | {fmt} | {rows:,} | {wall:.1f} | {rows / wall:,.0f} | {peak:,.0f} |")
+        out.append(f"| {name} | {fmt} | {rows:,} | {wall:.1f} | {f'{rows / wall:,.0f}' if rows > 1 else '–'} | "
+                   f"{peak:,.0f} |")
     big_peak = lines[0][4]
     score, predict = "score, pandas engine", "mlflow models predict"
     on_wall = walls[predict, args.compare_rows] / walls[score, args.compare_rows]

@@ -51,8 +51,9 @@ def start(command: list[str], env: dict, health: str) -> tuple[subprocess.Popen,
     port = free_port()
     process = subprocess.Popen([*command, "--port", str(port)], env=env, cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Ready when 20 health checks in a row, each on a new connection, pass: every worker
-    # loads its own model, and one ready worker does not make the server ready.
+    # Ready when 20 health checks in a row, each on a new connection, pass: each worker of
+    # the app loads its own model and answers 503 until then, so one ready worker does not
+    # make the server ready. (MLflow's workers accept no connection before their model.)
     deadline, in_a_row = time.time() + 180, 0
     while time.time() < deadline and in_a_row < 20:
         try:

@@ -108,9 +108,10 @@ def feature_numbers(batch, features: list[str]) -> Optional[pd.DataFrame]:
             numbers = pc.cast(column, pa.float64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            if pc.any(pc.is_nan(numbers)).as_py():  # the text "nan": the text path says what it is
-                return None
+        # Only floats may hold NaN; from any other type (text, dictionary-encoded text) it
+        # was a word such as "nan", which the text path rejects as not a number.
+        if not pa.types.is_floating(column.type) and pc.any(pc.is_nan(numbers)).as_py():
+            return None
         columns[name] = numbers.to_numpy(zero_copy_only=False)  # nulls become NaN
     return pd.DataFrame(columns)
 
@@ -137,6 +138,11 @@ def score_batch(python_model, batch, id_columns: list[str]) -> tuple[Optional["p
     features, reasons = split_rejects(batch.select(book.features).to_pandas() if numbers is None else numbers,
                                       book, python_model.imputable)
     rejected = np.not_equal(reasons, None)
+    if numbers is not None and rejected.any():
+        # Same rows, same rules; the reasons quote each cell as the input wrote it ('0' from
+        # a CSV), whichever path the batch took and as the Spark engine does.
+        _, reasons[rejected] = split_rejects(batch.filter(pa.array(rejected)).select(book.features).to_pandas(),
+                                             book, python_model.imputable)
     good = ~rejected
     scored = None
     if good.any():
@@ -246,9 +252,10 @@ class AtomicParquet:
     """A Parquet file written batch by batch under a temporary name beside its target and
     renamed into place only by `commit`: a crash leaves no file that looks finished."""
 
-    def __init__(self, target: Path):
+    def __init__(self, target: Path, schema: Optional["pa.Schema"] = None):
         self.target = target
         self.partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        self.schema = schema  # None: the first batch's
         self.writer = None
         self.rows = 0
 
@@ -259,7 +266,7 @@ class AtomicParquet:
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(rows, preserve_index=False)
         if self.writer is None:
             self.target.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = pq.ParquetWriter(str(self.partial), table.schema)
+            self.writer = pq.ParquetWriter(str(self.partial), self.schema or table.schema)
         self.writer.write_table(table.cast(self.writer.schema))
         self.rows += len(table)
 
@@ -302,8 +309,9 @@ class Counts:
 
 def score_pandas(python_model, source: Input, score: DictConfig) -> Counts:
     ids = list(score.id_columns)
-    output, rejects = AtomicParquet(Path(score.output).expanduser()), AtomicParquet(rejects_path(score))
     input_schema = _dataset(source, python_model.codebook, ids).schema
+    schema = answer_schema([input_schema.field(c) for c in ids])
+    output, rejects = AtomicParquet(Path(score.output).expanduser(), schema), AtomicParquet(rejects_path(score))
     try:
         for batch in read_batches(source, python_model.codebook, ids, score.batch_rows):
             scored, rejected = score_batch(python_model, batch, ids)
@@ -311,7 +319,7 @@ def score_pandas(python_model, source: Input, score: DictConfig) -> Counts:
                 output.write(scored)
             if rejected is not None:
                 rejects.write(rejected)
-        output.commit(answer_schema([input_schema.field(c) for c in ids]).empty_table())
+        output.commit(schema.empty_table())
         rejects.commit(empty_rejects(python_model, ids, input_schema))
     except BaseException:
         output.abandon()

@@ -18,8 +18,6 @@ from tests.conftest import QUICK_EVALUATE, REPO, make_store
 
 pytestmark = pytest.mark.e2e
 
-# Keeps each `main` short: the guarantees do not depend on how long evaluate's CV runs.
-
 
 def complete(run) -> bool:
     return run.data.tags.get(names.COMPLETE) == names.COMPLETE_MARK and run.info.status == "FINISHED"

@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from steps.errors import PipelineError
-from steps.score import REJECT_REASON, run_score
+from steps.score import REJECT_REASON, Input, feature_numbers, read_batches, run_score
 from steps.score_config import register_score_config
 from steps.store import connect
 from steps.synthetic import generate
@@ -132,9 +132,35 @@ def test_csv_text_is_cast_by_arrow_and_a_word_rejects_only_its_row(store, patien
                        "score.id_columns=[patient_id]")
         out[name] = pd.read_parquet(tmp_path / f"{name}.parquet").set_index("patient_id")
         assert result["rows_rejected"] == len(BROKEN) + (name == "word")
-    reasons = pd.read_parquet(tmp_path / "word.rejects.parquet").set_index("patient_id")[REJECT_REASON]
-    assert reasons["P00010"].startswith("column 'chol': rule '") and reasons["P00010"].endswith(": not a number 'high'")
+    reasons = {name: pd.read_parquet(tmp_path / f"{name}.rejects.parquet").set_index("patient_id")[REJECT_REASON]
+               for name in ("clean", "word")}
+    said = reasons["word"]["P00010"]
+    assert said.startswith("column 'chol': rule '") and said.endswith(": not a number 'high'")
     pd.testing.assert_frame_equal(out["word"], out["clean"].drop(index="P00010"))
+    # Each path quotes a rejected cell as the CSV wrote it.
+    pd.testing.assert_series_equal(reasons["word"].drop(index="P00010"), reasons["clean"])
+    assert "unknown code '0" in reasons["clean"]["P00003"]
+    # ... and the clean file did take Arrow's cast, the other the text path.
+    book = mlflow.pyfunc.load_model(result["model_uri"]).unwrap_python_model().codebook
+    for name, cast in (("clean", True), ("word", False)):
+        source = Input(tmp_path / f"{name}.csv", "csv", name)
+        batch = next(read_batches(source, book, ["patient_id"], ROWS))
+        assert (feature_numbers(batch, book.features) is not None) == cast
+
+
+def test_arrow_cast_leaves_words_to_the_text_path():
+    """Cells Arrow would read as NaN or cannot read are left to the text path, which names
+    them; numbers, nulls and floats' own NaN are cast."""
+    import pyarrow as pa
+
+    def cast(column) -> bool:
+        return feature_numbers(pa.record_batch({"age": column}), ["age"]) is not None
+
+    assert cast(pa.array(["54", None, "1e2", "inf"])) and cast(pa.array([54.0, float("nan"), None]))
+    assert cast(pa.array([54, None])) and cast(pa.array([True, None]))
+    for words in (pa.array(["54", "nan"]), pa.array(["54", "nan"]).dictionary_encode(),
+                  pa.array(["54", "old"], pa.large_string()), pa.array([" 54"]), pa.array([""])):
+        assert not cast(words), words
 
 
 @pytest.mark.e2e
