@@ -32,7 +32,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -59,7 +59,9 @@ def split_rejects(frame: pd.DataFrame, book: Codebook, may_be_missing: set[str])
         raise PipelineError(f"input has no column {absent}: the model needs {book.features} "
                             f"(found {list(map(str, frame.columns))})")
     columns: dict[str, np.ndarray] = {}
-    broken: list[tuple[np.ndarray, str, pd.Series]] = []  # (rows, what is wrong, raw values)
+    # (rows, what is wrong, the cells to quote: the text as written for a word, the number
+    # read for a bad code or value, so text and numeric inputs give the same reasons)
+    broken: list[tuple[np.ndarray, str, Optional[Sequence]]] = []
     for name in book.features:
         raw = frame[name]
         rule = book.columns[name]
@@ -73,22 +75,22 @@ def split_rejects(frame: pd.DataFrame, book: Codebook, may_be_missing: set[str])
         missing = np.isnan(values) & ~text
         columns[name] = values
         described = f"column '{name}': rule '{rule.describe()}'"
-        broken.append((text, f"{described}: not a number", raw))
+        broken.append((text, f"{described}: not a number", raw.array))
         if name not in may_be_missing:
             broken.append((missing, f"column '{name}': rule 'value required': missing; only "
-                                    f"{sorted(may_be_missing)} may be missing", raw))
+                                    f"{sorted(may_be_missing)} may be missing", None))
         present = ~np.isnan(values)
         if rule.codes is not None:
-            broken.append((present & ~np.isin(values, rule.codes), f"{described}: unknown code", raw))
+            broken.append((present & ~np.isin(values, rule.codes), f"{described}: unknown code", values))
         else:
             broken.append((present & ((values < rule.min) | (values > rule.max)), f"{described}: impossible value",
-                           raw))
+                           values))
     reasons = np.full(len(frame), None, dtype=object)
-    for rows, message, raw in broken:
+    for rows, message, cells in broken:
         for position in np.flatnonzero(rows):
-            value = raw.iloc[position]
-            said = message if pd.isna(value) else f"{message} {value!r}" if isinstance(value, str) \
-                else f"{message} {float(value):g}"
+            cell = None if cells is None else cells[position]
+            said = message if cell is None else f"{message} {cell!r}" if isinstance(cell, str) \
+                else f"{message} {float(cell):g}"
             reasons[position] = said if reasons[position] is None else f"{reasons[position]}; {said}"
     return pd.DataFrame(columns, index=frame.index), reasons
 
@@ -138,11 +140,6 @@ def score_batch(python_model, batch, id_columns: list[str]) -> tuple[Optional["p
     features, reasons = split_rejects(batch.select(book.features).to_pandas() if numbers is None else numbers,
                                       book, python_model.imputable)
     rejected = np.not_equal(reasons, None)
-    if numbers is not None and rejected.any():
-        # Same rows, same rules; the reasons quote each cell as the input wrote it ('0' from
-        # a CSV), whichever path the batch took and as the Spark engine does.
-        _, reasons[rejected] = split_rejects(batch.filter(pa.array(rejected)).select(book.features).to_pandas(),
-                                             book, python_model.imputable)
     good = ~rejected
     scored = None
     if good.any():
@@ -208,7 +205,7 @@ def _format_of(path: Path, wanted: str, location: str) -> str:
                         f"{sorted(suffixes) or '(no files)'}; set score.input_format=parquet or csv")
 
 
-def _dataset(source: Input, book: Codebook, id_columns: list[str]):
+def input_dataset(source: Input, book: Codebook, id_columns: list[str]):
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.dataset as ds
@@ -232,9 +229,10 @@ def _dataset(source: Input, book: Codebook, id_columns: list[str]):
     return dataset
 
 
-def read_batches(source: Input, book: Codebook, id_columns: list[str], batch_rows: int) -> Iterator["pa.RecordBatch"]:
-    """The input's id and feature columns as Arrow record batches of `batch_rows` rows at most."""
-    dataset = _dataset(source, book, id_columns)
+def read_batches(dataset, source: Input, book: Codebook, id_columns: list[str],
+                 batch_rows: int) -> Iterator["pa.RecordBatch"]:
+    """The id and feature columns of `dataset` (input_dataset of `source`) as Arrow record batches
+    of `batch_rows` rows at most."""
     wanted = list(dict.fromkeys([*id_columns, *[c for c in book.features if c in dataset.schema.names]]))
     absent = [c for c in book.features if c not in dataset.schema.names]
     if absent:
@@ -309,11 +307,12 @@ class Counts:
 
 def score_pandas(python_model, source: Input, score: DictConfig) -> Counts:
     ids = list(score.id_columns)
-    input_schema = _dataset(source, python_model.codebook, ids).schema
+    dataset = input_dataset(source, python_model.codebook, ids)
+    input_schema = dataset.schema
     schema = answer_schema([input_schema.field(c) for c in ids])
     output, rejects = AtomicParquet(Path(score.output).expanduser(), schema), AtomicParquet(rejects_path(score))
     try:
-        for batch in read_batches(source, python_model.codebook, ids, score.batch_rows):
+        for batch in read_batches(dataset, source, python_model.codebook, ids, score.batch_rows):
             scored, rejected = score_batch(python_model, batch, ids)
             if scored is not None:
                 output.write(scored)
@@ -369,10 +368,12 @@ def score_spark(python_model, model_uri: str, source: Input, score: DictConfig) 
             yield out
 
     tagged = frame.mapInPandas(tag, tagged_schema).cache()
+    import pyarrow as pa
+
     from steps.model import OUTPUT_COLUMNS
 
-    answer_types = {"prediction": "long", "probability": "double", "confidence": "double"}
-    result_type = ", ".join(f"{c} {answer_types.get(c, 'string')}" for c in OUTPUT_COLUMNS)
+    spark_types = {pa.int64(): "long", pa.float64(): "double", pa.string(): "string"}
+    result_type = ", ".join(f"{field.name} {spark_types[field.type]}" for field in answer_schema([]))
     predict = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=result_type, env_manager="local")
     good = tagged.filter(F.col(REJECT_REASON).isNull())
     # One struct argument: its field names become the model input's column names (with
