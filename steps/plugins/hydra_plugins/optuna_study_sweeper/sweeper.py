@@ -9,6 +9,8 @@ workers may die and leave a retry.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import logging
 import math
@@ -18,7 +20,7 @@ import threading
 import time
 import warnings
 import zlib
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import optuna
 from hydra.core.plugins import Plugins
@@ -56,6 +58,25 @@ def check_study(storage: Optional[str], study_name: Optional[str]) -> None:
     if storage and not study_name:
         raise ValueError("hydra.sweeper.storage is set but hydra.sweeper.study_name is not: name the study, "
                          "so that other workers and a re-run of this command join it")
+
+
+@contextlib.contextmanager
+def one_asker_at_a_time(url: Optional[str]) -> Iterator[None]:
+    """Optuna claims a queued trial (a retry) by reading it WAITING, then setting it
+    RUNNING. SQLite has no row locks, so two workers can both claim the same retry (seen
+    under load: two runs of one trial). Workers sharing a SQLite study ask one at a time,
+    under a lock beside the file that the system releases if a worker dies. Servers with
+    row locks (PostgreSQL, MySQL) need none."""
+    database = make_url(url).database if url and make_url(url).get_backend_name() == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.ask.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def worker_seed(seed: Optional[int], shared: bool) -> Optional[int]:
@@ -175,9 +196,10 @@ class OptunaStudySweeper(Sweeper):
             queued = any(t.state == TrialState.WAITING for t in trials)
             running = [t.number for t in trials if t.state == TrialState.RUNNING]
             if queued or sum(map(counts_towards_n_trials, trials)) < self.n_trials:
-                trial = study.ask(fixed_distributions=space)  # takes a queued trial first
-                if self.storage is not None:
-                    self.storage.record_heartbeat(trial._trial_id)
+                with one_asker_at_a_time(self.url):
+                    trial = study.ask(fixed_distributions=space)  # takes a queued trial first
+                    if self.storage is not None:
+                        self.storage.record_heartbeat(trial._trial_id)
                 if self.within_n_trials(study, trial):
                     return trial
             elif wait and running:
