@@ -147,6 +147,11 @@ def claim(tracking: Tracking, name: str, key: str, tags: dict[str, str], own_run
     announced = False
     while True:
         with store_lock(tracking.tracking_uri):
+            # A claimant finishes without the lock, going from RUNNING to complete and then
+            # FINISHED. Read live claims first: a claim gone from them by now is already
+            # complete when complete runs are read. (The other order can miss it in both.)
+            rivals = _live_claims(tracking, key, run_id)
+            faults.point(f"{name}.claims_read")
             done = find_reusable(tracking, key)
             if done is not None:
                 if run_id:  # a claim that lost to another machine's
@@ -154,7 +159,6 @@ def claim(tracking: Tracking, name: str, key: str, tags: dict[str, str], own_run
                     if run_id != own_run_id:
                         _withdraw(tracking, run_id, done.info.run_id)
                 return "reuse", done
-            rivals = _live_claims(tracking, key, run_id)
             if run_id is None and not rivals:
                 run_id = _open_run(tracking, tags, own_run_id)
                 rivals = _live_claims(tracking, key, run_id)

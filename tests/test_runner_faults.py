@@ -3,8 +3,10 @@ at named points (steps/faults.py), given bad overrides, fed damaged artifacts, r
 twice at once. After each fault a plain `main` must succeed, reuse only complete
 runs, and leave a champion that loads and predicts, with card, description and aliases."""
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -172,6 +174,42 @@ def test_two_identical_mains_at_once_train_and_register_once(tmp_path):
                                             [(r.info.status, r.data.tags.get(names.CACHE_KEY)) for r in store.runs(step)])
     assert [str(v.version) for v in store.client.search_model_versions("name = 'heart-disease'")] == ["1"]
     assert any("waiting for run" in err for _, err in outputs)  # the second waited for the first's claim
+
+
+def _wait_until_stopped(process: subprocess.Popen, timeout: float = 300) -> None:
+    """Until the process has stopped itself (SIGSTOP at its fault point), or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        state = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "T":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {process.pid} never reached its fault point")
+
+
+def test_a_waiter_that_reads_while_the_claimant_finishes_reuses_its_run(tmp_path):
+    """The claimant finishes without the store lock: from RUNNING to complete and FINISHED.
+    A waiter that looked for live claims just before that, and for complete runs just
+    after, must find the complete run, not claim the key a second time."""
+    store = make_store(tmp_path / "store")
+
+    def ingest(point):
+        return subprocess.Popen([sys.executable, "-m", "steps.ingest"], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**store.env, names.FAULT_ENV: f"{point}:STOP"})
+
+    claimant = ingest("ingest.started")  # holds the claim, RUNNING, stopped
+    _wait_until_stopped(claimant)
+    waiter = ingest("ingest.claims_read")  # has seen the live claim, stopped before its next read
+    _wait_until_stopped(waiter)
+    claimant.send_signal(signal.SIGCONT)
+    assert claimant.wait(timeout=300) == 0, claimant.communicate()
+    waiter.send_signal(signal.SIGCONT)
+    assert waiter.wait(timeout=300) == 0, waiter.communicate()
+    out, _ = waiter.communicate()
+    runs = store.runs("ingest")
+    assert len(runs) == 1 and complete(runs[0]), [(r.info.status, r.data.tags.get(names.COMPLETE)) for r in runs]
+    assert f"reused run {runs[0].info.run_id}" in out
 
 
 def test_eight_processes_starting_on_a_missing_sqlite_store_all_succeed(tmp_path):
