@@ -19,6 +19,8 @@ from steps.names import FAULT_ENV
 STEP_POINTS = ("claims_read", "started", "outputs_written", "before_complete", "after_complete")
 # register also passes these, between creating a version and publishing it.
 REGISTER_POINTS = ("version_created", "version_published")
+# score (pandas engine) passes this after each batch it writes to its unfinished output.
+SCORE_POINTS = ("score.batch_written",)
 
 
 def point(name: str) -> None:
@@ -32,7 +34,7 @@ def point(name: str) -> None:
 
 def all_points(step_names) -> list[str]:
     return [f"{step}.{where}" for step in step_names for where in STEP_POINTS] + \
-        [f"register.{where}" for where in REGISTER_POINTS]
+        [f"register.{where}" for where in REGISTER_POINTS] + list(SCORE_POINTS)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,12 @@ def owner_alive(tags: dict[str, str]) -> bool:
     return _started(int(tags[names.PID])) == tags.get(names.PID_STARTED)
 
 
+def gone_from_this_host(host: str, pid: int) -> bool:
+    """True only when `host` is this machine and no process `pid` runs on it: what another
+    machine's process left (a shared folder) is never taken for abandoned."""
+    return host == HOST and _started(pid) is None
+
+
 def reap_dead_runs(tracking: Tracking) -> list[str]:
     """Mark KILLED every RUNNING run of the experiment whose owner on this host is gone."""
     runs = tracking.client.search_runs(

@@ -17,8 +17,9 @@ whatever the input's size. It calls the model's own predict (steps/model.py: the
 codebook check, then the fast path), not pyfunc's: MLflow's signature enforcement
 adds a per-cell Python loop and checks nothing the model does not check itself.
 
-The outputs appear only when complete (written beside, then renamed). An MLflow run
-records the input and output datasets, row counts, rejects and throughput.
+The outputs appear only when complete (written beside, then renamed); the next score
+of the same output removes what a killed one left. An MLflow run records the input and
+output datasets, row counts, rejects and throughput.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from steps import faults
 from steps.codebook import Codebook
 from steps.errors import PipelineError
+from steps.liveness import HOST, gone_from_this_host
 from steps.redaction import redact
 
 REJECT_REASON = "reject_reason"
@@ -246,13 +249,40 @@ def read_batches(dataset, source: Input, book: Codebook, id_columns: list[str],
 # --------------------------------------------------------------------------- output
 
 
+def partial_path(target: Path) -> Path:
+    """Where this process writes `target` until it is finished: hidden, beside it, named
+    by host and pid so a later score can tell an abandoned one from one being written."""
+    return target.with_name(f"{_partial_prefix(target)}{HOST}-{os.getpid()}")
+
+
+def _partial_prefix(target: Path) -> str:
+    return f".{target.name}.partial-"
+
+
+def remove_abandoned_partials(target: Path) -> None:
+    """Delete what killed score processes of this host left while writing `target`."""
+    prefix = _partial_prefix(target)
+    if not target.parent.is_dir():
+        return
+    for partial in target.parent.iterdir():
+        if not partial.name.startswith(prefix):
+            continue
+        host, _, pid = partial.name[len(prefix):].rpartition("-")
+        if pid.isdigit() and gone_from_this_host(host, int(pid)):
+            if partial.is_dir():
+                shutil.rmtree(partial, ignore_errors=True)
+            else:
+                partial.unlink(missing_ok=True)
+            print(f"score: removed {partial.name}, left unfinished by process {pid}, which is gone", file=sys.stderr)
+
+
 class AtomicParquet:
     """A Parquet file written batch by batch under a temporary name beside its target and
     renamed into place only by `commit`: a crash leaves no file that looks finished."""
 
     def __init__(self, target: Path, schema: Optional["pa.Schema"] = None):
         self.target = target
-        self.partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        self.partial = partial_path(target)
         self.schema = schema  # None: the first batch's
         self.writer = None
         self.rows = 0
@@ -316,6 +346,7 @@ def score_pandas(python_model, source: Input, score: DictConfig) -> Counts:
             scored, rejected = score_batch(python_model, batch, ids)
             if scored is not None:
                 output.write(scored)
+                faults.point("score.batch_written")
             if rejected is not None:
                 rejects.write(rejected)
         output.commit(schema.empty_table())
@@ -383,7 +414,7 @@ def score_spark(python_model, model_uri: str, source: Input, score: DictConfig) 
     rejected = tagged.filter(F.col(REJECT_REASON).isNotNull())
     counts = []
     for table, target in ((scored, Path(score.output).expanduser()), (rejected, rejects_path(score))):
-        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        partial = partial_path(target)
         try:
             table.write.mode("overwrite").parquet(str(partial))
             _replace(partial, target)
@@ -453,6 +484,8 @@ def run_score(cfg: DictConfig, tracking, own_run_id: Optional[str]) -> dict:
             source = resolve_input(score, Path(workdir))
             loaded = mlflow.pyfunc.load_model(model_uri)
             python_model = loaded.unwrap_python_model()
+            for target in (Path(score.output).expanduser(), rejects_path(score)):
+                remove_abandoned_partials(target)
             started = time.perf_counter()
             if score.engine == "pandas":
                 counts = score_pandas(python_model, source, score)

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
 
+from steps import names
 from steps.errors import PipelineError
 from steps.score import REJECT_REASON, Input, feature_numbers, input_dataset, read_batches, run_score
 from steps.score_config import register_score_config
@@ -103,6 +104,23 @@ def test_command_line_scores_a_csv_url(store, patients, http_server, tmp_path):
     assert f"{ROWS - len(BROKEN)} rows scored, {len(BROKEN)} rejected" in done.stdout
     assert len(pd.read_parquet(output)) == ROWS - len(BROKEN)
     assert not [p for p in output.parent.iterdir() if "partial" in p.name]
+
+
+def test_a_killed_score_leaves_no_output_and_the_next_score_removes_its_partial_file(store, patients, tmp_path):
+    output = tmp_path / "out" / "scored.parquet"
+    overrides = (f"score.input={store.root / 'patients.parquet'}", f"score.output={output}", "score.batch_rows=500")
+    killed = store.steps("score", *overrides, check=False, extra_env={names.FAULT_ENV: "score.batch_written"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    left = [p.name for p in output.parent.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".scored.parquet.partial-"), left  # nothing that looks finished
+
+    done = store.steps("score", *overrides)
+    assert f"removed {left[0]}, left unfinished by process" in done.stderr
+    assert sorted(p.name for p in output.parent.iterdir()) == ["scored.parquet", "scored.rejects.parquet"]
+    assert len(pd.read_parquet(output)) == ROWS - len(BROKEN)
+    runs = store.client.search_runs([store.experiment_id], f"tags.`{names.ROLE}` = 'score'",
+                                    order_by=["attributes.start_time DESC"], max_results=2)
+    assert [r.info.status for r in runs] == ["FINISHED", "KILLED"]  # the killed one's run, marked by the next
 
 
 def test_run_artifact_input_and_bad_input_leave_no_output(store, patients, tmp_path):
