@@ -3,8 +3,8 @@
 Off unless HEART_DISEASE_FAULT names a point: `HEART_DISEASE_FAULT=train.before_complete`
 sends SIGKILL to this process there; `...=train.before_complete:TERM` (or `:INT`) sends
 that signal instead, and `:STOP` pauses it there until it gets SIGCONT (to order two
-processes' steps in a race). The runner and register call `point(name)` at each named
-point; `python -m steps.faults` lists them.
+processes' steps in a race). The runner, register and score call `point(name)` at each
+named point; `python -m steps.faults` lists them.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import signal
 
 from steps.names import FAULT_ENV
 
-# Every step passes these, in this order (steps/runner.py): its claim's look-ups (the
-# point between reading live claims and reading complete runs), then its writes.
+# A step passes these in this order (steps/runner.py): `claims_read` on each pass of its
+# claim's look-ups, between reading live claims and reading complete runs (a forced step
+# has no claim to look up), then the points between its writes.
 STEP_POINTS = ("claims_read", "started", "outputs_written", "before_complete", "after_complete")
 # register also passes these, between creating a version and publishing it.
 REGISTER_POINTS = ("version_created", "version_published")

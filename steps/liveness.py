@@ -1,9 +1,10 @@
 """Which process owns a RUNNING run, whether it is still alive, and what to do with
 runs whose process died (SIGKILL, a crashed machine): mark them KILLED, saying why.
 
-Every run this project opens carries its owner: host, pid and the process's start
-time (so a recycled pid is not mistaken for the owner). A run owned by another host
-is assumed alive: from here there is no way to tell.
+Every run this project opens carries its owner: host, PID namespace, pid and the
+process's start time (so a recycled pid is not mistaken for the owner). A run owned by
+another host, or by another container of this host (another PID namespace), is assumed
+alive: from here there is no way to tell.
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ HOST = socket.gethostname()
 KILLED = RunStatus.to_string(RunStatus.KILLED)
 
 
+def _pid_namespace() -> str:
+    """The inode number of this process's PID namespace: a pid names a process only there."""
+    try:
+        return os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")
+    except OSError:
+        return ""
+
+
+PID_NAMESPACE = _pid_namespace()
+
+
 def _started(pid: int) -> Optional[str]:
     """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), or
     None when there is no such process."""
@@ -33,20 +45,38 @@ def _started(pid: int) -> Optional[str]:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def _exists(pid: int) -> bool:
+    """Whether a process `pid` exists, also where /proc hides other users' (hidepid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def owner_tags() -> dict[str, str]:
-    return {names.HOST: HOST, names.PID: str(os.getpid()), names.PID_STARTED: _started(os.getpid()) or ""}
+    return {names.HOST: HOST, names.PID_NAMESPACE: PID_NAMESPACE, names.PID: str(os.getpid()),
+            names.PID_STARTED: _started(os.getpid()) or ""}
 
 
 def owner_alive(tags: dict[str, str]) -> bool:
     if tags.get(names.HOST) != HOST or not tags.get(names.PID):
         return True
-    return _started(int(tags[names.PID])) == tags.get(names.PID_STARTED)
+    if tags.get(names.PID_NAMESPACE, PID_NAMESPACE) != PID_NAMESPACE:  # runs from before the tag: this one
+        return True
+    pid = int(tags[names.PID])
+    started = _started(pid)
+    if started is None:  # no such process, or one /proc does not show: its start time is unknown
+        return _exists(pid)
+    return started == tags.get(names.PID_STARTED)
 
 
-def gone_from_this_host(host: str, pid: int) -> bool:
-    """True only when `host` is this machine and no process `pid` runs on it: what another
-    machine's process left (a shared folder) is never taken for abandoned."""
-    return host == HOST and _started(pid) is None
+def gone(host: str, pid_namespace: str, pid: int) -> bool:
+    """True only when the process is one of this machine's and this PID namespace's, and
+    it no longer runs: what another machine or container left is never taken for abandoned."""
+    return host == HOST and pid_namespace == PID_NAMESPACE and not _exists(pid)
 
 
 def reap_dead_runs(tracking: Tracking) -> list[str]:

@@ -19,6 +19,7 @@ ROLE = "pipeline.role"  # main | sweep | trial, on runs that group step runs
 HOST = "pipeline.host"  # the machine and process that own a RUNNING run, so a later
 PID = "pipeline.pid"  # process can tell a live run from one whose process died
 PID_STARTED = "pipeline.pid_started"  # the process's start time, against pid reuse
+PID_NAMESPACE = "pipeline.pid_namespace"  # containers can share a host name, not their pids
 
 # --- tags that steps write and other steps or serving read
 MODEL_URI = "pipeline.model_uri"  # train: the logged model

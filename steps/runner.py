@@ -148,8 +148,9 @@ def claim(tracking: Tracking, name: str, key: str, tags: dict[str, str], own_run
     while True:
         with store_lock(tracking.tracking_uri):
             # A claimant finishes without the lock, going from RUNNING to complete and then
-            # FINISHED. Read live claims first: a claim gone from them by now is already
-            # complete when complete runs are read. (The other order can miss it in both.)
+            # FINISHED. Read live claims first: a claim gone from them by now has already
+            # ended, complete or not, when complete runs are read. (The other order can miss
+            # a claim that completes between the reads in both.)
             rivals = _live_claims(tracking, key, run_id)
             faults.point(f"{name}.claims_read")
             done = find_reusable(tracking, key)
@@ -160,8 +161,10 @@ def claim(tracking: Tracking, name: str, key: str, tags: dict[str, str], own_run
                         _withdraw(tracking, run_id, done.info.run_id)
                 return "reuse", done
             if run_id is None and not rivals:
+                # Read both again with the claim in place: another machine's claim may have
+                # started, or even completed, since the reads above.
                 run_id = _open_run(tracking, tags, own_run_id)
-                rivals = _live_claims(tracking, key, run_id)
+                continue
         if run_id is not None:
             mine = tracking.client.get_run(run_id).info
             earlier = [r for r in rivals if (r.info.start_time, r.info.run_id) < (mine.start_time, mine.run_id)]

@@ -42,7 +42,7 @@ from omegaconf import DictConfig
 from steps import faults
 from steps.codebook import Codebook
 from steps.errors import PipelineError
-from steps.liveness import HOST, gone_from_this_host
+from steps.liveness import HOST, PID_NAMESPACE, gone
 from steps.redaction import redact
 
 REJECT_REASON = "reject_reason"
@@ -251,8 +251,9 @@ def read_batches(dataset, source: Input, book: Codebook, id_columns: list[str],
 
 def partial_path(target: Path) -> Path:
     """Where this process writes `target` until it is finished: hidden, beside it, named
-    by host and pid so a later score can tell an abandoned one from one being written."""
-    return target.with_name(f"{_partial_prefix(target)}{HOST}-{os.getpid()}")
+    by host, PID namespace and pid so a later score can tell an abandoned one from one
+    being written."""
+    return target.with_name(f"{_partial_prefix(target)}{HOST}-{PID_NAMESPACE}-{os.getpid()}")
 
 
 def _partial_prefix(target: Path) -> str:
@@ -260,20 +261,23 @@ def _partial_prefix(target: Path) -> str:
 
 
 def remove_abandoned_partials(target: Path) -> None:
-    """Delete what killed score processes of this host left while writing `target`."""
+    """Delete what killed score processes of this host and container left writing `target`."""
     prefix = _partial_prefix(target)
     if not target.parent.is_dir():
         return
     for partial in target.parent.iterdir():
         if not partial.name.startswith(prefix):
             continue
-        host, _, pid = partial.name[len(prefix):].rpartition("-")
-        if pid.isdigit() and gone_from_this_host(host, int(pid)):
-            if partial.is_dir():
-                shutil.rmtree(partial, ignore_errors=True)
-            else:
-                partial.unlink(missing_ok=True)
-            print(f"score: removed {partial.name}, left unfinished by process {pid}, which is gone", file=sys.stderr)
+        owner = partial.name[len(prefix):].rsplit("-", 2)
+        if len(owner) != 3 or not owner[2].isdigit() or not gone(owner[0], owner[1], int(owner[2])):
+            continue
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+        if not partial.exists():
+            print(f"score: removed {partial.name}, left unfinished by process {owner[2]}, which is gone",
+                  file=sys.stderr)
 
 
 class AtomicParquet:

@@ -200,15 +200,23 @@ def test_a_waiter_that_reads_while_the_claimant_finishes_reuses_its_run(tmp_path
         return subprocess.Popen([sys.executable, "-m", "steps.ingest"], cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env={**store.env, names.FAULT_ENV: f"{point}:STOP"})
 
-    claimant = ingest("ingest.started")  # holds the claim, RUNNING, stopped
-    _wait_until_stopped(claimant)
-    waiter = ingest("ingest.claims_read")  # has seen the live claim, stopped before its next read
-    _wait_until_stopped(waiter)
-    claimant.send_signal(signal.SIGCONT)
-    assert claimant.wait(timeout=300) == 0, claimant.communicate()
-    waiter.send_signal(signal.SIGCONT)
-    assert waiter.wait(timeout=300) == 0, waiter.communicate()
-    out, _ = waiter.communicate()
+    processes = []
+    try:
+        claimant = ingest("ingest.started")  # holds the claim, RUNNING, stopped
+        processes.append(claimant)
+        _wait_until_stopped(claimant)
+        waiter = ingest("ingest.claims_read")  # has seen the live claim, stopped before its next read
+        processes.append(waiter)
+        _wait_until_stopped(waiter)
+        claimant.send_signal(signal.SIGCONT)
+        claimant_out = claimant.communicate(timeout=300)
+        assert claimant.returncode == 0, claimant_out
+        waiter.send_signal(signal.SIGCONT)
+        out, err = waiter.communicate(timeout=300)
+        assert waiter.returncode == 0, (out, err)
+    finally:
+        for process in processes:  # a stopped process would hold the store's lock
+            process.kill()
     runs = store.runs("ingest")
     assert len(runs) == 1 and complete(runs[0]), [(r.info.status, r.data.tags.get(names.COMPLETE)) for r in runs]
     assert f"reused run {runs[0].info.run_id}" in out
