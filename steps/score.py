@@ -323,10 +323,14 @@ def empty_rejects(python_model, id_columns: list[str], dataset_schema) -> pd.Dat
     return rejects
 
 
+def output_path(score: DictConfig) -> Path:
+    return Path(score.output).expanduser()
+
+
 def rejects_path(score: DictConfig) -> Path:
     if score.rejects:
         return Path(score.rejects).expanduser()
-    output = Path(score.output).expanduser()
+    output = output_path(score)
     return output.with_name(f"{output.stem}.rejects.parquet")
 
 
@@ -344,7 +348,7 @@ def score_pandas(python_model, source: Input, score: DictConfig) -> Counts:
     dataset = input_dataset(source, python_model.codebook, ids)
     input_schema = dataset.schema
     schema = answer_schema([input_schema.field(c) for c in ids])
-    output, rejects = AtomicParquet(Path(score.output).expanduser(), schema), AtomicParquet(rejects_path(score))
+    output, rejects = AtomicParquet(output_path(score), schema), AtomicParquet(rejects_path(score))
     try:
         for batch in read_batches(dataset, source, python_model.codebook, ids, score.batch_rows):
             scored, rejected = score_batch(python_model, batch, ids)
@@ -417,7 +421,7 @@ def score_spark(python_model, model_uri: str, source: Input, score: DictConfig) 
     scored = answered.select(*ids, *[F.col(f"answer.{c}").alias(c) for c in OUTPUT_COLUMNS])
     rejected = tagged.filter(F.col(REJECT_REASON).isNotNull())
     counts = []
-    for table, target in ((scored, Path(score.output).expanduser()), (rejected, rejects_path(score))):
+    for table, target in ((scored, output_path(score)), (rejected, rejects_path(score))):
         partial = partial_path(target)
         try:
             table.write.mode("overwrite").parquet(str(partial))
@@ -488,7 +492,7 @@ def run_score(cfg: DictConfig, tracking, own_run_id: Optional[str]) -> dict:
             source = resolve_input(score, Path(workdir))
             loaded = mlflow.pyfunc.load_model(model_uri)
             python_model = loaded.unwrap_python_model()
-            for target in (Path(score.output).expanduser(), rejects_path(score)):
+            for target in (output_path(score), rejects_path(score)):
                 remove_abandoned_partials(target)
             started = time.perf_counter()
             if score.engine == "pandas":
@@ -547,7 +551,7 @@ def _log_datasets(client, run_id: str, source: Input, score: DictConfig) -> None
         return DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])
 
     inputs = [record(source.path, source.format, source.source, "scoring_input", "scoring"),
-              record(Path(score.output).expanduser(), "parquet", str(score.output), "predictions", "predictions"),
+              record(output_path(score), "parquet", str(score.output), "predictions", "predictions"),
               record(rejects_path(score), "parquet", str(rejects_path(score)), "rejects", "rejects")]
     client.log_inputs(run_id, inputs)
 

@@ -9,13 +9,12 @@ Profiles are the Hydra group `profile` (conf/profile is profiles/): `profile=ser
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -25,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from steps import names
 from steps.errors import PipelineError
+from steps.locks import file_lock
 from steps.redaction import redact
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -98,16 +98,9 @@ def _lock_path(tracking_uri: str) -> Path:
     return Path(tempfile.gettempdir()) / f"heart-disease-store-{digest}.lock"
 
 
-@contextlib.contextmanager
-def store_lock(tracking_uri: str) -> Iterator[None]:
-    """Exclusive among this machine's processes using the store. The operating system
-    releases it when its holder dies, so a killed process never leaves it held."""
-    with open(_lock_path(tracking_uri), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def store_lock(tracking_uri: str) -> contextlib.AbstractContextManager[None]:
+    """Exclusive among this machine's processes using the store (steps/locks.py)."""
+    return file_lock(_lock_path(tracking_uri))
 
 
 def connect(profile: DictConfig) -> Tracking:

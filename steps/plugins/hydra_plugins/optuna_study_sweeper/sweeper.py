@@ -10,7 +10,6 @@ workers may die and leave a retry.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import logging
 import math
@@ -20,7 +19,7 @@ import threading
 import time
 import warnings
 import zlib
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import optuna
 from hydra.core.plugins import Plugins
@@ -37,6 +36,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from hydra_plugins.optuna_study_sweeper import STUDY_ENV, TRIAL_ENV
 from hydra_plugins.optuna_study_sweeper.space import search_space
+from steps.locks import file_lock
 
 log = logging.getLogger(__name__)
 SKIPPED = "skipped"  # user attr of a trial asked for after the study had all its trials: never run
@@ -60,8 +60,7 @@ def check_study(storage: Optional[str], study_name: Optional[str]) -> None:
                          "so that other workers and a re-run of this command join it")
 
 
-@contextlib.contextmanager
-def one_asker_at_a_time(url: Optional[str]) -> Iterator[None]:
+def one_asker_at_a_time(url: Optional[str]) -> contextlib.AbstractContextManager[None]:
     """Optuna claims a queued trial (a retry) by reading it WAITING, then setting it
     RUNNING. SQLite has no row locks, so two workers can both claim the same retry (seen
     under load: two runs of one trial). Workers sharing a SQLite study ask one at a time,
@@ -69,14 +68,8 @@ def one_asker_at_a_time(url: Optional[str]) -> Iterator[None]:
     row locks (PostgreSQL, MySQL) need none."""
     database = make_url(url).database if url and make_url(url).get_backend_name() == "sqlite" else None
     if not database or database == ":memory:":
-        yield
-        return
-    with open(f"{database}.ask.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        return contextlib.nullcontext()
+    return file_lock(f"{database}.ask.lock")
 
 
 def worker_seed(seed: Optional[int], shared: bool) -> Optional[int]:
