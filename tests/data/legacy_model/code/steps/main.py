@@ -1,0 +1,163 @@
+"""main: the whole pipeline in one process, under one parent run.
+
+Walks steps/pipeline.py's DAG in order. Each step either runs as a nested child run
+or, when a complete run with the same cache key exists, is reused without importing
+its module (steps/runner.py). eda runs in a background thread beside the chain. Ends by printing (and
+logging) a table: step, run id, ran or reused, seconds, key outputs.
+
+    python -m steps.main                       # reuse what is unchanged
+    python -m steps.main model=random_forest   # re-runs train, evaluate, register
+    python -m steps.main 'force=[all]'         # re-runs everything
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from omegaconf import DictConfig, OmegaConf
+
+from steps import names
+from steps.cards import pipeline_card, text_table
+from steps.cli import adopt_launcher_run, launch, run_command, run_link
+from steps.context import ArtifactCache
+from steps.errors import PipelineError
+from steps.fingerprint import code_fingerprint
+from steps.pipeline import SIDE_BRANCHES, STEPS, diagram
+from steps.redaction import redact
+from steps.runner import FAILED, FINISHED, StepResult, end_after, end_run, execute, open_group_run
+from steps.store import Tracking
+
+
+def summary_table(results: list[StepResult]) -> str:
+    return text_table([["step", "run id", "status", "seconds", "key outputs"]] + [
+        [r.step, r.run_id, r.status, f"{r.seconds:.1f}", r.key_outputs()]
+        for r in results])
+
+
+def still_read(steps: set[str], run_ids: dict[str, str]) -> dict[tuple[str, str], set[str]]:
+    """{(run id, artifact): which of `steps` read it} for every input `steps` declare from
+    the runs in `run_ids` ({step: run id}): what the cache must keep, and for whom. By run,
+    not only by path: split's and transform's train tables share a path, and only split's
+    is read after train."""
+    readers: dict[tuple[str, str], set[str]] = {}
+    for name in steps:
+        for wanted in STEPS[name].reads.values():
+            if wanted.step in run_ids:
+                readers.setdefault((run_ids[wanted.step], wanted.artifact), set()).add(name)
+    return readers
+
+
+def run_pipeline(cfg: DictConfig, tracking: Tracking, parent_run_id: str, cache: ArtifactCache) -> list[StepResult]:
+    """Execute or reuse every step under `parent_run_id`; return results in DAG order.
+    A failing step stops the chain: nothing downstream of it runs or is registered."""
+    for step in STEPS.values():  # parse sources here, not in the side-branch thread
+        code_fingerprint(step.module)
+    results: dict[str, StepResult] = {}
+    side: dict[str, Future] = {}
+    failure: BaseException | None = None
+    # Not a `with` block: on a signal, leave at once instead of waiting for the side branch.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="side-branch")
+    try:
+        for name, step in STEPS.items():
+            upstream_run_id = results[step.upstream].run_id if step.upstream else None
+            if name in SIDE_BRANCHES:
+                side[name] = pool.submit(execute, name, cfg, tracking, cache, parent_run_id, None, upstream_run_id)
+                continue
+            try:
+                results[name] = execute(name, cfg, tracking, cache, parent_run_id, upstream_run_id=upstream_run_id)
+            except Exception as err:
+                failure = err
+                break
+            cache.retain(still_read(set(STEPS) - set(results) - {n for n, f in side.items() if f.done()},
+                                    {done: result.run_id for done, result in results.items()}))
+        for name, future in side.items():
+            try:
+                results[name] = future.result()
+            except Exception as err:
+                failure = failure or err
+    finally:
+        pool.shutdown(wait=False)
+    ordered = [results[name] for name in STEPS if name in results]
+    if failure is not None:
+        raise _ChainFailed(ordered, failure)
+    return ordered
+
+
+class _ChainFailed(Exception):
+    def __init__(self, completed: list[StepResult], cause: BaseException):
+        self.completed, self.cause = completed, cause
+        super().__init__(str(cause))
+
+
+def return_freed_tables_to_the_system() -> None:
+    """`main` frees each table once no step still needs it; make sure the memory goes back.
+
+    Arrow (Parquet writes) allocates from the system allocator instead of its bundled
+    mimalloc, which keeps freed pages for reuse: some 100 MB after writing one
+    million-row table. And glibc's malloc serves every block of 128 KiB or more (its
+    initial threshold) straight from the kernel, so freeing it returns the pages: by
+    default the threshold grows to the largest block freed so far (up to 32 MiB), after
+    which million-row columns (8 MB each) come from the heap and stay resident once
+    freed. Together some 270 MB less at a million rows' peak (docs/SCALE.md). Without
+    glibc (macOS, musl) the second part does nothing."""
+    import pyarrow
+
+    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+    try:
+        set_option = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    set_option(_M_MMAP_THRESHOLD, 128 * 1024)
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
+def main(cfg: DictConfig) -> None:
+    return_freed_tables_to_the_system()
+
+    def go(tracking: Tracking) -> None:
+        client = tracking.client
+        parent_run_id = open_group_run(tracking, "main", "main", own_run_id=adopt_launcher_run(tracking))
+        client.log_text(parent_run_id, redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+        cache = ArtifactCache(client)
+        started = time.perf_counter()
+        try:
+            results = run_pipeline(cfg, tracking, parent_run_id, cache)
+        except _ChainFailed as failed:
+            _record(tracking, parent_run_id, failed.completed, cache, time.perf_counter() - started, FAILED)
+            end_after(tracking, parent_run_id, failed.cause)
+            if failed.completed:
+                print(summary_table(failed.completed), file=sys.stderr)
+            if isinstance(failed.cause, PipelineError):
+                raise failed.cause
+            raise failed.cause from None
+        _record(tracking, parent_run_id, results, cache, time.perf_counter() - started, FINISHED)
+        end_run(tracking, parent_run_id, FINISHED)
+        table = summary_table(results)
+        print(f"\npipeline finished in {time.perf_counter() - started:.1f}s (parent run {parent_run_id})\n{table}")
+        link = run_link(tracking, parent_run_id)
+        if link:
+            print(f"view it at {link}")
+
+    run_command(cfg, go)
+
+
+def _record(tracking: Tracking, parent_run_id: str, results: list[StepResult], cache: ArtifactCache,
+            seconds: float, status: str) -> None:
+    client = tracking.client
+    for result in results:
+        client.set_tag(parent_run_id, f"pipeline.{result.step}.run_id", result.run_id)
+        client.set_tag(parent_run_id, f"pipeline.{result.step}.status", result.status)
+    client.log_metric(parent_run_id, "artifact_downloads", cache.downloads)
+    client.log_text(parent_run_id, summary_table(results), "pipeline_summary.txt")
+    client.log_dict(parent_run_id, [r.__dict__ for r in results], "pipeline_summary.json")
+    rows = [{**r.__dict__, "card_uri": f"{cache.run(r.run_id).info.artifact_uri}/{names.CARD}"} for r in results]
+    client.log_text(parent_run_id, pipeline_card(parent_run_id, diagram(), rows, seconds, status), names.CARD)
+
+
+if __name__ == "__main__":
+    launch(main)
