@@ -5,7 +5,7 @@
 #   ./run.sh sweep [overrides...]       train + evaluate over a grid or an Optuna search: mlflow run . -e sweep
 #   ./run.sh score [overrides...]       batch scoring with the champion: mlflow run . -e score
 #   ./run.sh monitor [overrides...]     drift of served or given patients: mlflow run . -e monitor
-#   ./run.sh leaderboard [args...]      rank trials and runs: python -m steps.leaderboard
+#   ./run.sh leaderboard [args...]      rank trials and runs: python -m tools.leaderboard
 #   ./run.sh serve [args...]            REST endpoint of the champion: mlflow models serve
 #   ./run.sh app [args...]              the FastAPI app: python -m serving
 #   ./run.sh ui [args...]               MLflow's UI on the project's store: mlflow ui
@@ -62,7 +62,7 @@ case "$command" in
         ;;
     leaderboard)
         ensure_venv requirements.txt
-        exec python -m steps.leaderboard "$@"
+        exec python -m tools.leaderboard "$@"
         ;;
     serve)
         ensure_venv requirements.txt

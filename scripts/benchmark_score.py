@@ -2,9 +2,9 @@
 
 In one run, on a fresh SQLite store in a temp dir with the champion trained on the
 Cleveland file:
-  - `python -m steps.score` (pandas engine) on --rows synthetic patients (default 5M,
+  - `python -m tools.score` (pandas engine) on --rows synthetic patients (default 5M,
     Parquet): wall time, rows/s and the process's peak RSS (target <= 1.5 GB);
-  - side by side on the same --compare-rows file (default 1M, CSV): `python -m steps.score`
+  - side by side on the same --compare-rows file (default 1M, CSV): `python -m tools.score`
     against `mlflow models predict -t csv` (target: score at least 10x faster), and both
     on a one-row CSV (median of three): their fixed start-up cost, and the speed-up past it.
 Peak RSS is the largest resident set of the command's process tree (getrusage of a
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 from benchmark_pipeline import Bench, machine, write_section  # noqa: E402
 
-from steps.synthetic import generate  # noqa: E402
+from domain.synthetic import generate  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -93,7 +93,7 @@ def main() -> None:
         # cannot leave an id column aside as score does.
         write_patients(small, args.compare_rows, with_ids=False)
         write_patients(one := root / "one.csv", 1, with_ids=False)
-        score = [sys.executable, "-m", "steps.score"]
+        score = [sys.executable, "-m", "tools.score"]
         commands = {  # name: (input, output) -> command line
             "score, pandas engine": lambda given, out: [*score, f"score.input={given}", f"score.output={out}.parquet"],
             "mlflow models predict": lambda given, out: [
@@ -126,7 +126,7 @@ def main() -> None:
 def render(lines, args, load_before: str, load_after: str, walls: dict) -> str:
     out = [MARKER_START, "## Batch scoring", "",
            f"`python scripts/benchmark_score.py --rows {args.rows} --compare-rows {args.compare_rows}`: the champion "
-           "trained on the Cleveland file, synthetic patients (steps/synthetic.py); the Parquet file has a "
+           "trained on the Cleveland file, synthetic patients (domain/synthetic.py); the Parquet file has a "
            "patient_id, the CSV files the 13 features only. Wall time includes start-up and model loading; peak "
            "RSS is the command's largest process. The one-row lines are what each command costs whatever the "
            "input's size (interpreter, imports, store, model).", "",

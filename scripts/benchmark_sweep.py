@@ -10,7 +10,7 @@ Wall seconds around the commands; every way must record 8 evaluated models.
 
 And an Optuna study of STUDY_TRIALS trials (`search=logreg`, one trial at a time per worker,
 the study in a SQLite file), after one `main` in a fresh store:
-  - one worker:     `python -m steps.sweep search=logreg hydra.sweeper.storage=... hydra.sweeper.n_trials=12`
+  - one worker:     `python -m tools.sweep search=logreg hydra.sweeper.storage=... hydra.sweeper.n_trials=12`
   - three workers:  the same command started three times at once, on one study
 Wall seconds from the first start to the last exit; each way must leave STUDY_TRIALS complete
 trials in the study and as many FINISHED trial runs tagged with it. The table records the
@@ -98,7 +98,7 @@ def render(samples: list[dict[str, float]], repeats: int) -> str:
 
 
 def study_command(root: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "steps.sweep", "search=logreg", f"hydra.sweeper.storage=sqlite:///{root}/study.db",
+    return [sys.executable, "-m", "tools.sweep", "search=logreg", f"hydra.sweeper.storage=sqlite:///{root}/study.db",
             f"hydra.sweeper.study_name={name}", f"hydra.sweeper.n_trials={STUDY_TRIALS}", "hydra.sweeper.n_jobs=1",
             "hydra/launcher=basic"]
 
@@ -144,7 +144,7 @@ def render_study(samples: list[dict[str, tuple[float, str, str]]], loads: tuple[
         f"`python scripts/benchmark_sweep.py --part study --repeats {len(samples)}`: a study of "
         f"{STUDY_TRIALS} `search=logreg` trials (train + evaluate, 5×10-fold CV each) on the real Cleveland "
         "file, in a SQLite study file, after one `main` in a fresh store; each worker is "
-        "`python -m steps.sweep search=logreg hydra.sweeper.storage=sqlite:///<tmp>/study.db "
+        "`python -m tools.sweep search=logreg hydra.sweeper.storage=sqlite:///<tmp>/study.db "
         f"hydra.sweeper.study_name=<name> hydra.sweeper.n_trials={STUDY_TRIALS} hydra.sweeper.n_jobs=1 "
         "hydra/launcher=basic`, the three started at once. Wall seconds from the first start to the last exit, "
         f"median of {len(samples)} repeat(s); every way left {STUDY_TRIALS} complete trials and as many "

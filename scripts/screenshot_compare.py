@@ -24,7 +24,7 @@ from ui_screenshots import (PROJECT_ROOT, api, chromium, experiment_id, log, mak
                             scratch, use_fresh_store)
 
 DEFAULT_OVERRIDES = ["search=hist_gradient_boosting", "hydra.sweeper.n_trials=8"]
-TAG_ROLE = "pipeline.role"  # steps/names.py ROLE: main | sweep | trial
+TAG_ROLE = "pipeline.role"  # engine/names.py ROLE: main | sweep | trial
 
 
 def find_trials(base: str, parent: str | None) -> tuple[str, dict, list[dict]]:
@@ -167,7 +167,7 @@ def screenshot(executable: str, url: str, out: Path, width: int, names: list[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*",
-                        help=f"Hydra overrides for steps.sweep (default: {' '.join(DEFAULT_OVERRIDES)})")
+                        help=f"Hydra overrides for tools.sweep (default: {' '.join(DEFAULT_OVERRIDES)})")
     parser.add_argument("-o", "--output", type=Path, default=PROJECT_ROOT / "docs" / "sweep-compare.png")
     parser.add_argument("--tracking-uri", help="use this store's latest sweep instead of running one")
     parser.add_argument("--parent", help="the sweep run id (default: the latest sweep run)")
@@ -186,7 +186,7 @@ def main() -> None:
         tracking_uri = args.tracking_uri
         if not tracking_uri:
             tracking_uri = use_fresh_store(tmp, env)
-            run_command("steps.sweep", args.overrides or DEFAULT_OVERRIDES, tmp, env, "sweep.log")
+            run_command("tools.sweep", args.overrides or DEFAULT_OVERRIDES, tmp, env, "sweep.log")
         with running_ui(tracking_uri, tmp, env) as base:
             experiment, sweep, trials = find_trials(base, args.parent)
             trials = sort_trials(trials)

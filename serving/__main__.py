@@ -15,7 +15,7 @@ import tempfile
 def main() -> None:
     # Every worker's metrics in one folder, so /metrics adds them up (serving/metrics.py).
     # Set before the app is imported: prometheus_client reads it when metrics are made.
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # see steps/cli.py quiet_third_parties
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # see engine/cli.py quiet_third_parties
     metrics_dir = tempfile.mkdtemp(prefix="heart-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:

@@ -5,7 +5,7 @@ GET /health, plus POST /reload to pick up a new champion without a restart.
     python -m serving --alias challenger --port 8001
 
 The answers come from the same MLflow pyfunc `mlflow models serve` loads, so both
-check inputs with the same codebook rules (steps/codebook.py) and answer the same.
+check inputs with the model's own codebook rules and answer the same.
 The request schema here only fixes the shape (the 13 fields, JSON numbers or null,
 finite, nothing else: 422 otherwise); codes and ranges are the model's to judge (400).
 
@@ -41,10 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from serving import metrics, webhooks
 from serving.inference_log import InferenceLog
-from steps import names
-from steps.redaction import redact
-from steps.codebook import Codebook
-from steps.store import Tracking, connect, latest_complete, load_profile
+from engine import names
+from engine.redaction import redact
+from engine.store import Tracking, connect, latest_complete, load_profile
 
 log = logging.getLogger("serving")
 LOADING = "loading: the first attempt to load the model is under way"
@@ -226,18 +225,16 @@ class ModelHolder:
                 self.reload()
 
 
-def patient_schema(book: Codebook) -> type[BaseModel]:
-    """One patient in UCI codes: every codebook feature, a finite JSON number or null
-    (strict: `true` or `"54"` is refused, not converted)."""
+def patient_schema(schema: Any) -> type[BaseModel]:
+    """One patient in UCI codes: every feature of the codebook (conf/schema), a finite JSON
+    number or null (strict: `true` or `"54"` is refused, not converted). Names and types
+    only: codes and ranges are checked by the loaded model, with the rules it was trained with."""
     fields = {
-        name: (Optional[float], Field(..., description=rule.describe(), allow_inf_nan=False, strict=True))
-        for name, rule in book.columns.items() if name != book.target
+        str(name): (Optional[float], Field(..., description=str(spec.get("description", "")), allow_inf_nan=False,
+                                           strict=True))
+        for name, spec in schema["columns"].items() if name != schema["target"]
     }
     return create_model("Patient", __config__=ConfigDict(extra="forbid"), **fields)
-
-
-def _codebook() -> Codebook:
-    return Codebook.from_config(OmegaConf.load(PROJECT_ROOT / "conf" / "schema" / "uci_codebook.yaml"))
 
 
 def _evaluation_of(tracking: Optional[Tracking], train_run_id: Optional[str]) -> dict[str, Any]:
@@ -278,7 +275,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     webhook_secret = os.environ.get(webhooks.SECRET_ENV, "")
     reload_dir = os.environ.get(webhooks.RELOAD_DIR_ENV)
     reload_signal = webhooks.ReloadSignal(reload_dir) if reload_dir else None
-    Patient = patient_schema(_codebook())
+    Patient = patient_schema(OmegaConf.load(PROJECT_ROOT / "conf" / "schema" / "uci_codebook.yaml"))
     feature_names = list(Patient.model_fields)
     predicting = threading.Lock()
     inference_log = InferenceLog(settings.log_inputs, feature_names) if settings.log_inputs else None
@@ -364,7 +361,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         return JSONResponse(records if isinstance(patients, list) else records[0])
 
     def _score(loaded: LoadedModel, features: np.ndarray) -> tuple[Sequence[str], list[dict[str, Any]]]:
-        """(risk level per row, the answer per row) from the model itself (steps/model.py),
+        """(risk level per row, the answer per row) from the model itself (heart_disease_model/model.py),
         not pyfunc's wrapper: it checks every value, so the wrapper's pass adds only time."""
         model = loaded.model.unwrap_python_model()
         with predicting:  # one prediction at a time per worker: threads would only fight over the GIL

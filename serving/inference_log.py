@@ -1,6 +1,6 @@
 """The opt-in inference log (`python -m serving --log-inputs DIR`): every answered
 request's features and answers, appended to Parquet files in DIR that `monitor`
-(steps/monitor.py) reads to measure drift.
+(tools/monitor.py) reads to measure drift.
 
 These files hold patient data. The log writes README.txt into DIR saying so, creates DIR
 and every file readable by the server's user only, and keeps nothing else.
@@ -45,7 +45,7 @@ the answer it gave, with the time of the request. Treat them as health records:
 - do not copy them to tickets, chats, notebooks or laptops;
 - delete them when your retention rule says so: nothing here deletes them for you.
 
-They exist so that `./run.sh monitor` (python -m steps.monitor) can compare recent
+They exist so that `./run.sh monitor` (python -m tools.monitor) can compare recent
 patients with the ones the model was trained on (data drift). Each file,
 inferences-<UTC time>-<host>-<pid>-<n>.parquet, is complete once it has its name;
 names starting with '.' are being written. Written by serving/inference_log.py.

@@ -22,8 +22,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from steps.codebook import Codebook
-from steps.context import StepContext
+from heart_disease_model.codebook import Codebook
+from engine.context import StepContext
 
 
 def feature_histograms(frame: pd.DataFrame, book: Codebook, bins: int) -> Figure:
@@ -139,6 +139,6 @@ def run(ctx: StepContext) -> None:
 
 
 if __name__ == "__main__":
-    from steps.cli import launch_step
+    from engine.cli import launch_step
 
     launch_step("eda")

@@ -20,13 +20,12 @@ from sklearn.base import clone
 from sklearn.calibration import calibration_curve
 from sklearn.model_selection import RepeatedStratifiedKFold
 
-from steps import names
-from steps.codebook import Codebook
-from steps.context import StepContext
-from steps.errors import PipelineError
-from steps.criteria import OPERATORS, parse_criterion
-from steps.metrics import binary_metrics, calibration_line, prefixed
-from steps.names import REJECTED, SITE, VALIDATED
+from engine import names
+from engine.context import StepContext
+from engine.errors import PipelineError
+from domain.criteria import OPERATORS, parse_criterion
+from domain.metrics import binary_metrics, calibration_line, prefixed
+from engine.names import REJECTED, SITE, VALIDATED
 
 
 def judge(metrics: dict[str, float], criteria: list[str]) -> tuple[str, list[str]]:
@@ -141,7 +140,7 @@ def site_scores(y_true, probability) -> dict[str, float]:
             "calibration_slope": slope, "calibration_intercept": intercept}
 
 
-def external_validation(pipeline, external: pd.DataFrame, book: Codebook) -> tuple[dict, dict[str, str]]:
+def external_validation(pipeline, external: pd.DataFrame, book) -> tuple[dict, dict[str, str]]:
     """Per-site scores of the model on held-out sites: ({site: scores}, {site: why not})."""
     scores, unusable = {}, {}
     for site, rows in external.groupby(SITE):
@@ -170,9 +169,9 @@ def site_comparison_figure(scores: dict[str, dict[str, float]]) -> Figure:
 
 def run(ctx: StepContext) -> None:
     cfg = ctx.cfg
-    book = Codebook.from_config(cfg.schema)
-    label = book.label
     model = ctx.read("model")
+    book = model.codebook  # the model's own rules: features and label as it was trained
+    label = book.label
     pipeline, threshold = model.pipeline, model.threshold
     test = ctx.read("test")
     # Train+val for CV: only the feature and label columns, copied once (the folds hold them while they run).
@@ -217,6 +216,6 @@ def run(ctx: StepContext) -> None:
 
 
 if __name__ == "__main__":
-    from steps.cli import launch_step
+    from engine.cli import launch_step
 
     launch_step("evaluate")

@@ -14,11 +14,13 @@ from typing import Optional
 import pandas as pd
 from omegaconf import DictConfig
 
-from steps import names, sources, synthetic
-from steps.codebook import Codebook, validate
-from steps.context import StepContext
-from steps.errors import PipelineError
-from steps.names import SITE
+from engine import names
+from domain import sources, synthetic
+from heart_disease_model.codebook import Codebook, validate
+from engine.context import StepContext
+from engine.errors import PipelineError
+from heart_disease_model.errors import ModelError
+from engine.names import SITE
 
 
 @dataclass
@@ -33,7 +35,7 @@ def load_source(data: DictConfig, book: Codebook) -> RawData:
     """Read the configured source into a DataFrame, unvalidated. UCI rows carry their
     site in the column `site`."""
     if data.source == "synthetic":
-        origin = {"generator": "steps.synthetic.generate", "rows": data.rows, "seed": data.seed}
+        origin = {"generator": "domain.synthetic.generate", "rows": data.rows, "seed": data.seed}
         return RawData(synthetic.generate(int(data.rows), int(data.seed)), origin, {}, True)
     if data.source not in ("uci", "file"):
         raise PipelineError(f"data.source={data.source!r}: use uci, file or synthetic")
@@ -68,7 +70,7 @@ def load_external_sites(data: DictConfig, book: Codebook) -> ExternalSites:
             path, digest = sources.fetch(source.location, source.sha256, data.cache_dir, data.download_timeout_s)
             frame = sources.read_uci(path, book.file_columns).assign(site=source.site)
             clean, _ = validate(frame, book, data.impossible_values, keep=(SITE,))
-        except PipelineError as err:
+        except (PipelineError, ModelError) as err:
             unusable[source.site] = str(err)
             continue
         frames.append(clean)
@@ -113,6 +115,6 @@ def run(ctx: StepContext) -> None:
 
 
 if __name__ == "__main__":
-    from steps.cli import launch_step
+    from engine.cli import launch_step
 
     launch_step("ingest")

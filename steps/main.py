@@ -2,7 +2,7 @@
 
 Walks steps/pipeline.py's DAG in order. Each step either runs as a nested child run
 or, when a complete run with the same cache key exists, is reused without importing
-its module (steps/runner.py). eda runs in a background thread beside the chain. Ends by printing (and
+its module (engine/runner.py). eda runs in a background thread beside the chain. Ends by printing (and
 logging) a table: step, run id, ran or reused, seconds, key outputs.
 
     python -m steps.main                       # reuse what is unchanged
@@ -19,16 +19,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from omegaconf import DictConfig, OmegaConf
 
-from steps import names
-from steps.cards import pipeline_card, text_table
-from steps.cli import adopt_launcher_run, launch, run_command, run_link
-from steps.context import ArtifactCache
-from steps.errors import PipelineError
-from steps.fingerprint import code_fingerprint
+from engine import names
+from engine.cards import pipeline_card, text_table
+from engine.cli import adopt_launcher_run, launch, run_command, run_link
+from engine.context import ArtifactCache
+from engine.errors import explains_itself
+from engine.fingerprint import code_fingerprint
 from steps.pipeline import SIDE_BRANCHES, STEPS, diagram
-from steps.redaction import redact
-from steps.runner import FAILED, FINISHED, StepResult, end_after, end_run, execute, open_group_run
-from steps.store import Tracking
+from engine.redaction import redact
+from engine.runner import FAILED, FINISHED, StepResult, end_after, end_run, execute, open_group_run
+from engine.store import Tracking
 
 
 def summary_table(results: list[StepResult]) -> str:
@@ -54,7 +54,7 @@ def run_pipeline(cfg: DictConfig, tracking: Tracking, parent_run_id: str, cache:
     """Execute or reuse every step under `parent_run_id`; return results in DAG order.
     A failing step stops the chain: nothing downstream of it runs or is registered."""
     for step in STEPS.values():  # parse sources here, not in the side-branch thread
-        code_fingerprint(step.module)
+        code_fingerprint(step.module, step.carries)
     results: dict[str, StepResult] = {}
     side: dict[str, Future] = {}
     failure: BaseException | None = None
@@ -132,7 +132,7 @@ def main(cfg: DictConfig) -> None:
             end_after(tracking, parent_run_id, failed.cause)
             if failed.completed:
                 print(summary_table(failed.completed), file=sys.stderr)
-            if isinstance(failed.cause, PipelineError):
+            if explains_itself(failed.cause):
                 raise failed.cause
             raise failed.cause from None
         _record(tracking, parent_run_id, results, cache, time.perf_counter() - started, FINISHED)

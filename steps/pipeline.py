@@ -1,6 +1,6 @@
 """The DAG: which steps exist, what each one reads and writes, and which config it sees.
 
-This file is the pipeline's one description. The runner (steps/runner.py) hands each
+This file is the pipeline's one description. The runner (engine/runner.py) hands each
 step the inputs declared here and accepts only the outputs declared here; `main`
 walks STEPS in order; the diagram in `main`'s output, the cards and the README is
 drawn from these declarations (`python -m steps.pipeline` prints it).
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from steps import names
+from engine import names
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,9 @@ class Step:
     # Settings inside config_keys that change where or how fast, not what: left out
     # of the cache key (the external_input digest covers the data's content).
     not_in_key: tuple[str, ...] = ()
+    # Project packages the step's output carries as code (a logged model's code): every
+    # file in them is part of the key, imported by the step or not.
+    carries: tuple[str, ...] = ()
 
     @property
     def module(self) -> str:
@@ -73,7 +76,7 @@ STEPS: dict[str, Step] = {
             "ingest", None, ("data", "schema"),
             writes={"raw": Output(names.RAW_TABLE), "external": Output(names.EXTERNAL_TABLE, optional=True),
                     "validation_report": Output(names.VALIDATION_REPORT)},
-            external_input="steps.sources:fingerprint",
+            external_input="domain.sources:fingerprint",
             not_in_key=("data.url", "data.path", "data.cache_dir", "data.download_timeout_s"),
         ),
         Step(
@@ -103,6 +106,7 @@ STEPS: dict[str, Step] = {
                    # Only to check the fast path on test rows too; not a training dataset.
                    "test": Input("split", names.split_table("test"))},
             writes={"model": Output(names.MODEL)},
+            carries=("heart_disease_model",),
         ),
         Step(
             "evaluate", "train", ("evaluate", "schema"),

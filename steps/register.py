@@ -16,12 +16,12 @@ import shlex
 import subprocess
 from typing import Optional
 
-from steps import faults, names, registry
-from steps.context import StepContext
-from steps.errors import PipelineError
-from steps.model_card import card_sections, summary_markdown, to_html, to_markdown
-from steps.names import VALIDATED
-from steps.store import PROJECT_ROOT
+from engine import faults, names, registry
+from engine.context import StepContext
+from engine.errors import PipelineError
+from engine.model_card import card_sections, summary_markdown, to_html, to_markdown
+from engine.names import VALIDATED
+from engine.store import PROJECT_ROOT
 
 
 def champion_decision(new_value: float, champion_version: Optional[str], champion_value: Optional[float],
@@ -168,6 +168,6 @@ def run(ctx: StepContext) -> None:
 
 
 if __name__ == "__main__":
-    from steps.cli import launch_step
+    from engine.cli import launch_step
 
     launch_step("register")

@@ -9,14 +9,14 @@ from __future__ import annotations
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from steps.context import StepContext
-from steps.errors import PipelineError
+from engine.context import StepContext
+from engine.errors import PipelineError
 
 
 def split_data(raw: pd.DataFrame, label: str, test_fraction: float, val_fraction: float,
                seed: int) -> tuple[dict[str, pd.DataFrame], int]:
     """Return ({"train", "val", "test"} frames, number of duplicate rows dropped).
-    The fractions are checked at start-up (steps/config_checks.py)."""
+    The fractions are checked at start-up (engine/config_checks.py)."""
     unique = raw.drop_duplicates().reset_index(drop=True)
     dropped = len(raw) - len(unique)
     try:
@@ -51,6 +51,6 @@ def run(ctx: StepContext) -> None:
 
 
 if __name__ == "__main__":
-    from steps.cli import launch_step
+    from engine.cli import launch_step
 
     launch_step("split")

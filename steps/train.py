@@ -3,7 +3,7 @@ train split, and log ONE MLflow model that takes the raw codebook features: the
 fitted transformer and the estimator in one sklearn Pipeline, saved with skops.
 
 The served model scores through the pipeline compiled into NumPy arrays
-(steps/fast_path.py). Before logging, train compares that fast path with the sklearn
+(heart_disease_model/fast_path.py). Before logging, train compares that fast path with the sklearn
 pipeline on the train, validation and test rows and on synthetic patients, and refuses
 to log a model whose probabilities differ by more than fast_path.TOLERANCE.
 
@@ -19,13 +19,14 @@ from omegaconf import DictConfig
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.pipeline import Pipeline
 
-from steps import fast_path, names
-from steps.codebook import Codebook
-from steps.context import StepContext
-from steps.errors import PipelineError
-from steps.metrics import binary_metrics, prefixed, threshold_for_sensitivity, threshold_for_specificity
-from steps.model import answer
-from steps.synthetic import generate
+from heart_disease_model import fast_path
+from engine import names
+from heart_disease_model.codebook import Codebook
+from engine.context import StepContext
+from engine.errors import PipelineError
+from domain.metrics import binary_metrics, prefixed, threshold_for_sensitivity, threshold_for_specificity
+from heart_disease_model.model import answer
+from domain.synthetic import generate
 
 
 def build_estimator(model: DictConfig):
@@ -83,7 +84,7 @@ def choose_risk_bands(y_val, p_val, levels: DictConfig) -> dict[str, float]:
 
 
 def model_config(book: Codebook, train: pd.DataFrame, threshold: float, bands: dict[str, float]) -> dict:
-    """What the served model needs besides the fitted pipeline (steps/model.py)."""
+    """What the served model needs besides the fitted pipeline (heart_disease_model/model.py)."""
     return {
         "codebook": book.to_dict(),
         # Missing values are accepted only where the training data had them.
@@ -115,7 +116,7 @@ def verify_fast_path(pipeline, features: list[str], tables: dict[str, pd.DataFra
         raise PipelineError(
             f"the fast path ({scorer.kind}) differs from the sklearn pipeline by {differences[worst]:.3g} in "
             f"probability on the {worst} rows (allowed {fast_path.TOLERANCE:g}): not logging a model that would "
-            "answer otherwise than the pipeline validated. steps/fast_path.py compiles this estimator wrongly; "
+            "answer otherwise than the pipeline validated. heart_disease_model/fast_path.py compiles this estimator wrongly; "
             "fix it or add the case to its NotCompilable checks so the model serves the pipeline itself.")
     return scoring_path, differences
 
@@ -161,6 +162,6 @@ def run(ctx: StepContext) -> None:
 
 
 if __name__ == "__main__":
-    from steps.cli import launch_step
+    from engine.cli import launch_step
 
     launch_step("train")

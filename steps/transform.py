@@ -14,9 +14,9 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from steps.codebook import Codebook
-from steps.context import StepContext
-from steps.errors import PipelineError
+from heart_disease_model.codebook import Codebook
+from engine.context import StepContext
+from engine.errors import PipelineError
 
 
 def build_transformer(transform: DictConfig, book: Codebook) -> ColumnTransformer:
@@ -63,6 +63,6 @@ def run(ctx: StepContext) -> None:
 
 
 if __name__ == "__main__":
-    from steps.cli import launch_step
+    from engine.cli import launch_step
 
     launch_step("transform")

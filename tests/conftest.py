@@ -17,6 +17,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parent.parent
+# The project's Python packages, by role (README: the layout).
+CODE_PACKAGES = ("steps", "engine", "domain", "tools", "serving", "heart_disease_model")
 CLEVELAND = REPO / "tests" / "data" / "processed.cleveland.data"
 # Two repeats of the 5-fold cross-validation instead of ten: for tests that need a
 # validated champion, not evaluate's precision (the honesty and scale tests check that).

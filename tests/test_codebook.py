@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from steps.codebook import Codebook, DataValidationError, check_feature_matrix, check_features, check_numbers, validate
-from steps.config import register_configs
-from steps.sources import read_uci
+from heart_disease_model.codebook import Codebook, DataValidationError, check_feature_matrix, check_features, check_numbers, validate
+from engine.config import register_configs
+from domain.sources import read_uci
 from tests.conftest import CLEVELAND, REPO
 
 

@@ -5,8 +5,8 @@ is in test_runner_faults.py."""
 import pytest
 from hydra import compose, initialize_config_dir
 
-from steps.config import register_configs
-from steps.config_checks import ConfigError, check_config
+from engine.config import register_configs
+from engine.config_checks import ConfigError, check_config
 from tests.conftest import REPO
 
 
@@ -67,7 +67,7 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_the_metric_names_checked_are_those_binary_metrics_computes():
-    from steps.criteria import BINARY_METRICS
-    from steps.metrics import binary_metrics
+    from domain.criteria import BINARY_METRICS
+    from domain.metrics import binary_metrics
 
     assert tuple(binary_metrics([0, 1, 1, 0], [0.2, 0.7, 0.4, 0.1])) == BINARY_METRICS

@@ -1,4 +1,4 @@
-"""The fast path (steps/fast_path.py) answers as the sklearn pipeline does, to 1e-9, for
+"""The fast path (heart_disease_model/fast_path.py) answers as the sklearn pipeline does, to 1e-9, for
 every model family and calibration, on edge rows; what it does not cover falls back to
 the pipeline; train refuses a fast path that disagrees. Pure: real fitted pipelines, no store."""
 
@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from steps import fast_path
-from steps.codebook import Codebook
-from steps.errors import PipelineError
-from steps.model import OUTPUT_COLUMNS, answer
-from steps.synthetic import generate
+from heart_disease_model import fast_path
+from heart_disease_model.codebook import Codebook
+from engine.errors import PipelineError
+from heart_disease_model.model import OUTPUT_COLUMNS, answer
+from domain.synthetic import generate
 from steps.train import fit_model, verify_fast_path
 from steps.transform import fit_transform
 from tests.conftest import REPO
@@ -117,7 +117,7 @@ def test_train_refuses_a_fast_path_that_disagrees(fitted_transform):
     {"model_name": None, "model_version": None, "run_id": "r1", "model_id": None},  # not registered
 ])
 def test_the_answer_frame_is_what_dataframe_would_infer(identity):
-    """answer() assembles its frame from ready columns (steps/model.py); it must equal the
+    """answer() assembles its frame from ready columns (heart_disease_model/model.py); it must equal the
     plain DataFrame of the same values, dtypes included, and no answer may change the next."""
     bands = {"Moderate": 0.6, "Low": 0.3, "High": 1.0}
     for rows in (1, 5):

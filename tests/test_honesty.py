@@ -53,7 +53,7 @@ def test_no_test_row_is_seen_by_any_fitted_statistic(store, tmp_path):
     np.testing.assert_allclose(scaled.named_steps["simpleimputer"].statistics_, train.median())
     np.testing.assert_allclose(scaled.named_steps["standardscaler"].mean_, train.fillna(train.median()).mean())
     # The decision threshold comes from the validation rows.
-    from steps.metrics import threshold_for_sensitivity
+    from domain.metrics import threshold_for_sensitivity
 
     features = list(model.codebook.features)
     p_val = model.pipeline.predict_proba(tables["val"][features])[:, 1]

@@ -5,11 +5,11 @@ import json
 import subprocess
 import sys
 
-from steps import names
-from steps.liveness import HOST, PID_NAMESPACE, gone, owner_alive
+from engine import names
+from engine.liveness import HOST, PID_NAMESPACE, gone, owner_alive
 from tests.conftest import REPO
 
-REPORT_OWNER = ("import json, sys; from steps.liveness import owner_tags; "
+REPORT_OWNER = ("import json, sys; from engine.liveness import owner_tags; "
                 "print(json.dumps(owner_tags()), flush=True); sys.stdin.read()")
 
 

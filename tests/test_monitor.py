@@ -1,6 +1,6 @@
 """Drift monitoring: the inference log the app writes (serving/inference_log.py) and the
-`monitor` command (steps/monitor.py). The statistics are tested in-process on seeded
-synthetic patients; one end-to-end test runs `python -m steps.monitor` on a real store
+`monitor` command (tools/monitor.py). The statistics are tested in-process on seeded
+synthetic patients; one end-to-end test runs `python -m tools.monitor` on a real store
 with a trained model and a log written by the real InferenceLog."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from serving.inference_log import FILE_PREFIX, InferenceLog, log_files
-from steps import synthetic
-from steps.codebook import Codebook
-from steps.monitor import DRIFT, OK, adjust, decide, drift_table, pooled_counts, read_log_window
+from domain import synthetic
+from heart_disease_model.codebook import Codebook
+from tools.monitor import DRIFT, OK, adjust, decide, drift_table, pooled_counts, read_log_window
 from tests.conftest import REPO, make_store
 
 BOOK = Codebook.from_config(OmegaConf.load(REPO / "conf" / "schema" / "uci_codebook.yaml"))
@@ -152,7 +152,7 @@ def test_a_window_reads_only_its_rows(tmp_path):
 @pytest.mark.e2e
 def test_monitor_command_flags_a_shifted_log_and_passes_an_unshifted_one(tmp_path_factory):
     """A trained champion, a log the real InferenceLog wrote from its real answers, then
-    `python -m steps.monitor` against the store: DRIFT (exit 3) for older patients, OK for
+    `python -m tools.monitor` against the store: DRIFT (exit 3) for older patients, OK for
     patients like those it was trained on; a run linked to the model with a drift card."""
     import mlflow
 

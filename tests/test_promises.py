@@ -22,13 +22,13 @@ from hydra import compose, initialize_config_dir
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.isotonic import IsotonicRegression
 
-from steps import names
-from steps.cli import run_single_step
-from steps.codebook import Codebook
-from steps.config import register_configs
-from steps.leaderboard import main as leaderboard_main
-from steps.store import complete_filter
-from tests.conftest import CLEVELAND, REPO, make_store
+from engine import names
+from engine.cli import run_single_step
+from heart_disease_model.codebook import Codebook
+from engine.config import register_configs
+from tools.leaderboard import main as leaderboard_main
+from engine.store import complete_filter
+from tests.conftest import CLEVELAND, CODE_PACKAGES, REPO, make_store
 
 CLEVELAND_SHA256 = "a74b7efa387bc9d108d7d0115d831fe9b414b29ae7124f331b622b4efa0427c8"
 # Every run of this module reads the data through a file:// URL (a promise of its own).
@@ -53,7 +53,7 @@ def store(tmp_path_factory):
     saved = dict(os.environ)
     for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
         del os.environ[key]
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # as steps.cli.launch sets it
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # as engine.cli.launch sets it
     os.environ.update({k: store.env[k] for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "XDG_CACHE_HOME")})
     register_configs()
     yield store
@@ -84,7 +84,7 @@ def aliases(store, model_name: str) -> dict[str, str]:
 
 
 def table(output: str) -> list[dict[str, str]]:
-    """The rows of a text table (steps/cards.py text_table), cut at the header's columns."""
+    """The rows of a text table (engine/cards.py text_table), cut at the header's columns."""
     lines = output.strip().splitlines()
     header = lines[0]
     columns = [c.strip() for c in header.split("  ") if c.strip()]
@@ -241,7 +241,7 @@ def test_data_synthetic_through_ingest(store, synthetic_ingest):
     raw = pd.read_parquet(store.client.download_artifacts(synthetic_ingest, names.RAW_TABLE, str(store.root / "syn")))
     assert len(raw) == 500 and set(raw["target"]) == {0, 1}
     [dataset] = run.inputs.dataset_inputs
-    assert "steps.synthetic.generate" in dataset.dataset.source and dataset.dataset.digest
+    assert "domain.synthetic.generate" in dataset.dataset.source and dataset.dataset.digest
 
 
 def test_file_url_is_read_and_verified(store, base):
@@ -310,7 +310,7 @@ def test_upstream_pin_refuses_an_incomplete_run(store, base, capsys, status, mar
 
 
 def leaderboard(capsys, monkeypatch, *args: str) -> list[dict[str, str]]:
-    monkeypatch.setattr(sys, "argv", ["python -m steps.leaderboard", *args])
+    monkeypatch.setattr(sys, "argv", ["python -m tools.leaderboard", *args])
     assert leaderboard_main() == 0
     return table(capsys.readouterr().out)
 
@@ -368,7 +368,7 @@ def project_copy(tmp_path):
     """The project's code and config in another folder: the local profile's relative
     paths must land there, whatever the working directory."""
     project = tmp_path / "project"
-    for folder in ("steps", "conf", "profiles"):
+    for folder in (*CODE_PACKAGES, "conf", "profiles"):
         shutil.copytree(REPO / folder, project / folder, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
     elsewhere = tmp_path / "elsewhere"

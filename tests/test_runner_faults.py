@@ -1,5 +1,5 @@
 """The runner's guarantees under faults, with real processes on a real store: killed
-at named points (steps/faults.py), given bad overrides, fed damaged artifacts, run
+at named points (engine/faults.py), given bad overrides, fed damaged artifacts, run
 twice at once. After each fault a plain `main` must succeed, reuse only complete
 runs, and leave a champion that loads and predicts, with card, description and aliases."""
 
@@ -13,10 +13,10 @@ import mlflow
 import pandas as pd
 import pytest
 
-from steps import names
-from steps.faults import all_points
+from engine import names
+from engine.faults import all_points
 from steps.pipeline import STEPS
-from tests.conftest import QUICK_EVALUATE, REPO, make_store
+from tests.conftest import CODE_PACKAGES, QUICK_EVALUATE, REPO, make_store
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +60,7 @@ def store(tmp_path_factory):
 
 
 def test_every_named_fault_point_exists_in_the_code():
-    source = "".join(p.read_text() for p in (REPO / "steps").glob("*.py"))
+    source = "".join(p.read_text() for package in CODE_PACKAGES for p in (REPO / package).glob("*.py"))
     for point in all_points(STEPS):
         where = point.split(".", 1)[1]
         assert f'.{where}"' in source or f'"{point}"' in source, point

@@ -2,7 +2,7 @@
 
 One real store per module (main trains and registers the champion once); scoring runs
 in-process where the command line is not what is tested, and once through
-`python -m steps.score` on a CSV served over http on 127.0.0.1."""
+`python -m tools.score` on a CSV served over http on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
 
-from steps import names
-from steps.errors import PipelineError
-from steps.score import REJECT_REASON, Input, feature_numbers, input_dataset, read_batches, run_score
-from steps.score_config import register_score_config
-from steps.store import connect
-from steps.synthetic import generate
+from engine import names
+from engine.errors import PipelineError
+from tools.score import REJECT_REASON, Input, feature_numbers, input_dataset, read_batches, run_score
+from tools.score_config import register_score_config
+from engine.store import connect
+from domain.synthetic import generate
 from tests.conftest import QUICK_EVALUATE, REPO, make_store
 
 ROWS = 3000

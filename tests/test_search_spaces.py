@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-import steps.sweep  # noqa: F401  (puts the project's Optuna sweeper plugin on sys.path)
+import tools.sweep  # noqa: F401  (puts the project's Optuna sweeper plugin on sys.path)
 from hydra_plugins.optuna_study_sweeper.space import search_space
-from steps.config import register_configs
+from engine.config import register_configs
 
 REPO = Path(__file__).resolve().parent.parent
 SEARCHES = sorted(p.stem for p in (REPO / "conf" / "search").glob("*.yaml"))

@@ -5,6 +5,7 @@ while the server stays up."""
 
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -48,11 +49,11 @@ def request(url, body=None, content_type="application/json", method=None, raw=No
 
 
 class Server:
-    def __init__(self, command, env, health_path, tmp_path, name):
+    def __init__(self, command, env, health_path, tmp_path, name, cwd=REPO):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / f"{name}.log"
-        self.process = subprocess.Popen([*command, "--port", str(self.port)], env=env, cwd=REPO,
+        self.process = subprocess.Popen([*command, "--port", str(self.port)], env=env, cwd=cwd,
                                         stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
         # The app answers at once and each worker loads in the background: started when ten
         # answers in a row (each on a new connection, so any worker may take it) say the
@@ -166,7 +167,7 @@ def test_mlflow_serve_bad_requests_get_4xx_and_server_stays_up(mlflow_server, ca
 
 
 def test_mlflow_serve_refuses_an_extra_field_like_the_app(mlflow_server):
-    """The model has no input schema for MLflow to enforce (steps/logged_model.py), so the
+    """The model has no input schema for MLflow to enforce (engine/logged_model.py), so the
     model's own check sees every field and refuses unknown ones, as the FastAPI app does."""
     status, answer = request(mlflow_server.base + "/invocations", {"dataframe_records": [{**PATIENT, "colour": 3}]})
     assert status == 400 and "column 'colour': rule 'known field'" in answer["message"]
@@ -487,3 +488,117 @@ def test_a_signed_registry_webhook_reloads_every_worker(trained, tmp_path):
         server.stop()
         trained.client.set_registered_model_alias("heart-disease", "champion", current.version)
         trained.client.delete_model_version("heart-disease", target)
+
+
+# --------------------------------------------------------------------------- the sealed model
+
+PATIENTS = json.loads((REPO / "tests" / "data" / "legacy_model_answers.json").read_text())
+
+
+def answers_in_a_clean_process(env, model_uri: str) -> list[dict]:
+    """What the model answers for PATIENTS, loaded in a process of its own."""
+    script = ("import json, sys, mlflow, pandas as pd\n"
+              f"answer = mlflow.pyfunc.load_model({model_uri!r}).predict(pd.DataFrame(json.loads(sys.argv[1])))\n"
+              "print(json.dumps(answer[['prediction', 'probability', 'confidence', 'risk_level']]"
+              ".to_dict(orient='records')))")
+    result = subprocess.run([sys.executable, "-c", script, json.dumps(PATIENTS["patients"])], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def served_answers(server, path: str) -> list[dict]:
+    if path == "/predict":
+        status, body = request(server.base + path, PATIENTS["patients"])
+    else:
+        status, body = request(server.base + path, {"dataframe_records": PATIENTS["patients"]})
+        body = body["predictions"] if status == 200 else body
+    assert status == 200, body
+    return [{key: row[key] for key in ANSWER_KEYS} for row in body]
+
+
+def assert_same_answers(got: list[dict], expected: list[dict]) -> None:
+    assert [(row["prediction"], row["risk_level"]) for row in got] == \
+        [(row["prediction"], row["risk_level"]) for row in expected]
+    for key in ("probability", "confidence"):
+        assert [row[key] for row in got] == pytest.approx([row[key] for row in expected], abs=1e-12)
+
+
+def broken_project_copy(root: Path) -> Path:
+    """The project's code and config in another folder, with every module of the project's
+    copy of the model package made to fail on import."""
+    from tests.conftest import CODE_PACKAGES
+
+    project = root / "project"
+    for folder in (*CODE_PACKAGES, "conf", "profiles"):
+        shutil.copytree(REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for module in (project / "heart_disease_model").glob("*.py"):
+        module.write_text(module.read_text() + "\nraise RuntimeError('the project copy of the model code ran')\n")
+    return project
+
+
+def test_the_model_answers_with_its_own_code_when_the_projects_copy_breaks(trained, tmp_path):
+    """The app, `mlflow models serve` and score, started from a project whose copy of the
+    model package raises on import (and is first on PYTHONPATH), answer as before."""
+    import pandas as pd
+
+    trained.client.set_registered_model_alias("heart-disease", "sealed", "1")
+    expected = answers_in_a_clean_process(trained.env, "models:/heart-disease/1")
+    project = broken_project_copy(tmp_path)
+    env = {**trained.env, "PYTHONPATH": str(project)}
+    app = Server([sys.executable, "-m", "serving", "--poll-seconds", "0", "--alias", "sealed"], env, "/health",
+                 tmp_path, "broken-app", cwd=project)
+    scoring = Server([str(BIN / "mlflow"), "models", "serve", "-m", "models:/heart-disease/1", "--env-manager",
+                      "local", "--host", "127.0.0.1"], env, "/ping", tmp_path, "broken-serve", cwd=project)
+    try:
+        assert_same_answers(served_answers(app, "/predict"), expected)
+        assert_same_answers(served_answers(scoring, "/invocations"), expected)
+    finally:
+        app.stop()
+        scoring.stop()
+    patients = tmp_path / "patients.csv"
+    pd.DataFrame(PATIENTS["patients"]).to_csv(patients, index=False)
+    scored = tmp_path / "scored.parquet"
+    result = subprocess.run([sys.executable, "-m", "tools.score", f"score.input={patients}",
+                             f"score.output={scored}", "score.model_uri=models:/heart-disease/1"],
+                            cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    answers = pd.read_parquet(scored)[list(ANSWER_KEYS)].to_dict(orient="records")
+    assert_same_answers(answers, expected)
+
+
+def test_a_process_that_imported_the_projects_package_loads_the_models_own(trained):
+    script = ("import sys, mlflow, heart_disease_model.codebook as mine\n"
+              "model = mlflow.pyfunc.load_model('models:/heart-disease/1').unwrap_python_model()\n"
+              "print(mine.__file__)\n"
+              "print(sys.modules['heart_disease_model.codebook'].__file__)\n"
+              "print(sys.modules[type(model.codebook).__module__].__file__)")
+    result = subprocess.run([sys.executable, "-c", script], env=trained.env, cwd=REPO, capture_output=True,
+                            text=True, timeout=120, check=True)
+    projects, now_loaded, models = result.stdout.split()[-3:]
+    assert Path(projects).is_relative_to(REPO)
+    assert not Path(now_loaded).is_relative_to(REPO) and now_loaded == models
+    assert Path(models).parts[-3:] == ("code", "heart_disease_model", "codebook.py")
+
+
+def test_a_champion_logged_before_the_sealed_package_still_answers_alike(trained, tmp_path):
+    """A version whose code is the old, whole `steps/` folder (tests/data/legacy_model), served
+    by today's app and by `mlflow models serve`, answers what it answered the day it was logged."""
+    legacy = tmp_path / "legacy_model"
+    shutil.copytree(REPO / "tests" / "data" / "legacy_model", legacy)
+    client = trained.client
+    client.create_registered_model("heart-disease-legacy")
+    version = client.create_model_version("heart-disease-legacy", str(legacy),
+                                          tags={"validation.status": "VALIDATED"})
+    client.set_registered_model_alias("heart-disease-legacy", "champion", version.version)
+    app = Server([sys.executable, "-m", "serving", "--poll-seconds", "0", "--model-name", "heart-disease-legacy"],
+                 trained.env, "/health", tmp_path, "legacy-app")
+    scoring = Server([str(BIN / "mlflow"), "models", "serve", "-m", "models:/heart-disease-legacy@champion",
+                      "--env-manager", "local", "--host", "127.0.0.1"], trained.env, "/ping", tmp_path,
+                     "legacy-serve")
+    try:
+        assert request(app.base + "/health")[1]["status"] == "ok"
+        assert_same_answers(served_answers(app, "/predict"), PATIENTS["answers"])
+        assert_same_answers(served_answers(scoring, "/invocations"), PATIENTS["answers"])
+    finally:
+        app.stop()
+        scoring.stop()

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from steps.sources import fetch, fingerprint, read_table, read_uci
-from steps.errors import PipelineError
+from domain.sources import fetch, fingerprint, read_table, read_uci
+from engine.errors import PipelineError
 from tests.conftest import CLEVELAND
 
 PINNED = "a74b7efa387bc9d108d7d0115d831fe9b414b29ae7124f331b622b4efa0427c8"

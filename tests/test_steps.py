@@ -7,17 +7,17 @@ from hydra import compose, initialize_config_dir
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from steps.codebook import Codebook, validate
-from steps.config import register_configs
+from heart_disease_model.codebook import Codebook, validate
+from engine.config import register_configs
 from steps.evaluate import cross_validate, judge
 from steps.register import champion_decision
-from steps.sources import read_uci
+from domain.sources import read_uci
 from steps.split import split_data
-from steps.synthetic import generate
-from steps.cli import _argv_from_mlproject
-from steps.errors import PipelineError
-from steps.fingerprint import cache_key, code_fingerprint, step_view
-from steps.names import REJECTED, VALIDATED
+from domain.synthetic import generate
+from engine.cli import _argv_from_mlproject
+from engine.errors import PipelineError
+from engine.fingerprint import cache_key, code_fingerprint, step_view
+from engine.names import REJECTED, VALIDATED
 from steps.pipeline import STEPS
 from steps.transform import build_transformer, fit_transform
 from tests.conftest import CLEVELAND, REPO
@@ -134,7 +134,7 @@ def test_cache_key_depends_on_own_config_only(cfg):
 
 
 def test_cache_key_covers_the_versions_of_result_shaping_libraries(cfg):
-    from steps import fingerprint
+    from engine import fingerprint
 
     train = STEPS["train"]
     base = cache_key(train, step_view(cfg, train), "run-1")
@@ -162,9 +162,9 @@ def test_a_step_sees_only_the_config_in_its_cache_key(cfg):
 
 def test_code_fingerprint_covers_imported_project_modules():
     # train imports codebook, metrics, model and the step context: editing any changes train's key
-    from steps.fingerprint import PACKAGE_DIR, _imported_step_modules
+    from engine.fingerprint import PROJECT_ROOT, imported_files
 
-    imported = {p.name for p in _imported_step_modules(PACKAGE_DIR / "train.py")}
+    imported = {p.name for p in imported_files(PROJECT_ROOT / "steps" / "train.py")}
     assert {"codebook.py", "metrics.py", "model.py", "context.py"} <= imported
     assert "cli.py" not in imported  # the command-line shell computes nothing
     assert code_fingerprint("steps.train") != code_fingerprint("steps.split")
@@ -185,7 +185,7 @@ def test_synthetic_data_is_valid_seeded_and_learnable(cfg, book):
 
 
 def test_threshold_for_sensitivity_is_the_strictest_that_reaches_the_target():
-    from steps.metrics import threshold_for_sensitivity
+    from domain.metrics import threshold_for_sensitivity
 
     y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 1])
     p = np.array([0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.3, 0.2, 0.15, 0.1])
@@ -196,7 +196,7 @@ def test_threshold_for_sensitivity_is_the_strictest_that_reaches_the_target():
 
 
 def test_threshold_for_specificity_is_the_lowest_that_reaches_the_target():
-    from steps.metrics import threshold_for_specificity
+    from domain.metrics import threshold_for_specificity
 
     y = np.array([0, 0, 0, 0, 1, 1])
     p = np.array([0.1, 0.2, 0.3, 0.4, 0.35, 0.9])

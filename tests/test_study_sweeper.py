@@ -11,7 +11,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-import steps.sweep  # noqa: F401  (puts the project's Optuna sweeper plugin on sys.path)
+import tools.sweep  # noqa: F401  (puts the project's Optuna sweeper plugin on sys.path)
 from hydra_plugins.optuna_study_sweeper.sweeper import Heartbeat, OptunaStudySweeper
 
 # The sweeper silences these inside its sweep(); the tests call its parts directly.

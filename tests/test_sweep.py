@@ -161,9 +161,9 @@ def study_store(tmp_path_factory):
 
 
 def worker(store, log_name: str, n_trials: int = N_TRIALS) -> subprocess.Popen:
-    """`python -m steps.sweep search=logreg` joining study `s`; one trial at a time, heartbeats
+    """`python -m tools.sweep search=logreg` joining study `s`; one trial at a time, heartbeats
     every second, silent for 10 s counts as dead."""
-    command = [sys.executable, "-m", "steps.sweep", "search=logreg", "evaluate.cv_repeats=2",
+    command = [sys.executable, "-m", "tools.sweep", "search=logreg", "evaluate.cv_repeats=2",
                f"hydra.sweeper.storage=sqlite:///{store.root}/study.db", "hydra.sweeper.study_name=s",
                f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.n_jobs=1", "hydra/launcher=basic",
                "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=10"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from steps.errors import PipelineError
-from steps.store import connect, load_profile
+from engine.errors import PipelineError
+from engine.store import connect, load_profile
 from tests.conftest import REPO, make_store
 
 
@@ -60,9 +60,9 @@ def _log_same_dataset(tracking_uri, experiment_id, round_, barrier, errors):
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    from steps.context import ArtifactCache, StepContext
+    from engine.context import ArtifactCache, StepContext
     from steps.pipeline import STEPS
-    from steps.store import Tracking
+    from engine.store import Tracking
 
     client = MlflowClient(tracking_uri)
     run_id = client.create_run(experiment_id).info.run_id
@@ -148,7 +148,7 @@ def test_a_file_that_is_not_uci_data_is_refused_without_quoting_it(tmp_path):
 def test_data_errors_quote_short_values_only():
     import pandas as pd
 
-    from steps.codebook import EXAMPLE_CHARS, Codebook, check_features
+    from heart_disease_model.codebook import EXAMPLE_CHARS, Codebook, check_features
     from omegaconf import OmegaConf
 
     book = Codebook.from_config(OmegaConf.load(REPO / "conf" / "schema" / "uci_codebook.yaml"))

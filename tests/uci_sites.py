@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steps.synthetic import generate
+from domain.synthetic import generate
 
 COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak",
            "slope", "ca", "thal", "num"]

@@ -1,0 +1,168 @@
+"""The model card every registered version carries: what the model is for, what it was
+trained on, how good it is (with intervals), how it travels to other sites, how its
+threshold trades errors, what it cannot do, and the command that rebuilds it.
+
+`card_sections` is pure (facts in, sections out); `to_markdown` and `to_html` render
+the same sections, so the two files never disagree.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.cards import grid, page
+
+
+@dataclass
+class Section:
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    table: list[list[Any]] = field(default_factory=list)  # first row is the header
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in counts.items()) or "none"
+
+
+SUMMARY_SECTIONS = ("Intended use", "Performance")
+
+
+def card_sections(facts: dict[str, Any]) -> list[Section]:
+    """Sections of the card from the facts register gathers from the run lineage."""
+    m = facts["metrics"]
+    sections = [
+        Section("Intended use", [
+            f"`{facts['name']}` version {facts['version']} estimates the probability that a patient has "
+            "angiographic heart disease (more than 50 % narrowing of a major vessel, UCI `num > 0`) from the 13 "
+            "UCI Heart Disease features, in UCI codes.",
+            "**Not for clinical use.** It is a demonstration of an MLOps pipeline, trained on a few hundred "
+            "patients from the 1980s; it has not been validated prospectively and must not inform the care of "
+            "any person.",
+        ]),
+        Section("Training data", [
+            f"Source: `{facts['data_source']}`; sites: {', '.join(facts['sites']) or 'n/a'}; "
+            f"{facts['rows']} rows after validation, {facts['duplicates_dropped']} exact duplicates dropped "
+            f"before splitting; train / validation / test: {facts['split_rows']}.",
+            f"Data digest (MLflow dataset): `{facts['dataset_digest']}`; file checksums: "
+            + ", ".join(f"{site} `{sha}`" for site, sha in facts["sha256"].items()) + ".",
+            f"Missing cells: {_counts(facts['missing'])}; impossible values turned missing: "
+            f"{_counts(facts['impossible'])}. Share of men: {facts['male_share']:.0%}.",
+        ]),
+        Section("Codebook", ["Inputs must use these codes and ranges; anything else is refused (HTTP 400)."],
+                [["column", "values"]] + [[name, rule] for name, rule in facts["codebook"].items()]),
+        Section("Performance", [
+            f"Model: {facts['model']}; calibration: {facts['calibration']}. Validation status: "
+            f"**{facts['status']}** ({facts['reasons']}).",
+            "Cross-validation: repeated stratified k-fold on train + validation; the interval is the 95 % "
+            "corrected resampled t interval. Test: the held-out split, scored once. Accuracy, recall "
+            "(sensitivity) and specificity are at the model's decision threshold.",
+        ], [["metric", "cross-validated mean [95 % interval]", "test split"]] + [
+            [name, f"{m[f'cv_{name}_mean']:.3f} [{m[f'cv_{name}_ci_low']:.3f}, {m[f'cv_{name}_ci_high']:.3f}]",
+             _fmt(m.get(f"test_{name}", ""))]
+            for name in ("roc_auc", "pr_auc", "brier", "accuracy", "recall", "specificity")
+            if f"cv_{name}_mean" in m
+        ]),
+        Section("Calibration", [
+            f"On the test split the logistic recalibration line has slope {m['test_calibration_slope']:.2f} and "
+            f"intercept {m['test_calibration_intercept']:.2f} (perfect: 1 and 0; a slope above 1 means the "
+            "probabilities are too timid, below 1 too extreme). Brier score "
+            f"{m['test_brier']:.3f}. The reliability diagram is `plots/calibration.png` of the evaluate run.",
+        ]),
+        Section("Decision threshold and risk levels", [
+            f"Disease is predicted when the probability is at least **{facts['threshold']:.3f}**, chosen on the "
+            f"validation split ({facts['threshold_rule']}). On the test split that gives sensitivity "
+            f"{m['test_recall']:.2f} and specificity {m['test_specificity']:.2f}: "
+            f"{facts['confusion']}. A lower threshold misses fewer patients and alarms more healthy people.",
+            "Risk levels: " + ", ".join(f"{level} below {bound:.3f}" if bound < 1 else f"{level} up to 1"
+                                         for level, bound in facts["bands"].items()) + ".",
+        ]),
+    ]
+    if facts["external"]:
+        sections.append(Section(
+            "Other sites (external validation)",
+            ["Scored on sites the model never saw in training; expect the numbers to move with case mix "
+             "and with how each site measured its patients."] +
+            [f"Not scored: {site}: {why}" for site, why in facts["external_unusable"].items()],
+            [["site", "rows", "prevalence", "ROC-AUC", "Brier", "calibration slope", "intercept"]] + [
+                [site, int(s["rows"]), _fmt(s["prevalence"]), _fmt(s["roc_auc"]), _fmt(s["brier"]),
+                 _fmt(s["calibration_slope"]), _fmt(s["calibration_intercept"])]
+                for site, s in facts["external"].items()
+            ]))
+    sections += [
+        Section("Known limitations", [
+            f"- Small sample: {facts['rows']} patients; the test split holds {facts['test_rows']}, so test metrics "
+            "move by several points between splits; trust the cross-validated intervals more.",
+            f"- Sex imbalance: {facts['male_share']:.0%} of the training patients are men; performance for women "
+            "is less certain.",
+            "- Site shift: trained on " + (", ".join(facts["sites"]) or "one source") + "; other hospitals code "
+            "and measure differently (the Hungarian, Swiss and VA files miss most of `ca`, `thal`, `slope` and "
+            "record cholesterol 0 for 'not measured').",
+            "- Referral population from the 1980s: prevalence (~45 %) is far above that of the general public, so "
+            "probabilities do not transfer to screening without recalibration.",
+        ]),
+        Section("Reproduce", [
+            "From the repository at the commit below, with the same data file:",
+            f"```\n{facts['command']}\n```",
+            f"Commit: `{facts['commit']}`; train run `{facts['train_run_id']}`; evaluate run "
+            f"`{facts['evaluate_run_id']}`.",
+        ]),
+    ]
+    return sections
+
+
+def to_markdown(title: str, sections: list[Section]) -> str:
+    lines = [f"# {title}", ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        for paragraph in section.paragraphs:
+            lines += [paragraph, ""]
+        if section.table:
+            header, *rows = section.table
+            lines.append("| " + " | ".join(map(str, header)) + " |")
+            lines.append("| " + " | ".join("---" for _ in header) + " |")
+            lines += ["| " + " | ".join(_fmt(cell) for cell in row) + " |" for row in rows]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def summary_markdown(sections: list[Section], decision: str, card_uri: str) -> str:
+    """The registry version's description: the decision, then what the model is for and
+    how good it is (the registry UI renders Markdown), and where the whole card is."""
+    chosen = [section for section in sections if section.title in SUMMARY_SECTIONS]
+    body = to_markdown("", chosen).split("\n", 2)[2]  # without the empty title line
+    return f"**{decision}**\n\n{body}\nThe whole card: `{card_uri}` (and `model_card.html` beside it)."
+
+
+def _inline(text: str) -> str:
+    """The little Markdown the paragraphs use: **bold** and `code`."""
+    out, parts = [], html.escape(text).split("`")
+    for index, part in enumerate(parts):
+        if index % 2:
+            out.append(f"<code>{part}</code>")
+        else:
+            bold = part.split("**")
+            out.append("".join(f"<strong>{b}</strong>" if i % 2 else b for i, b in enumerate(bold)))
+    return "".join(out)
+
+
+def to_html(title: str, sections: list[Section]) -> str:
+    body = []
+    for section in sections:
+        body.append(f"<h2>{html.escape(section.title)}</h2>")
+        for paragraph in section.paragraphs:
+            if paragraph.startswith("```"):
+                body.append(f"<pre>{html.escape(paragraph.strip('`').strip())}</pre>")
+            else:
+                body.append(f"<p>{_inline(paragraph)}</p>")
+        if section.table:
+            header, *rows = [[str(h) for h in section.table[0]], *section.table[1:]]
+            body.append(grid(header, [dict(zip(header, map(_fmt, row))) for row in rows]))
+    return page(title, body)

@@ -1,0 +1,355 @@
+"""Running one step: find a complete run with the same cache key and reuse it, or
+claim the key, run the step, and finish the run so no crash can pass it off as done.
+
+A run is reused only when it is complete. The runner writes, in this order:
+    1. the step's declared outputs (engine/context.py), then its card;
+    2. one batch: the outputs' manifest (size and sha256 each), summary, timing;
+    3. the completion mark, `pipeline.complete=true`;
+    4. the status FINISHED.
+A process killed anywhere before 3 leaves a run that is never reused (the next run
+on the store marks it KILLED); killed between 3 and 4, the run is complete but not
+FINISHED, and is not reused either. A reused run's outputs are checked against the
+manifest (present, same size) before reuse, and their sha256 when read.
+
+Concurrent processes that need the same key: the first claims it (its RUNNING run
+carries the key), the others wait for that run and reuse it, or take over if its
+process dies.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from mlflow.entities import RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from omegaconf import DictConfig, OmegaConf
+
+from engine import faults, names
+from engine.cards import step_card
+from engine.context import ArtifactCache, StepContext, listing_problem, mark_damaged
+from engine.errors import PipelineError
+from engine.fingerprint import cache_key, step_view
+from engine.liveness import OPEN_RUNS, owner_alive, owner_tags
+from steps.pipeline import STEPS, Step
+from engine.redaction import redact, redact_value
+from engine.store import Tracking, latest_complete, store_lock
+
+FINISHED = RunStatus.to_string(RunStatus.FINISHED)
+FAILED = RunStatus.to_string(RunStatus.FAILED)
+KILLED = RunStatus.to_string(RunStatus.KILLED)
+CLAIM_POLL_SECONDS = 0.5
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived (engine/cli.py turns both into this)."""
+
+    def __init__(self, signal_name: str, exit_code: int):
+        super().__init__(f"stopped by {signal_name}")
+        self.exit_code = exit_code
+
+
+@dataclass
+class StepResult:
+    step: str
+    run_id: str
+    status: str  # ran | reused
+    seconds: float
+    summary: dict[str, Any]
+    inputs: dict[str, str] = field(default_factory=dict)  # {upstream step: run id} it was built from
+
+    def key_outputs(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.summary.items())
+
+    def progress_line(self) -> str:
+        return f"{self.step}: {self.status} run {self.run_id} in {self.seconds:.1f}s  {self.key_outputs()}"
+
+
+# --------------------------------------------------------------------------- lookups
+
+
+def find_reusable(tracking: Tracking, key: str):
+    """The newest complete run with this key whose outputs are all still there; a run
+    whose outputs are gone or resized is marked damaged on the way, and skipped."""
+    while True:
+        run = latest_complete(tracking, f"tags.`{names.CACHE_KEY}` = '{key}'")
+        if run is None:
+            return None
+        problem = listing_problem(tracking.client, run)
+        if problem is None:
+            return run
+        artifact, what = problem
+        mark_damaged(tracking.client, run.info.run_id, f"{artifact} {what}")
+        print(f"{run.data.tags.get(names.STEP)}: not reusing run {run.info.run_id}: its artifact {artifact} {what}; "
+              "running the step again", file=sys.stderr)
+
+
+def resolve_upstream(tracking: Tracking, step: Step, cfg: DictConfig):
+    """The run this step is built on: the one named in `upstream.<step>`, else the
+    latest complete run of the upstream step in the experiment."""
+    name = step.upstream
+    explicit = cfg.upstream.get(name)
+    if explicit:
+        try:
+            run = tracking.client.get_run(explicit)
+        except MlflowException as err:
+            raise PipelineError(f"upstream.{name}={explicit}: no such run ({err.message})") from None
+        complete = run.data.tags.get(names.COMPLETE) == names.COMPLETE_MARK and run.info.status == FINISHED
+        if run.data.tags.get(names.STEP) != name or not complete:
+            raise PipelineError(
+                f"upstream.{name}={explicit} is not a complete {name} run "
+                f"(step tag {run.data.tags.get(names.STEP)!r}, status {run.info.status}, "
+                f"{names.COMPLETE}={run.data.tags.get(names.COMPLETE)!r})"
+            )
+        return run
+    run = latest_complete(tracking, f"tags.`{names.STEP}` = '{name}'")
+    if run is None:
+        raise PipelineError(
+            f"step '{step.name}' needs a complete '{name}' run in experiment {tracking.experiment_id} and there "
+            f"is none: run `mlflow run . -e {name}` (or `-e main`) first, or pass upstream.{name}=<run id>"
+        )
+    return run
+
+
+def lineage_of(run) -> dict[str, str]:
+    """{step: run id} for a step run and everything it was built from."""
+    lineage = {key[len(names.INPUT):]: value for key, value in run.data.tags.items() if key.startswith(names.INPUT)}
+    lineage[run.data.tags[names.STEP]] = run.info.run_id
+    return lineage
+
+
+# --------------------------------------------------------------------------- claims
+
+
+def _live_claims(tracking: Tracking, key: str, mine: Optional[str]) -> list:
+    runs = tracking.client.search_runs(
+        [tracking.experiment_id], f"tags.`{names.CACHE_KEY}` = '{key}' and attributes.status = 'RUNNING'",
+        order_by=["attributes.start_time ASC"], max_results=100)
+    return [r for r in runs if r.info.run_id != mine and owner_alive(r.data.tags)]
+
+
+def claim(tracking: Tracking, name: str, key: str, tags: dict[str, str], own_run_id: Optional[str]):
+    """("reuse", run) when a complete run with `key` exists or appears while we wait for
+    the process computing it; else ("run", run id) of the run that now holds the claim.
+
+    The store lock makes look-up-then-claim atomic among this machine's processes. Across
+    machines (a shared tracking server), a claim defers to any live claim started before it."""
+    run_id: Optional[str] = None
+    announced = False
+    while True:
+        with store_lock(tracking.tracking_uri):
+            # A claimant finishes without the lock, going from RUNNING to complete and then
+            # FINISHED. Read live claims first: a claim gone from them by now has already
+            # ended, complete or not, when complete runs are read. (The other order can miss
+            # a claim that completes between the reads in both.)
+            rivals = _live_claims(tracking, key, run_id)
+            faults.point(f"{name}.claims_read")
+            done = find_reusable(tracking, key)
+            if done is not None:
+                if run_id:  # a claim that lost to another machine's
+                    OPEN_RUNS.discard(run_id)
+                    if run_id != own_run_id:
+                        _withdraw(tracking, run_id, done.info.run_id)
+                return "reuse", done
+            if run_id is None and not rivals:
+                # Read both again with the claim in place: another machine's claim may have
+                # started, or even completed, since the reads above.
+                run_id = _open_run(tracking, tags, own_run_id)
+                continue
+        if run_id is not None:
+            mine = tracking.client.get_run(run_id).info
+            earlier = [r for r in rivals if (r.info.start_time, r.info.run_id) < (mine.start_time, mine.run_id)]
+            if not earlier:
+                return "run", run_id
+            rivals = earlier
+        if not announced:
+            print(f"{name}: waiting for run {rivals[0].info.run_id} (process {rivals[0].data.tags.get(names.PID)} "
+                  f"on {rivals[0].data.tags.get(names.HOST)}), which computes the same result", file=sys.stderr)
+            announced = True
+        time.sleep(CLAIM_POLL_SECONDS)
+
+
+@functools.cache
+def _standard_tags() -> dict[str, str]:
+    """The tags MLflow's fluent API gives a run (user, source file and type, git commit),
+    which runs made with MlflowClient.create_run would otherwise lack."""
+    return {k: v for k, v in resolve_tags().items() if k != MLFLOW_RUN_NAME}
+
+
+def _withdraw(tracking: Tracking, claim_run_id: str, winner_run_id: str) -> None:
+    """Take back a claim another process's complete run made useless: delete it, or, where
+    deleting needs more than EDIT permission (MLflow's MANAGE), end it KILLED saying why."""
+    try:
+        tracking.client.delete_run(claim_run_id)
+    except MlflowException:
+        end_run(tracking, claim_run_id, KILLED, f"withdrawn: run {winner_run_id} computed the same result first")
+
+
+def _open_run(tracking: Tracking, tags: dict[str, str], own_run_id: Optional[str]) -> str:
+    tags = {**tags, **owner_tags()}
+    if own_run_id:  # `mlflow run` made it, with the standard tags already
+        tracking.client.log_batch(own_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        run_id = own_run_id
+    else:
+        run_id = tracking.client.create_run(tracking.experiment_id, tags={**_standard_tags(), **tags}).info.run_id
+    OPEN_RUNS.add(tracking, run_id)
+    return run_id
+
+
+def open_group_run(tracking: Tracking, role: str, run_name: str, own_run_id: Optional[str] = None,
+                   parent_run_id: Optional[str] = None, extra_tags: Optional[dict[str, str]] = None) -> str:
+    """A run that groups step runs (main, sweep, trial), with its owner recorded."""
+    tags = {names.ROLE: role, MLFLOW_RUN_NAME: run_name, **(extra_tags or {})}
+    if parent_run_id:
+        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    if own_run_id:
+        tags.pop(MLFLOW_RUN_NAME)  # keep the name `mlflow run` gave it
+    return _open_run(tracking, tags, own_run_id)
+
+
+def end_run(tracking: Tracking, run_id: str, status: str, error: Optional[str] = None) -> None:
+    if error is not None:
+        tracking.client.set_tag(run_id, names.ERROR, redact(error)[:5000])
+    tracking.client.set_terminated(run_id, status)
+    OPEN_RUNS.discard(run_id)
+
+
+def end_after(tracking: Tracking, run_id: str, err: BaseException) -> None:
+    """End a run that an exception interrupted: KILLED for a signal, else FAILED."""
+    if isinstance(err, Interrupted):
+        end_run(tracking, run_id, KILLED, str(err))
+    else:
+        end_run(tracking, run_id, FAILED, str(err) or type(err).__name__)
+
+
+# --------------------------------------------------------------------------- running a step
+
+
+def config_params(view: DictConfig) -> dict[str, Any]:
+    """A step's config sections as flat MLflow params (`model.C`, `split.seed`, ...);
+    the codebook is left out: it is the same for every run and long."""
+    return {k: redact_value(v) for k, v in _flatten("", OmegaConf.to_container(view)).items()
+            if k.split(".")[0] != "schema"}
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            out.update(_flatten(f"{prefix}.{key}" if prefix else str(key), inner))
+        return out
+    return {prefix: value}
+
+
+def main_overrides() -> list[str]:
+    """The overrides that rebuild this process's config with `mlflow run . -e main`: the
+    command line's, less those that only steer a run (force, upstream pins, sweep settings, profile),
+    with the model that a sweep's search config chose made explicit."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # a sweep's own callbacks, or a caller outside Hydra
+        return []
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    kept = [o for o in overrides
+            if not o.lstrip("+~").startswith(("force=", "upstream.", "sweep.", "search=", "profile"))]
+    if any(o.lstrip("+").startswith("search=") for o in overrides):
+        kept.insert(0, f"model={hydra_cfg.runtime.choices['model']}")
+    return kept
+
+
+def forced(cfg: DictConfig, name: str) -> bool:
+    force = list(cfg.force)
+    return "all" in force or name in force
+
+
+def execute(
+    name: str,
+    cfg: DictConfig,
+    tracking: Tracking,
+    cache: ArtifactCache,
+    parent_run_id: Optional[str] = None,
+    own_run_id: Optional[str] = None,
+    upstream_run_id: Optional[str] = None,
+) -> StepResult:
+    """Run one step, or reuse a complete run with the same cache key.
+
+    `own_run_id` is a run made for us (by `mlflow run`); `upstream_run_id` is the run
+    this step is built on, when the caller knows it (main, sweep)."""
+    step = STEPS[name]
+    started = time.perf_counter()
+    upstream_run = None
+    if step.upstream:
+        upstream_run = (cache.run(upstream_run_id) if upstream_run_id
+                        else resolve_upstream(tracking, step, cfg))
+    lineage = lineage_of(upstream_run) if upstream_run is not None else {}
+    view = step_view(cfg, step)
+    key = cache_key(step, view, upstream_run.info.run_id if upstream_run is not None else None)
+
+    tags = {names.STEP: name, names.CACHE_KEY: key, MLFLOW_RUN_NAME: name,
+            names.OVERRIDES: json.dumps([redact(o) for o in main_overrides()]),
+            **{names.INPUT + step_name: run_id for step_name, run_id in lineage.items()}}
+    if parent_run_id:
+        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    if forced(cfg, name):
+        outcome, found = "run", _open_run(tracking, tags, own_run_id)
+    else:
+        outcome, found = claim(tracking, name, key, tags, own_run_id)
+    if outcome == "reuse":
+        if own_run_id:
+            tracking.client.log_batch(own_run_id, tags=[
+                RunTag(names.REUSED, found.info.run_id),
+                RunTag("mlflow.note.content", f"Reused {name} run {found.info.run_id} (same cache key); "
+                                              f"pass force=[{name}] to run it again.")])
+            tracking.client.set_terminated(own_run_id, FINISHED)
+        return _announced(StepResult(name, found.info.run_id, "reused", time.perf_counter() - started,
+                                     json.loads(found.data.tags.get(names.SUMMARY, "{}")), lineage))
+
+    run_id = found
+    print(f"{name}: running (run {run_id})", flush=True)
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as workdir:
+        ctx = StepContext(tracking, run_id, step, view, lineage, Path(workdir), cache)
+        try:
+            _run_step(ctx, key)
+        except BaseException as err:
+            end_after(tracking, run_id, err)
+            raise
+    return _announced(StepResult(name, run_id, "ran", time.perf_counter() - started, ctx.summary, lineage))
+
+
+def _announced(result: StepResult) -> StepResult:
+    """One line per step as it ends, so a long `main` or sweep shows where it is."""
+    print(result.progress_line(), flush=True)
+    return result
+
+
+def _run_step(ctx: StepContext, key: str) -> None:
+    name = ctx.step.name
+    ctx.log_params(config_params(ctx.cfg))
+    faults.point(f"{name}.started")
+    module = importlib.import_module(ctx.step.module)
+    work_started = time.perf_counter()
+    module.run(ctx)
+    work_seconds = time.perf_counter() - work_started
+    missing = ctx.missing_outputs()
+    if missing:
+        raise PipelineError(f"step {name} did not write its declared outputs {missing} (steps/pipeline.py)")
+    inputs = {f"{wanted.artifact} of {wanted.step}": ctx.lineage[wanted.step] for wanted in ctx.step.reads.values()}
+    ctx.client.log_text(ctx.run_id, redact(step_card(name, ctx.run_id, inputs, sorted(ctx.outputs), ctx.summary,
+                                                     ctx.metrics, ctx.figures, work_seconds, key)), names.CARD)
+    faults.point(f"{name}.outputs_written")
+    ctx.set_tags({names.OUTPUTS: json.dumps(ctx.outputs, sort_keys=True),
+                  names.SUMMARY: json.dumps(ctx.summary, default=str), names.SECONDS: f"{work_seconds:.3f}"})
+    faults.point(f"{name}.before_complete")
+    ctx.set_tags({names.COMPLETE: names.COMPLETE_MARK})
+    faults.point(f"{name}.after_complete")
+    end_run(ctx.tracking, ctx.run_id, FINISHED)
