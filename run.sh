@@ -10,7 +10,7 @@
 #   ./run.sh app [args...]              the FastAPI app: python -m serving
 #   ./run.sh ui [args...]               MLflow's UI on the project's store: mlflow ui
 #   ./run.sh server [args...]           a team tracking server (PostgreSQL, artifacts, auth)
-#   ./run.sh test [pytest args...]      the test suite (installs the test tools too)
+#   ./run.sh test [pytest args...]      ruff, then the test suite (installs the test tools too)
 #   ./run.sh help                       this text
 #
 # Overrides are Hydra overrides (see conf/), one per argument.
@@ -83,6 +83,7 @@ case "$command" in
         ;;
     test)
         ensure_venv requirements-test.txt
+        ruff check --quiet .
         exec python -m pytest "$@"
         ;;
     help|-h|--help)

@@ -23,8 +23,8 @@ from engine.config_checks import ConfigError, check_config
 from engine.context import ArtifactCache
 from engine.errors import explains_itself
 from engine.liveness import OPEN_RUNS, reap_dead_runs
-from engine.runner import KILLED, Interrupted, StepResult, execute
 from engine.redaction import redact
+from engine.runner import KILLED, Interrupted, StepResult, execute
 from engine.store import PROJECT_ROOT, Tracking, connect
 
 CONFIG_ERROR_EXIT = 2

@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from engine.config import STEP_NAMES
-from engine.errors import PipelineError
 from domain.criteria import evaluate_metric_names, parse_criterion
 from domain.sources import UCI_SITES
+from engine.config import STEP_NAMES
+from engine.errors import PipelineError
 
 NUMERIC_IMPUTERS = ("mean", "median", "most_frequent", "constant")
 CATEGORICAL_IMPUTERS = ("most_frequent", "constant")
@@ -97,7 +97,8 @@ def _check_data(rules: _Rules) -> None:
     rules.require("data.download_timeout_s", lambda v: v > 0, "a positive number of seconds")
     rules.require("data.sites", lambda v: len(v) >= 1 and set(v) <= set(UCI_SITES),
                   "one or more of " + ", ".join(UCI_SITES))
-    rules.require("data.external_sites", lambda v: set(v) <= set(UCI_SITES) and not set(v) & set(rules.value("data.sites")),
+    rules.require("data.external_sites",
+                  lambda v: set(v) <= set(UCI_SITES) and not set(v) & set(rules.value("data.sites")),
                   "UCI sites (" + ", ".join(UCI_SITES) + ") not in data.sites")
 
 

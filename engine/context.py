@@ -22,12 +22,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from domain.sources import sha256_of
 from engine import logged_model, names
 from engine.errors import PipelineError
-from steps.pipeline import Step
 from engine.redaction import redact
-from domain.sources import sha256_of
 from engine.store import Tracking, store_lock
+from steps.pipeline import Step
 
 
 class DamagedArtifact(PipelineError):

@@ -40,9 +40,9 @@ from engine.context import ArtifactCache, StepContext, listing_problem, mark_dam
 from engine.errors import PipelineError
 from engine.fingerprint import cache_key, step_view
 from engine.liveness import OPEN_RUNS, owner_alive, owner_tags
-from steps.pipeline import STEPS, Step
 from engine.redaction import redact, redact_value
 from engine.store import Tracking, latest_complete, store_lock
+from steps.pipeline import STEPS, Step
 
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 FAILED = RunStatus.to_string(RunStatus.FAILED)
@@ -229,6 +229,39 @@ def end_after(tracking: Tracking, run_id: str, err: BaseException) -> None:
         end_run(tracking, run_id, KILLED, str(err))
     else:
         end_run(tracking, run_id, FAILED, str(err) or type(err).__name__)
+
+
+class TrackedRun:
+    """The lifecycle of a run that groups others (main, sweep, trial, score, monitor),
+    written once:
+
+        with TrackedRun(tracking, "score", "score", own_run_id=...) as run:
+            ...  # run.run_id
+
+    opens the run with its owner recorded, and ends it FINISHED when the block ends,
+    KILLED on a signal, FAILED with the reason on any other error (which goes on). A run
+    whose start and end are in two places (a sweep's two Hydra callbacks) calls open()
+    in the first and enters the `with` in the second."""
+
+    def __init__(self, tracking: Tracking, role: str, run_name: str, own_run_id: Optional[str] = None,
+                 parent_run_id: Optional[str] = None, extra_tags: Optional[dict[str, str]] = None):
+        self.tracking = tracking
+        self._opening = (role, run_name, own_run_id, parent_run_id, extra_tags)
+        self.run_id: Optional[str] = None
+
+    def open(self) -> "TrackedRun":
+        if self.run_id is None:
+            role, run_name, own_run_id, parent_run_id, extra_tags = self._opening
+            self.run_id = open_group_run(self.tracking, role, run_name, own_run_id, parent_run_id, extra_tags)
+        return self
+
+    __enter__ = open
+
+    def __exit__(self, kind, err: Optional[BaseException], traceback) -> None:
+        if err is None:
+            end_run(self.tracking, self.run_id, FINISHED)
+        else:
+            end_after(self.tracking, self.run_id, err)
 
 
 # --------------------------------------------------------------------------- running a step

@@ -294,7 +294,8 @@ def validate(frame: pd.DataFrame, book: Codebook, impossible_values: str = "miss
         raise DataValidationError(["input: rule 'at least one row': the table is empty (0 rows)"])
     if book.target not in frame and book.label not in frame:
         raise DataValidationError([f"column '{book.target}' (or '{book.label}'): rule 'required by the UCI "
-                                   f"codebook': missing from the input (found columns: {list(map(str, frame.columns))})"])
+                                   f"codebook': missing from the input "
+                                   f"(found columns: {list(map(str, frame.columns))})"])
     clean, problems, impossible_counts = check_features(frame, book, impossible_values)
     if any(c not in frame for c in book.features):  # nothing more to check without them
         raise DataValidationError(problems)

@@ -135,13 +135,14 @@ def _compile_transform(transformer, features: Sequence[str]) -> tuple[_Block, ..
         raise NotCompilable("ColumnTransformer with sparse output")
     position = {name: i for i, name in enumerate(features)}
     blocks = []
-    for name, fitted, columns in transformer.transformers_:
+    for _, fitted, columns in transformer.transformers_:
         if isinstance(fitted, str) and fitted == "drop":
             continue
         indices = _column_indices(columns, features, position)
         if len(indices) == 0:
             continue
-        steps = [] if fitted == "passthrough" else [s for _, s in fitted.steps] if isinstance(fitted, Pipeline) else [fitted]
+        steps = ([] if fitted == "passthrough" else [s for _, s in fitted.steps] if isinstance(fitted, Pipeline)
+                 else [fitted])
         compiled, width = [], len(indices)
         for step in steps:
             if step == "passthrough" or step is None:
@@ -151,7 +152,8 @@ def _compile_transform(transformer, features: Sequence[str]) -> tuple[_Block, ..
         blocks.append(_Block(np.asarray(indices, dtype=np.intp), tuple(compiled), width))
     expected = transformer.get_feature_names_out()
     if sum(b.width for b in blocks) != len(expected):
-        raise NotCompilable(f"compiled {sum(b.width for b in blocks)} output columns, the transformer has {len(expected)}")
+        raise NotCompilable(f"compiled {sum(b.width for b in blocks)} output columns, "
+                            f"the transformer has {len(expected)}")
     return tuple(blocks)
 
 

@@ -44,7 +44,8 @@ def load_sklearn_model(model_dir: Path) -> Any:
     asked_format = flavor.get("serialization_format")
     if asked_format != SERIALIZATION_FORMAT:
         raise UntrustedModel(f"refusing to load {model_dir.name}: its MLmodel asks for serialization_format "
-                             f"{asked_format!r}; this code loads only {SERIALIZATION_FORMAT!r} (heart_disease_model.serialization)")
+                             f"{asked_format!r}; this code loads only {SERIALIZATION_FORMAT!r} "
+                             "(heart_disease_model.serialization)")
     extra = sorted(set(flavor.get("skops_trusted_types") or []) - set(TRUSTED_TYPES))
     if extra:
         raise UntrustedModel(f"refusing to load {model_dir.name}: its MLmodel asks to trust {extra}, which are not "

@@ -28,9 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -125,9 +125,10 @@ def measure(bench: Bench) -> dict[str, tuple[float, float]]:
 
 
 def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
-    memory_kb = int(next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")))
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                         if line.startswith("MemTotal")))
     return (f"{os.cpu_count()} cores ({cpu}), {memory_kb / 2**20:.0f} GiB RAM, {platform.system()} "
             f"{platform.release()}, Python {platform.python_version()}, mlflow {version('mlflow')}, "
             f"scikit-learn {version('scikit-learn')}")
@@ -262,8 +263,10 @@ def scale_run(rows: int) -> dict:
             steps[step] = float(run.data.tags["pipeline.step_seconds"])
             if step == "evaluate":
                 repeats = run.data.metrics.get("cv_repeats_run", float("nan"))
-        return {"rows": rows, "wall": wall, "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-                "peak_tree_mb": peak_tree[0] / 1024, "peak_during": peak_tree[1], "peak_process_mb": after.ru_maxrss / 1024, "steps": steps,
+        return {"rows": rows, "wall": wall,
+                "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+                "peak_tree_mb": peak_tree[0] / 1024, "peak_during": peak_tree[1],
+                "peak_process_mb": after.ru_maxrss / 1024, "steps": steps,
                 "cv_repeats_run": repeats, "load_before": load_before, "load_after": load_average()}
 
 

@@ -32,6 +32,7 @@ import pandas as pd
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 from benchmark_pipeline import Bench, machine, write_section  # noqa: E402  (same machine line in both tables)
+
 from serving.smoke import EXAMPLE  # noqa: E402  (the patient every serving check sends)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -200,9 +201,11 @@ def render(results, requests: int) -> str:
     alone = lookup[(1, "in-process pyfunc predict", 0, 1)]["p50"]
     app = lookup[(1, "FastAPI /predict", 2, 8)]
     fast_enough = app["rps"] >= 1000 and app["p50"] < 5
-    lines += [f"- One patient in-process: p50 {alone:.2f} ms (target ≤ 0.5 ms: {'met' if alone <= 0.5 else 'NOT met'}).",
+    lines += [f"- One patient in-process: p50 {alone:.2f} ms "
+              f"(target ≤ 0.5 ms: {'met' if alone <= 0.5 else 'NOT met'}).",
               f"- The FastAPI app, 2 workers, 8 clients, one patient per request: {app['rps']:.0f} requests/s at p50 "
-              f"{app['p50']:.2f} ms (target ≥ 1,000 requests/s with p50 < 5 ms: {'met' if fast_enough else 'NOT met'})."]
+              f"{app['p50']:.2f} ms "
+              f"(target ≥ 1,000 requests/s with p50 < 5 ms: {'met' if fast_enough else 'NOT met'})."]
     for rows in (1, 100):
         base = lookup[(rows, "in-process pyfunc predict", 0, 1)]["p50"]
         for name in ("mlflow models serve /invocations", "FastAPI /predict"):
@@ -212,7 +215,8 @@ def render(results, requests: int) -> str:
                 lines.append(
                     f"- {rows} row(s), {name}, {workers} worker(s): p50 {gap:+.2f} ms against in-process "
                     f"(target ≤ 3 ms: {'met' if gap <= 3 else 'NOT met'}); 8 clients {eight['rps']:.0f} req/s "
-                    f"against {one['rps']:.0f} at 1 (target not lower: {'met' if eight['rps'] >= one['rps'] else 'NOT met'}).")
+                    f"against {one['rps']:.0f} at 1 "
+                    f"(target not lower: {'met' if eight['rps'] >= one['rps'] else 'NOT met'}).")
     errors = sum(s["errors"] for *_, s in results)
     lines += [f"- Errors: {errors} (target 0: {'met' if errors == 0 else 'NOT met'}).",
               "- In-process at 8 clients is 8 threads in one interpreter sharing one GIL: it shows what threads "

@@ -72,7 +72,8 @@ def measure(root: Path) -> dict[str, float]:
 def render(samples: list[dict[str, float]], repeats: int) -> str:
     medians = {name: statistics.median(s[name] for s in samples) for name in samples[0]}
     by_hand = medians["by hand (16 × mlflow run: train, evaluate)"]
-    rows = [f"| {name} | {wall:.1f} | {wall / len(VALUES):.1f} | {wall / by_hand:.2f} |" for name, wall in medians.items()]
+    rows = [f"| {name} | {wall:.1f} | {wall / len(VALUES):.1f} | {wall / by_hand:.2f} |"
+            for name, wall in medians.items()]
     return "\n".join([
         MARKER_START,
         "## Sweeps",

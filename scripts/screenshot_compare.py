@@ -19,9 +19,18 @@ import urllib.parse
 from pathlib import Path
 
 from playwright.sync_api import Browser, Page
-
-from ui_screenshots import (PROJECT_ROOT, api, chromium, experiment_id, log, make_room, run_command, running_ui,
-                            scratch, use_fresh_store)
+from ui_screenshots import (
+    PROJECT_ROOT,
+    api,
+    chromium,
+    experiment_id,
+    log,
+    make_room,
+    run_command,
+    running_ui,
+    scratch,
+    use_fresh_store,
+)
 
 DEFAULT_OVERRIDES = ["search=hist_gradient_boosting", "hydra.sweeper.n_trials=8"]
 TAG_ROLE = "pipeline.role"  # engine/names.py ROLE: main | sweep | trial

@@ -20,9 +20,18 @@ from pathlib import Path
 
 from playwright.sync_api import Locator, Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-from ui_screenshots import (PROJECT_ROOT, api, chromium, experiment_id, log, make_room, run_command,
-                            running_ui, scratch, use_fresh_store)
+from ui_screenshots import (
+    PROJECT_ROOT,
+    api,
+    chromium,
+    experiment_id,
+    log,
+    make_room,
+    run_command,
+    running_ui,
+    scratch,
+    use_fresh_store,
+)
 
 DEFAULT_OVERRIDES = ["evaluate.cv_repeats=2"]  # a quicker cross-validation; the picture is the same
 # The model-training view of the tab. MLflow 3.17's UI ignores the experiment's

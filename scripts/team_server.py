@@ -317,8 +317,8 @@ class TeamServer:
         if os.geteuid() == 0:
             reachable = subprocess.run(["runuser", "-u", PG_USER, "--", "test", "-x", str(self.dir)]).returncode == 0
             if not reachable:
-                raise TeamServerError(f"running as root, PostgreSQL runs as '{PG_USER}', which cannot enter {self.dir}: "
-                                      f"choose a --dir whose parent folders it may traverse (chmod o+x)")
+                raise TeamServerError(f"running as root, PostgreSQL runs as '{PG_USER}', which cannot enter "
+                                      f"{self.dir}: choose a --dir whose parent folders it may traverse (chmod o+x)")
         db_password = DB_PASSWORD.value(self.secrets_dir)
         postgres = Postgres(bin_dir, self.dir / "postgres", s.pg_port, self.dir / "postgres.log",
                             self.dir / "postgres-socket")
@@ -412,7 +412,8 @@ class TeamServer:
                 f"    export MLFLOW_TRACKING_URI={self.tracking_uri}   # or MLFLOW_SERVER_URI=... with profile=server\n"
                 f"    export MLFLOW_TRACKING_USERNAME=<user> MLFLOW_TRACKING_PASSWORD=<password>\n"
                 + (f"  sweep workers share Optuna studies in this PostgreSQL (it listens on loopback: from another\n"
-                   f"  machine, first `ssh -N -L {self.settings.pg_port}:127.0.0.1:{self.settings.pg_port} <this host>`):\n"
+                   f"  machine, first `ssh -N -L {self.settings.pg_port}:127.0.0.1:{self.settings.pg_port} "
+                   f"<this host>`):\n"
                    f"    export PGPASSFILE={self.study_pgpass}   # a copy of it on each worker's machine\n"
                    f"    ./run.sh sweep search=logreg hydra.sweeper.storage={self.study_storage} "
                    f"hydra.sweeper.study_name=<name>\n" if self.study_storage else "")

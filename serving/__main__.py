@@ -11,7 +11,6 @@ import shutil
 import tempfile
 
 
-
 def main() -> None:
     # Every worker's metrics in one folder, so /metrics adds them up (serving/metrics.py).
     # Set before the app is imported: prometheus_client reads it when metrics are made.

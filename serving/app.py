@@ -39,11 +39,11 @@ from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from serving import metrics, webhooks
-from serving.inference_log import InferenceLog
 from engine import names
 from engine.redaction import redact
 from engine.store import Tracking, connect, latest_complete, load_profile
+from serving import metrics, webhooks
+from serving.inference_log import InferenceLog
 
 log = logging.getLogger("serving")
 LOADING = "loading: the first attempt to load the model is under way"
@@ -438,9 +438,11 @@ class RequestLog:
 
         headers = dict(scope.get("headers") or [])
         content_type = headers.get(b"content-type", b"").decode("latin-1")
-        if scope["method"] == "POST" and scope["path"] == "/predict" and not content_type.startswith("application/json"):
-            response = JSONResponse({"detail": f"Content-Type must be application/json, got {content_type or 'none'!r}"},
-                                    status_code=415)
+        if (scope["method"] == "POST" and scope["path"] == "/predict"
+                and not content_type.startswith("application/json")):
+            response = JSONResponse(
+                {"detail": f"Content-Type must be application/json, got {content_type or 'none'!r}"},
+                status_code=415)
             await response(scope, receive, send_and_note)
         else:
             await self.app(scope, receive, send_and_note)

@@ -8,12 +8,11 @@ registry is used.
 
 from __future__ import annotations
 
-import os
 import collections
+import os
 from typing import Iterable, Optional
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
 ENDPOINTS = ("/predict", "/health", "/model-info", "/reload", "/metrics")
 

@@ -41,7 +41,8 @@ def main() -> int:
     ]
     if args.mlflow_url:
         checks += [
-            ("POST /invocations (UCI codes)", call(f"{args.mlflow_url}/invocations", {"dataframe_records": [EXAMPLE]}), 200),
+            ("POST /invocations (UCI codes)",
+             call(f"{args.mlflow_url}/invocations", {"dataframe_records": [EXAMPLE]}), 200),
             ("POST /invocations (not UCI codes)",
              call(f"{args.mlflow_url}/invocations", {"dataframe_records": [ORIGIN_CODING]}), 400),
         ]
@@ -49,7 +50,8 @@ def main() -> int:
     for name, (status, answer), expected in checks:
         ok = status == expected
         failed += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} {name}: HTTP {status} (expected {expected})\n     {json.dumps(answer)[:400]}")
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: HTTP {status} (expected {expected})\n"
+              f"     {json.dumps(answer)[:400]}")
     return 1 if failed else 0
 
 

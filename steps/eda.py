@@ -22,8 +22,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from heart_disease_model.codebook import Codebook
 from engine.context import StepContext
+from heart_disease_model.codebook import Codebook
 
 
 def feature_histograms(frame: pd.DataFrame, book: Codebook, bins: int) -> Figure:
@@ -46,7 +46,8 @@ def feature_histograms(frame: pd.DataFrame, book: Codebook, bins: int) -> Figure
 def correlation_heatmap(frame: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(9, 8))
     ax = fig.subplots()
-    sns.heatmap(frame.corr(numeric_only=True), ax=ax, cmap="vlag", center=0, annot=True, fmt=".2f", annot_kws={"size": 7})
+    sns.heatmap(frame.corr(numeric_only=True), ax=ax, cmap="vlag", center=0, annot=True, fmt=".2f",
+                annot_kws={"size": 7})
     ax.set_title("Pearson correlation")
     fig.tight_layout()
     return fig

@@ -20,11 +20,11 @@ from sklearn.base import clone
 from sklearn.calibration import calibration_curve
 from sklearn.model_selection import RepeatedStratifiedKFold
 
+from domain.criteria import OPERATORS, parse_criterion
+from domain.metrics import binary_metrics, calibration_line, prefixed
 from engine import names
 from engine.context import StepContext
 from engine.errors import PipelineError
-from domain.criteria import OPERATORS, parse_criterion
-from domain.metrics import binary_metrics, calibration_line, prefixed
 from engine.names import REJECTED, SITE, VALIDATED
 
 

@@ -14,13 +14,13 @@ from typing import Optional
 import pandas as pd
 from omegaconf import DictConfig
 
-from engine import names
 from domain import sources, synthetic
-from heart_disease_model.codebook import Codebook, validate
+from engine import names
 from engine.context import StepContext
 from engine.errors import PipelineError
-from heart_disease_model.errors import ModelError
 from engine.names import SITE
+from heart_disease_model.codebook import Codebook, validate
+from heart_disease_model.errors import ModelError
 
 
 @dataclass

@@ -23,12 +23,11 @@ from engine import names
 from engine.cards import pipeline_card, text_table
 from engine.cli import adopt_launcher_run, launch, run_command, run_link
 from engine.context import ArtifactCache
-from engine.errors import explains_itself
 from engine.fingerprint import code_fingerprint
-from steps.pipeline import SIDE_BRANCHES, STEPS, diagram
 from engine.redaction import redact
-from engine.runner import FAILED, FINISHED, StepResult, end_after, end_run, execute, open_group_run
+from engine.runner import FAILED, FINISHED, StepResult, TrackedRun, execute
 from engine.store import Tracking
+from steps.pipeline import SIDE_BRANCHES, STEPS, diagram
 
 
 def summary_table(results: list[StepResult]) -> str:
@@ -121,22 +120,19 @@ def main(cfg: DictConfig) -> None:
 
     def go(tracking: Tracking) -> None:
         client = tracking.client
-        parent_run_id = open_group_run(tracking, "main", "main", own_run_id=adopt_launcher_run(tracking))
-        client.log_text(parent_run_id, redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
-        cache = ArtifactCache(client)
-        started = time.perf_counter()
-        try:
-            results = run_pipeline(cfg, tracking, parent_run_id, cache)
-        except _ChainFailed as failed:
-            _record(tracking, parent_run_id, failed.completed, cache, time.perf_counter() - started, FAILED)
-            end_after(tracking, parent_run_id, failed.cause)
-            if failed.completed:
-                print(summary_table(failed.completed), file=sys.stderr)
-            if explains_itself(failed.cause):
-                raise failed.cause
-            raise failed.cause from None
-        _record(tracking, parent_run_id, results, cache, time.perf_counter() - started, FINISHED)
-        end_run(tracking, parent_run_id, FINISHED)
+        with TrackedRun(tracking, "main", "main", own_run_id=adopt_launcher_run(tracking)) as run:
+            parent_run_id = run.run_id
+            client.log_text(parent_run_id, redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+            cache = ArtifactCache(client)
+            started = time.perf_counter()
+            try:
+                results = run_pipeline(cfg, tracking, parent_run_id, cache)
+            except _ChainFailed as failed:
+                _record(tracking, parent_run_id, failed.completed, cache, time.perf_counter() - started, FAILED)
+                if failed.completed:
+                    print(summary_table(failed.completed), file=sys.stderr)
+                raise failed.cause from None
+            _record(tracking, parent_run_id, results, cache, time.perf_counter() - started, FINISHED)
         table = summary_table(results)
         print(f"\npipeline finished in {time.perf_counter() - started:.1f}s (parent run {parent_run_id})\n{table}")
         link = run_link(tracking, parent_run_id)

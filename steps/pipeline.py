@@ -176,7 +176,8 @@ def diagram() -> str:
             sources.setdefault(wanted.step, []).append(label + ("?" if wanted.optional else ""))
         reads = "; ".join(f"{upstream}: {', '.join(labels)}" for upstream, labels in sources.items())
         side = "  (beside the chain)" if step.name in SIDE_BRANCHES else ""
-        lines.append(f"{step.name:<{width}}  ◄── {reads}{side}" if reads else f"{step.name:<{width}}  (reads the data source)")
+        lines.append(f"{step.name:<{width}}  ◄── {reads}{side}" if reads
+                     else f"{step.name:<{width}}  (reads the data source)")
     return "\n".join(lines)
 
 

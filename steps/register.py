@@ -81,14 +81,16 @@ def card_facts(ctx: StepContext, name: str) -> dict:
         "male_share": report["male_share"],
         "codebook": {column: book.columns[column].describe() for column in book.features},
         "model": f"{train.data.tags.get(names.MODEL_CLASS)} "
-                 + ", ".join(f"{k[6:]}={v}" for k, v in params.items() if k.startswith("model.") and k != "model._target_"),
+                 + ", ".join(f"{k[6:]}={v}" for k, v in params.items()
+                             if k.startswith("model.") and k != "model._target_"),
         "calibration": params.get("train.calibration", "none"),
         "status": evaluation.data.tags.get(names.VALIDATION_STATUS),
         "reasons": evaluation.data.tags.get(names.VALIDATION_REASONS, ""),
         "metrics": evaluation.data.metrics,
         "threshold": threshold,
         "threshold_rule": (f"the highest threshold with validation sensitivity at least "
-                           f"{params.get('train.threshold.target')}" if strategy == "sensitivity" else "fixed in config"),
+                           f"{params.get('train.threshold.target')}" if strategy == "sensitivity"
+                           else "fixed in config"),
         "confusion": (f"{int((predicted & actual).sum())} true positives, {int((~predicted & actual).sum())} missed "
                       f"patients, {int((predicted & ~actual).sum())} false alarms, "
                       f"{int((~predicted & ~actual).sum())} true negatives"),

@@ -19,14 +19,14 @@ from omegaconf import DictConfig
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.pipeline import Pipeline
 
-from heart_disease_model import fast_path
+from domain.metrics import binary_metrics, prefixed, threshold_for_sensitivity, threshold_for_specificity
+from domain.synthetic import generate
 from engine import names
-from heart_disease_model.codebook import Codebook
 from engine.context import StepContext
 from engine.errors import PipelineError
-from domain.metrics import binary_metrics, prefixed, threshold_for_sensitivity, threshold_for_specificity
+from heart_disease_model import fast_path
+from heart_disease_model.codebook import Codebook
 from heart_disease_model.model import answer
-from domain.synthetic import generate
 
 
 def build_estimator(model: DictConfig):
@@ -116,8 +116,8 @@ def verify_fast_path(pipeline, features: list[str], tables: dict[str, pd.DataFra
         raise PipelineError(
             f"the fast path ({scorer.kind}) differs from the sklearn pipeline by {differences[worst]:.3g} in "
             f"probability on the {worst} rows (allowed {fast_path.TOLERANCE:g}): not logging a model that would "
-            "answer otherwise than the pipeline validated. heart_disease_model/fast_path.py compiles this estimator wrongly; "
-            "fix it or add the case to its NotCompilable checks so the model serves the pipeline itself.")
+            "answer otherwise than the pipeline validated. heart_disease_model/fast_path.py compiles this estimator "
+            "wrongly; fix it or add the case to its NotCompilable checks so the model serves the pipeline itself.")
     return scoring_path, differences
 
 

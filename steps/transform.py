@@ -14,9 +14,9 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from heart_disease_model.codebook import Codebook
 from engine.context import StepContext
 from engine.errors import PipelineError
+from heart_disease_model.codebook import Codebook
 
 
 def build_transformer(transform: DictConfig, book: Codebook) -> ColumnTransformer:

@@ -81,7 +81,8 @@ class Store:
         env = {**self.env, **(extra_env or {})}
         result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
         if check and result.returncode != 0:
-            raise AssertionError(f"{command} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+            raise AssertionError(f"{command} exited {result.returncode}\n"
+                                 f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
         return result
 
     def card(self, run_id: str, name: str = "card.html") -> str:

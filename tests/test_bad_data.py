@@ -44,17 +44,20 @@ CASES = {
         lambda tmp: ["data=file", "data.path=" + write(
             tmp, "no_chol.csv",
             "age,sex,cp,trestbps,fbs,restecg,thalach,exang,oldpeak,slope,ca,thal,num\n"
-            + "\n".join(",".join(l.split(",")[:4] + l.split(",")[5:]) for l in CLEVELAND.read_text().splitlines()))],
+            + "\n".join(",".join(line.split(",")[:4] + line.split(",")[5:])
+                        for line in CLEVELAND.read_text().splitlines()))],
         ["column 'chol'", "required by the UCI codebook"],
     ),
     "text in a numeric column": (
         lambda tmp: ["data=file", "data.path=" + write(
-            tmp, "text.data", _lines(lambda ls: [_set_field(l, 3, "high") if i < 3 else l for i, l in enumerate(ls)]))],
+            tmp, "text.data",
+            _lines(lambda ls: [_set_field(line, 3, "high") if i < 3 else line for i, line in enumerate(ls)]))],
         ["column 'trestbps'", "rule 'numeric'", "3 row(s)", "'high'"],
     ),
     "unknown code": (
         lambda tmp: ["data=file", "data.path=" + write(
-            tmp, "cp0.data", _lines(lambda ls: [_set_field(l, 2, "0.0") if i % 10 == 0 else l for i, l in enumerate(ls)]))],
+            tmp, "cp0.data",
+            _lines(lambda ls: [_set_field(line, 2, "0.0") if i % 10 == 0 else line for i, line in enumerate(ls)]))],
         ["column 'cp'", "code in [1, 2, 3, 4]", "31 row(s)", "e.g. [0]"],
     ),
     "empty file": (
@@ -63,12 +66,13 @@ CASES = {
     ),
     "single class": (
         lambda tmp: ["data=file", "data.path=" + write(
-            tmp, "healthy.data", _lines(lambda ls: [l for l in ls if l.endswith(",0")]))],
+            tmp, "healthy.data", _lines(lambda ls: [line for line in ls if line.endswith(",0")]))],
         ["column 'target'", "both classes", "all 164 rows"],
     ),
     "impossible value under the fail policy": (
         lambda tmp: ["data=file", "data.impossible_values=fail", "data.path=" + write(
-            tmp, "chol0.data", _lines(lambda ls: [_set_field(l, 4, "0") if i < 2 else l for i, l in enumerate(ls)]))],
+            tmp, "chol0.data",
+            _lines(lambda ls: [_set_field(line, 4, "0") if i < 2 else line for i, line in enumerate(ls)]))],
         ["column 'chol'", "50 <= value <= 1000", "2 row(s) hold impossible values", "e.g. [0]"],
     ),
     "checksum mismatch": (

@@ -6,9 +6,16 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from heart_disease_model.codebook import Codebook, DataValidationError, check_feature_matrix, check_features, check_numbers, validate
-from engine.config import register_configs
 from domain.sources import read_uci
+from engine.config import register_configs
+from heart_disease_model.codebook import (
+    Codebook,
+    DataValidationError,
+    check_feature_matrix,
+    check_features,
+    check_numbers,
+    validate,
+)
 from tests.conftest import CLEVELAND, REPO
 
 

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from domain.synthetic import generate
+from engine.errors import PipelineError
 from heart_disease_model import fast_path
 from heart_disease_model.codebook import Codebook
-from engine.errors import PipelineError
 from heart_disease_model.model import OUTPUT_COLUMNS, answer
-from domain.synthetic import generate
 from steps.train import fit_model, verify_fast_path
 from steps.transform import fit_transform
 from tests.conftest import REPO
@@ -126,7 +126,8 @@ def test_the_answer_frame_is_what_dataframe_would_infer(identity):
             "prediction": (probability >= 0.4).astype(int),
             "probability": probability,
             "confidence": np.where(probability >= 0.4, probability, 1 - probability),
-            "risk_level": np.where(probability < 0.3, "Low", np.where(probability < 0.6, "Moderate", "High")).astype(object),
+            "risk_level": np.where(probability < 0.3, "Low",
+                                   np.where(probability < 0.6, "Moderate", "High")).astype(object),
             **identity,
         })
         first = answer(probability, 0.4, bands, identity)

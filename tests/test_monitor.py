@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from serving.inference_log import FILE_PREFIX, InferenceLog, log_files
 from domain import synthetic
 from heart_disease_model.codebook import Codebook
-from tools.monitor import DRIFT, OK, adjust, decide, drift_table, pooled_counts, read_log_window
+from serving.inference_log import FILE_PREFIX, InferenceLog, log_files
 from tests.conftest import REPO, make_store
+from tools.monitor import DRIFT, OK, adjust, decide, drift_table, pooled_counts, read_log_window
 
 BOOK = Codebook.from_config(OmegaConf.load(REPO / "conf" / "schema" / "uci_codebook.yaml"))
 LEVEL = 0.05

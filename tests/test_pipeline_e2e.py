@@ -73,8 +73,8 @@ def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
     model_id = by_step["train"].data.tags["pipeline.model_uri"].rsplit("/", 1)[-1]
     import mlflow
     mlflow.set_tracking_uri(store.tracking_uri)
-    found = mlflow.search_logged_models(experiment_ids=[store.experiment_id], filter_string="metrics.test_roc_auc > 0.5",
-                                        output_format="list")
+    found = mlflow.search_logged_models(experiment_ids=[store.experiment_id],
+                                        filter_string="metrics.test_roc_auc > 0.5", output_format="list")
     assert [m.model_id for m in found] == [model_id]
     linked = {m.key: m for m in found[0].metrics}
     assert {"cv_roc_auc_mean", "test_roc_auc", "test_brier"} <= set(linked)

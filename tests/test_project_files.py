@@ -10,7 +10,7 @@ STEPS = ["ingest", "eda", "split", "transform", "train", "evaluate", "register"]
 
 
 def pins(lines):
-    return sorted(l.strip() for l in lines if re.match(r"^[A-Za-z0-9_.\-]+==", l.strip()))
+    return sorted(line.strip() for line in lines if re.match(r"^[A-Za-z0-9_.\-]+==", line.strip()))
 
 
 def test_conda_env_and_requirements_pin_the_same_packages():
@@ -18,7 +18,7 @@ def test_conda_env_and_requirements_pin_the_same_packages():
     pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
     requirements = (REPO / "requirements.txt").read_text().splitlines()
     assert pins(pip_section) == pins(requirements)
-    assert len(pins(requirements)) == len([l for l in requirements if l and not l.startswith("#")])
+    assert len(pins(requirements)) == len([line for line in requirements if line and not line.startswith("#")])
 
 
 def test_mlproject_declares_every_step_with_overrides_and_profile():

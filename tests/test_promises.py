@@ -24,11 +24,11 @@ from sklearn.isotonic import IsotonicRegression
 
 from engine import names
 from engine.cli import run_single_step
-from heart_disease_model.codebook import Codebook
 from engine.config import register_configs
-from tools.leaderboard import main as leaderboard_main
 from engine.store import complete_filter
+from heart_disease_model.codebook import Codebook
 from tests.conftest import CLEVELAND, CODE_PACKAGES, REPO, make_store
+from tools.leaderboard import main as leaderboard_main
 
 CLEVELAND_SHA256 = "a74b7efa387bc9d108d7d0115d831fe9b414b29ae7124f331b622b4efa0427c8"
 # Every run of this module reads the data through a file:// URL (a promise of its own).

@@ -45,7 +45,8 @@ def assert_healthy(store):
     assert champion.tags["decision"] == "champion"
     mlflow.set_tracking_uri(store.tracking_uri)
     model = mlflow.pyfunc.load_model("models:/heart-disease@champion")
-    example = pd.read_csv(REPO / "tests" / "data" / "processed.cleveland.data", header=None, na_values="?").iloc[:2, :13]
+    example = pd.read_csv(REPO / "tests" / "data" / "processed.cleveland.data", header=None,
+                          na_values="?").iloc[:2, :13]
     example.columns = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak",
                        "slope", "ca", "thal"]
     answer = model.predict(example.fillna({"ca": 0.0, "thal": 3.0}))
@@ -173,7 +174,8 @@ def test_two_identical_mains_at_once_train_and_register_once(tmp_path):
     assert [process.returncode for process in both] == [0, 0], outputs
     for step in ("train", "evaluate", "register"):
         assert len(store.runs(step)) == 1, (step, [out + err[-3000:] for out, err in outputs],
-                                            [(r.info.status, r.data.tags.get(names.CACHE_KEY)) for r in store.runs(step)])
+                                            [(r.info.status, r.data.tags.get(names.CACHE_KEY))
+                                             for r in store.runs(step)])
     assert [str(v.version) for v in store.client.search_model_versions("name = 'heart-disease'")] == ["1"]
     assert any("waiting for run" in err for _, err in outputs)  # the second waited for the first's claim
 
@@ -239,11 +241,13 @@ def test_eight_processes_starting_on_a_missing_sqlite_store_all_succeed(tmp_path
 def test_two_mains_with_different_configs_at_once_leave_the_best_model_champion(store):
     """Each register decides against the champion it sees; the store lock makes those
     decisions one after the other, so the champion ends up the best of all versions."""
-    both = [subprocess.Popen([sys.executable, "-m", "steps.main", QUICK_EVALUATE, f"model.C={c}"], cwd=REPO, env=store.env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in (0.02, 3.0)]
+    both = [subprocess.Popen([sys.executable, "-m", "steps.main", QUICK_EVALUATE, f"model.C={c}"],
+                             cwd=REPO, env=store.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for c in (0.02, 3.0)]
     outputs = [process.communicate(timeout=600) for process in both]
     assert [process.returncode for process in both] == [0, 0], outputs
     versions = store.client.search_model_versions("name = 'heart-disease'")
-    best = max(float(v.tags["primary_metric_value"]) for v in versions if v.tags.get("validation.status") == "VALIDATED")
+    best = max(float(v.tags["primary_metric_value"]) for v in versions
+               if v.tags.get("validation.status") == "VALIDATED")
     champion = store.client.get_model_version_by_alias("heart-disease", "champion")
     assert float(champion.tags["primary_metric_value"]) == best

@@ -15,13 +15,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from engine import names
 from domain import synthetic
-from heart_disease_model.codebook import Codebook, validate
+from domain.metrics import binary_metrics
+from engine import names
 from engine.context import ArtifactCache
+from heart_disease_model.codebook import Codebook, validate
 from steps.evaluate import cross_validate, repeats_within
 from steps.main import still_read
-from domain.metrics import binary_metrics
 from steps.pipeline import STEPS
 from steps.transform import build_transformer
 from tests.conftest import REPO

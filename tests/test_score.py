@@ -15,13 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
 
+from domain.synthetic import generate
 from engine import names
 from engine.errors import PipelineError
+from engine.store import connect
+from tests.conftest import QUICK_EVALUATE, REPO, make_store
 from tools.score import REJECT_REASON, Input, feature_numbers, input_dataset, read_batches, run_score
 from tools.score_config import register_score_config
-from engine.store import connect
-from domain.synthetic import generate
-from tests.conftest import QUICK_EVALUATE, REPO, make_store
 
 ROWS = 3000
 ANSWER = ["prediction", "probability", "confidence", "risk_level", "model_name", "model_version", "run_id", "model_id"]
@@ -83,7 +83,8 @@ def test_pandas_engine_scores_in_chunks_and_rejects_rows_with_reasons(store, pat
     assert model.scoring_path.startswith("fast path")
     good = patients[~patients.patient_id.isin(by_id.index)]
     assert list(scored.patient_id) == list(good.patient_id)
-    np.testing.assert_allclose(scored.probability, model.pipeline.predict_proba(good[list(model.pipeline.feature_names_in_)])[:, 1],
+    np.testing.assert_allclose(scored.probability,
+                               model.pipeline.predict_proba(good[list(model.pipeline.feature_names_in_)])[:, 1],
                                rtol=0, atol=1e-9)
     assert set(scored.model_version) == {result["model_uri"].rsplit("/", 1)[-1]}
 

@@ -36,7 +36,8 @@ def free_port() -> int:
 def request(url, body=None, content_type="application/json", method=None, raw=None):
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     headers = {"Content-Type": content_type} if data is not None else {}
-    req = urllib.request.Request(url, data=data, headers=headers, method=method or ("POST" if data is not None else "GET"))
+    req = urllib.request.Request(url, data=data, headers=headers,
+                                 method=method or ("POST" if data is not None else "GET"))
     try:
         with urllib.request.urlopen(req, timeout=60) as response:
             status, text = response.status, response.read().decode()
@@ -131,7 +132,8 @@ def test_mlflow_serve_answers_in_full(mlflow_server, trained, body, content_type
 def test_origin_example_gets_400_explaining_uci_codes(mlflow_server, api):
     status, answer = request(mlflow_server.base + "/invocations", {"dataframe_records": [ORIGIN_EXAMPLE]})
     assert status == 400
-    for text in ("column 'cp'", "code in [1, 2, 3, 4]", "asymptomatic", "e.g. [0]", "column 'thal'", "code in [3, 6, 7]"):
+    for text in ("column 'cp'", "code in [1, 2, 3, 4]", "asymptomatic", "e.g. [0]",
+                 "column 'thal'", "code in [3, 6, 7]"):
         assert text in answer["message"]
     status, answer = request(api.base + "/predict", ORIGIN_EXAMPLE)
     assert status == 400 and "column 'cp'" in answer["detail"] and "code in [3, 6, 7]" in answer["detail"]
@@ -144,7 +146,8 @@ MLFLOW_BAD = {
                            None),
     "missing field": (dict(body={"dataframe_records": [{k: v for k, v in PATIENT.items() if k != "chol"}]}), "chol"),
     "wrong type": (dict(body={"dataframe_records": [{**PATIENT, "age": "old"}]}), "age"),
-    "boolean for a number": (dict(body={"dataframe_records": [{**PATIENT, "ca": True}]}), "column 'ca': rule 'a number"),
+    "boolean for a number": (dict(body={"dataframe_records": [{**PATIENT, "ca": True}]}),
+                             "column 'ca': rule 'a number"),
     "numeric string": (dict(body={"dataframe_records": [{**PATIENT, "age": "54"}]}), "column 'age': rule 'a number"),
     "null where required": (dict(body={"dataframe_records": [{**PATIENT, "trestbps": None}]}), "trestbps"),
     "NaN": (dict(raw=json.dumps({"dataframe_records": [{**PATIENT, "age": float("nan")}]}).encode()), "age"),
@@ -202,7 +205,8 @@ def test_model_info_and_health(api, trained):
     status, info = request(api.base + "/model-info")
     assert status == 200
     champion = trained.client.get_model_version_by_alias("heart-disease", "champion")
-    assert (info["name"], info["version"], info["alias"], info["source"]) == ("heart-disease", "1", "champion", "registry")
+    assert ((info["name"], info["version"], info["alias"], info["source"])
+            == ("heart-disease", "1", "champion", "registry"))
     assert info["run_id"] == champion.run_id
     assert info["training_data_sha256"] == "a74b7efa387bc9d108d7d0115d831fe9b414b29ae7124f331b622b4efa0427c8"
     assert info["training_data_digest"] and info["trained_at"]
@@ -251,7 +255,7 @@ def test_api_large_batch(api):
 
 def test_api_logs_one_structured_line_per_request(api):
     def logged():
-        return [json.loads(l) for l in api.log.read_text().splitlines() if l.startswith('{"method"')]
+        return [json.loads(line) for line in api.log.read_text().splitlines() if line.startswith('{"method"')]
 
     before = len(logged())
     request(api.base + "/health")

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from heart_disease_model.codebook import Codebook, validate
+from domain.sources import fingerprint
 from engine.config import register_configs
 from engine.errors import PipelineError
+from heart_disease_model.codebook import Codebook, validate
 from steps.ingest import SITE, load_source
-from domain.sources import fingerprint
 from tests.conftest import CLEVELAND, QUICK_EVALUATE, REPO
 from tests.uci_sites import write_site_file
 

@@ -7,18 +7,18 @@ from hydra import compose, initialize_config_dir
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from heart_disease_model.codebook import Codebook, validate
-from engine.config import register_configs
-from steps.evaluate import cross_validate, judge
-from steps.register import champion_decision
 from domain.sources import read_uci
-from steps.split import split_data
 from domain.synthetic import generate
 from engine.cli import _argv_from_mlproject
+from engine.config import register_configs
 from engine.errors import PipelineError
 from engine.fingerprint import cache_key, code_fingerprint, step_view
 from engine.names import REJECTED, VALIDATED
+from heart_disease_model.codebook import Codebook, validate
+from steps.evaluate import cross_validate, judge
 from steps.pipeline import STEPS
+from steps.register import champion_decision
+from steps.split import split_data
 from steps.transform import build_transformer, fit_transform
 from tests.conftest import CLEVELAND, REPO
 
@@ -81,7 +81,8 @@ def test_transform_rejects_unknown_one_hot_column(cfg, book):
 
 
 def test_cross_validation_interval_brackets_the_mean(cfg, book, raw):
-    pipeline = Pipeline([("t", build_transformer(cfg.transform, book)), ("m", LogisticRegression(C=0.1, max_iter=1000))])
+    pipeline = Pipeline([("t", build_transformer(cfg.transform, book)),
+                         ("m", LogisticRegression(C=0.1, max_iter=1000))])
     metrics = cross_validate(pipeline, raw[book.features], raw["target"], 5, 2, 0)
     assert metrics["cv_roc_auc_ci_low"] < metrics["cv_roc_auc_mean"] < metrics["cv_roc_auc_ci_high"]
     assert 0.85 < metrics["cv_roc_auc_mean"] < 0.97
@@ -94,7 +95,8 @@ def test_judge_names_failed_criteria():
     assert status == REJECTED
     assert reasons == ["test_roc_auc = 0.8200 fails >= 0.85"]
     # A Brier bound gates registration like any other criterion.
-    assert judge({**metrics, "test_brier": 0.21}, ["test_brier <= 0.2"]) == (REJECTED, ["test_brier = 0.2100 fails <= 0.2"])
+    assert (judge({**metrics, "test_brier": 0.21}, ["test_brier <= 0.2"])
+            == (REJECTED, ["test_brier = 0.2100 fails <= 0.2"]))
     with pytest.raises(PipelineError, match="unknown metric 'auc'"):
         judge(metrics, ["auc >= 0.5"])
     with pytest.raises(PipelineError, match="cannot read"):

@@ -8,11 +8,11 @@ import time
 
 import optuna
 import pytest
+from hydra_plugins.optuna_study_sweeper.sweeper import Heartbeat, OptunaStudySweeper
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 import tools.sweep  # noqa: F401  (puts the project's Optuna sweeper plugin on sys.path)
-from hydra_plugins.optuna_study_sweeper.sweeper import Heartbeat, OptunaStudySweeper
 
 # The sweeper silences these inside its sweep(); the tests call its parts directly.
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning",

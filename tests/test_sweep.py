@@ -57,7 +57,8 @@ def test_sweep_runs_trials_under_one_parent_on_cached_upstream(store):
 
     ranked = store.steps("leaderboard", "--parent", sweep.info.run_id).stdout.strip().splitlines()[2:]
     assert len(ranked) == 3
-    assert store.steps("leaderboard", "--sweep").stdout == store.steps("leaderboard", "--sweep", sweep.info.run_id).stdout
+    assert (store.steps("leaderboard", "--sweep").stdout
+            == store.steps("leaderboard", "--sweep", sweep.info.run_id).stdout)
     scores = [float(line.split()[4]) for line in ranked]  # train run, model, C=..., max_iter=..., cv roc_auc
     assert scores == sorted(scores, reverse=True)
 

@@ -66,10 +66,11 @@ def test_anonymous_and_wrong_password_get_401(team_server):  # noqa: F811
 def test_main_and_sweep_record_datasets_behind_the_artifact_proxy(editor_store):
     client = editor_store.client
     trains = editor_store.runs("train")
-    assert len(trains) >= 3  # main's and the two trials' 
+    assert len(trains) >= 3  # main's and the two trials'
     for run in trains:
         assert run.data.tags["pipeline.complete"] == "true" and run.info.artifact_uri.startswith("mlflow-artifacts:")
-        sources = {d.dataset.name: (d.dataset.source_type, json.loads(d.dataset.source)) for d in run.inputs.dataset_inputs}
+        sources = {d.dataset.name: (d.dataset.source_type, json.loads(d.dataset.source))
+                   for d in run.inputs.dataset_inputs}
         assert sources["train"][0] == "http"
         assert sources["train"][1]["url"].startswith(f"{editor_store.tracking_uri}/api/2.0/mlflow-artifacts/artifacts/")
     champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
@@ -140,7 +141,8 @@ def test_both_serving_routes_answer_with_the_champion_from_the_server(served, ed
     assert status == 200, answer
     assert (answer["model_version"], answer["model_alias"]) == (str(champion.version), "champion")
     assert answer["probability"] == pytest.approx(
-        request(mlflow_serve.base + "/invocations", {"dataframe_records": [PATIENT]})[1]["predictions"][0]["probability"])
+        request(mlflow_serve.base + "/invocations",
+                {"dataframe_records": [PATIENT]})[1]["predictions"][0]["probability"])
 
 
 def _text_files(folder: Path):

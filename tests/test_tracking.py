@@ -61,8 +61,8 @@ def _log_same_dataset(tracking_uri, experiment_id, round_, barrier, errors):
     from mlflow.tracking import MlflowClient
 
     from engine.context import ArtifactCache, StepContext
-    from steps.pipeline import STEPS
     from engine.store import Tracking
+    from steps.pipeline import STEPS
 
     client = MlflowClient(tracking_uri)
     run_id = client.create_run(experiment_id).info.run_id
@@ -147,9 +147,9 @@ def test_a_file_that_is_not_uci_data_is_refused_without_quoting_it(tmp_path):
 
 def test_data_errors_quote_short_values_only():
     import pandas as pd
+    from omegaconf import OmegaConf
 
     from heart_disease_model.codebook import EXAMPLE_CHARS, Codebook, check_features
-    from omegaconf import OmegaConf
 
     book = Codebook.from_config(OmegaConf.load(REPO / "conf" / "schema" / "uci_codebook.yaml"))
     frame = pd.DataFrame({name: [1.0] for name in book.features}).astype(object)

@@ -20,8 +20,17 @@ import uvicorn
 from fastapi import FastAPI
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
-from serving.webhooks import (DELIVERY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_PATH, ReloadSignal,
-                              router, sign, subscribe, verify)
+from serving.webhooks import (
+    DELIVERY_ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WEBHOOK_PATH,
+    ReloadSignal,
+    router,
+    sign,
+    subscribe,
+    verify,
+)
 from tests.conftest import BIN, REPO
 
 SECRET = "test-webhook-secret"
@@ -45,7 +54,8 @@ def _signed(body: bytes, secret: str = SECRET, timestamp: int | None = None) -> 
 
 def test_our_signature_is_mlflows():
     body = json.dumps(ALIAS_SET)
-    assert sign(SECRET, "d-1", "1700000000", body.encode()) == _generate_hmac_signature(SECRET, "d-1", "1700000000", body)
+    assert (sign(SECRET, "d-1", "1700000000", body.encode())
+            == _generate_hmac_signature(SECRET, "d-1", "1700000000", body))
 
 
 def test_verify_accepts_a_fresh_signed_delivery_and_names_what_is_wrong_otherwise():
@@ -126,7 +136,8 @@ def test_forged_missing_or_stale_signatures_get_401_and_change_nothing(receiver)
 
 
 def test_signed_bodies_the_router_cannot_use_get_400_or_are_ignored(receiver):
-    for body, field in ((b"not json", "body"), (json.dumps({**ALIAS_SET, "data": {"alias": "x"}}).encode(), "data.name")):
+    for body, field in ((b"not json", "body"),
+                        (json.dumps({**ALIAS_SET, "data": {"alias": "x"}}).encode(), "data.name")):
         answer = _post(receiver.url, body, _signed(body))
         assert answer.status_code == 400 and field in answer.json()["detail"]
     other = json.dumps({"entity": "model_version", "action": "created", "data": {}}).encode()

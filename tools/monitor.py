@@ -280,8 +280,8 @@ def load_model(client, uri: str) -> ServedModel:
 def training_rows(client, train_run_id: str, workdir: Path) -> tuple[pd.DataFrame, str]:
     """The train split the model was fitted on, checked against the split run's manifest;
     also returns the split run id."""
-    from engine.context import manifest_of
     from domain.sources import sha256_of
+    from engine.context import manifest_of
 
     train = client.get_run(train_run_id)
     split_id = train.data.tags.get(names.INPUT + "split")
@@ -371,7 +371,7 @@ def current_rows(cfg: DictConfig, now: datetime) -> tuple[pd.DataFrame, Optional
 def run_monitor(cfg: DictConfig, tracking) -> str:
     """Compare, record, and return drift.status."""
     from engine.cli import adopt_launcher_run
-    from engine.runner import FINISHED, end_after, end_run, open_group_run
+    from engine.runner import TrackedRun
 
     monitor = cfg.monitor
     if not 0 < monitor.level < 1:
@@ -387,8 +387,8 @@ def run_monitor(cfg: DictConfig, tracking) -> str:
     uri = monitor.model_uri or served_uri or f"models:/{cfg.register.model_name}@{cfg.register.champion_alias}"
     model = load_model(client, uri)
     book = model.pyfunc.unwrap_python_model().codebook  # the model's own features and rules
-    run_id = open_group_run(tracking, "monitor", "monitor", own_run_id=adopt_launcher_run(tracking))
-    try:
+    with TrackedRun(tracking, "monitor", "monitor", own_run_id=adopt_launcher_run(tracking)) as run:
+        run_id = run.run_id
         with tempfile.TemporaryDirectory(prefix="monitor-") as workdir:
             reference, split_id = training_rows(client, model.run_id, Path(workdir))
         current = rows[book.features].assign(**{PROBABILITY: probabilities(model, rows, book)})
@@ -401,10 +401,6 @@ def run_monitor(cfg: DictConfig, tracking) -> str:
                  "mean probability, training → current": f"{reference[PROBABILITY].mean():.3f} → "
                                                          f"{current[PROBABILITY].mean():.3f}"}
         _record(client, run_id, model, status, drifted, table, facts, reference, current, book, cfg)
-        end_run(tracking, run_id, FINISHED)
-    except BaseException as err:
-        end_after(tracking, run_id, err)
-        raise
     print(f"monitor: {status}" + (f": {', '.join(drifted)}" if drifted else "") +
           f" ({len(current)} current rows against {len(reference)} training rows of {uri}; run {run_id})")
     return status
@@ -413,8 +409,8 @@ def run_monitor(cfg: DictConfig, tracking) -> str:
 def _record(client, run_id: str, model: ServedModel, status: str, drifted: list[str], table: pd.DataFrame,
             facts: dict[str, Any], reference: pd.DataFrame, current: pd.DataFrame, book,
             cfg: DictConfig) -> None:
-    from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
     from mlflow.data.pandas_dataset import from_pandas
+    from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 
     now = int(time.time() * 1000)
     values = {"rows_current": len(current), "rows_reference": len(reference), "drifted_features": len(drifted),

@@ -33,7 +33,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,9 @@ from engine import faults
 from engine.errors import PipelineError
 from engine.liveness import HOST, PID_NAMESPACE, gone
 from engine.redaction import redact
+
+if TYPE_CHECKING:  # pyarrow is imported where a batch is read: a config error need not wait for it
+    import pyarrow as pa
 
 REJECT_REASON = "reject_reason"
 MISSING_MARKERS = ["", "?", "NA", "NaN", "nan", "null"]
@@ -207,7 +210,8 @@ def resolve_input(score: DictConfig, workdir: Path) -> Input:
 def _format_of(path: Path, wanted: str, location: str) -> str:
     if wanted != "auto":
         return wanted
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(("_", ".")))
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*")
+                                                 if p.is_file() and not p.name.startswith(("_", ".")))
     suffixes = {p.suffix.lower() for p in files}
     if suffixes and suffixes <= {".parquet", ".pq"}:
         return "parquet"
@@ -379,7 +383,8 @@ def score_spark(python_model, answer: list, model_uri: str, source: Input, score
     """The same split of rejects in a pandas function on each Spark partition, then
     mlflow.pyfunc.spark_udf on the rest. Output and rejects are folders of part files."""
     try:
-        from pyspark.sql import SparkSession, functions as F
+        from pyspark.sql import SparkSession
+        from pyspark.sql import functions as F
     except ImportError:
         raise PipelineError("score.engine=spark needs pyspark: pip install -r requirements-test.txt "
                             "(pyspark==4.3.0, and Java 17), or use score.engine=pandas") from None
@@ -479,16 +484,16 @@ def resolve_model_uri(client, uri: str) -> str:
 def run_score(cfg: DictConfig, tracking, own_run_id: Optional[str]) -> dict:
     import mlflow
 
-    from engine.runner import FINISHED, end_after, end_run, open_group_run
+    from engine.runner import TrackedRun
 
     score = cfg.score
     if score.engine not in ("pandas", "spark"):
         raise PipelineError(f"score.engine={score.engine!r}: use pandas or spark")
     if score.batch_rows < 1:
         raise PipelineError(f"score.batch_rows={score.batch_rows}: a whole number >= 1")
-    run_id = open_group_run(tracking, "score", "score", own_run_id=own_run_id)
     client = tracking.client
-    try:
+    with TrackedRun(tracking, "score", "score", own_run_id=own_run_id) as run:
+        run_id = run.run_id
         model_uri = resolve_model_uri(client, str(score.model_uri))
         client.log_batch(run_id, params=[_param(k, v) for k, v in {
             "score.input": score.input, "score.output": score.output, "score.rejects": str(rejects_path(score)),
@@ -518,10 +523,6 @@ def run_score(cfg: DictConfig, tracking, own_run_id: Optional[str]) -> dict:
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                          tags=[RunTag(f"score.{k}", str(v)) for k, v in identity.items()]
                          + [RunTag("score.scoring_path", python_model.scoring_path)])
-        end_run(tracking, run_id, FINISHED)
-    except BaseException as err:
-        end_after(tracking, run_id, err)
-        raise
     return {"run_id": run_id, "model_uri": model_uri, **metrics}
 
 

@@ -44,10 +44,10 @@ from engine.config_checks import check_config
 from engine.context import ArtifactCache
 from engine.errors import PipelineError
 from engine.fingerprint import step_view
-from tools.leaderboard import COLUMNS, leaderboard, lower_is_better, render, short
-from steps.pipeline import STEPS
-from engine.runner import FAILED, FINISHED, StepResult, config_params, end_run, execute, open_group_run
+from engine.runner import FAILED, StepResult, TrackedRun, config_params, end_run, execute
 from engine.store import Tracking, connect
+from steps.pipeline import STEPS
+from tools.leaderboard import COLUMNS, leaderboard, lower_is_better, render, short
 
 # Hydra finds sweepers in the `hydra_plugins` namespace package on sys.path: the project's
 # Optuna study sweeper is tools/plugins/hydra_plugins/optuna_study_sweeper.
@@ -137,12 +137,11 @@ def run_trial(cfg: DictConfig) -> float:
     # An Optuna study's trial says which study, which trial of it.
     study = ({names.STUDY: os.environ[STUDY_ENV], names.TRIAL_NUMBER: os.environ[TRIAL_ENV]}
              if TRIAL_ENV in os.environ else None)
-    trial = open_group_run(tracking, "trial", title, parent_run_id=os.environ[ENV_SWEEP_RUN], extra_tags=study)
     try:
-        check_config(cfg)  # a trial's values were not checked with the sweep's base config
-        value = train_and_evaluate(cfg, tracking, trial)
+        with TrackedRun(tracking, "trial", title, parent_run_id=os.environ[ENV_SWEEP_RUN], extra_tags=study) as trial:
+            check_config(cfg)  # a trial's values were not checked with the sweep's base config
+            value = train_and_evaluate(cfg, tracking, trial.run_id)
     except Exception as err:  # a bad value in one trial must not cost the others their results
-        end_run(tracking, trial, FAILED, str(err))
         print(f"sweep: trial {title} FAILED: {type(err).__name__}: {err}", file=sys.stderr)
         return math.nan
     print(f"sweep: trial {title}: {cfg.sweep.metric} = {value:.4f}")
@@ -171,7 +170,6 @@ def train_and_evaluate(cfg: DictConfig, tracking: Tracking, trial: str) -> float
                  RunTag(f"pipeline.{result.step}.status", result.status)]
     # One write for all of it: parallel trials share one SQLite file.
     client.log_batch(trial, metrics=[Metric(m, metrics[m], now, 0) for m in TRIAL_METRICS], tags=tags)
-    end_run(tracking, trial, FINISHED)
     return metrics[cfg.sweep.metric]
 
 
@@ -216,7 +214,8 @@ class SweepRun(Callback):
                 check_study(config.hydra.sweeper.storage, config.hydra.sweeper.study_name)
             except ValueError as err:
                 raise PipelineError(str(err)) from None
-        run_id = open_group_run(tracking, "sweep", "sweep", own_run_id=adopt_launcher_run(tracking))
+        self.sweep_run = TrackedRun(tracking, "sweep", "sweep", own_run_id=adopt_launcher_run(tracking)).open()
+        run_id = self.sweep_run.run_id
         atexit.register(close_unfinished_sweep, tracking, run_id)
         self.setup = sweep_setup(config.hydra)
         tracking.client.log_batch(run_id, params=[Param(k, v) for k, v in self.setup.items()])
@@ -229,40 +228,39 @@ class SweepRun(Callback):
 
     @stop_on_error
     def on_multirun_end(self, config: DictConfig, tracking: Tracking) -> None:
-        client, run_id = tracking.client, os.environ[ENV_SWEEP_RUN]
-        rows = leaderboard(tracking, parent=run_id, sort=config.sweep.metric)
-        best, decision = {}, "not asked for (sweep.register_best=false)"
-        if rows:
-            best = log_best_trial(client, run_id, rows[0])
-        if config.sweep.register_best:
-            # The best trial that passed evaluate's gate: register refuses the others anyway.
-            validated = next((row for row in rows if row["status"] == "VALIDATED"), None)
-            decision = "no trial was VALIDATED: nothing registered"
-            if validated:
-                result = execute("register", config, tracking, ArtifactCache(client), parent_run_id=run_id,
-                                 upstream_run_id=validated["_evaluate_run"].info.run_id)
-                decision = f"{validated['train run']}: {decision_text(result.summary)}"
-                print(f"sweep: registered the best validated trial: {decision}")
-                rows = leaderboard(tracking, parent=run_id, sort=config.sweep.metric)  # shows the new version
-        table = [{c: row[c] for c in COLUMNS} for row in rows]
-        client.log_text(run_id, pd.DataFrame(table, columns=COLUMNS).to_csv(index=False), "leaderboard.csv")
-        client.log_text(run_id, leaderboard_page(COLUMNS, table), "leaderboard.html")
-        trials = client.search_runs([tracking.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}' and "
-                                    f"tags.`{names.ROLE}` = 'trial'", max_results=5000)
-        failed = {t.data.tags[MLFLOW_RUN_NAME]: t.data.tags.get(names.ERROR, "?") for t in trials
-                  if t.info.status == FAILED}
-        seconds = time.time() - client.get_run(run_id).info.start_time / 1000
-        for row, ranked in zip(table, rows):
-            row["card_uri"] = f"{ranked['_evaluate_run'].info.artifact_uri}/{names.CARD}"
-        client.log_text(run_id, sweep_card(run_id, self.setup, self.upstream, len(trials), COLUMNS, table, failed,
-                                           config.sweep.metric, best, decision, seconds), names.CARD)
-        print(f"sweep: {len(trials) - len(failed)} of {len(trials)} trial(s) finished, "
-              f"{len(rows)} model(s) ranked in run {run_id}:")
-        print(render(rows) if rows else "  none finished")
-        if failed:
-            end_run(tracking, run_id, FAILED, f"{len(failed)} trial(s) FAILED")
-            sys.exit(f"sweep: {len(failed)} trial(s) FAILED: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
-        end_run(tracking, run_id, FINISHED)
+        with self.sweep_run:  # FINISHED, or FAILED with the reason
+            client, run_id = tracking.client, os.environ[ENV_SWEEP_RUN]
+            rows = leaderboard(tracking, parent=run_id, sort=config.sweep.metric)
+            best, decision = {}, "not asked for (sweep.register_best=false)"
+            if rows:
+                best = log_best_trial(client, run_id, rows[0])
+            if config.sweep.register_best:
+                # The best trial that passed evaluate's gate: register refuses the others anyway.
+                validated = next((row for row in rows if row["status"] == "VALIDATED"), None)
+                decision = "no trial was VALIDATED: nothing registered"
+                if validated:
+                    result = execute("register", config, tracking, ArtifactCache(client), parent_run_id=run_id,
+                                     upstream_run_id=validated["_evaluate_run"].info.run_id)
+                    decision = f"{validated['train run']}: {decision_text(result.summary)}"
+                    print(f"sweep: registered the best validated trial: {decision}")
+                    rows = leaderboard(tracking, parent=run_id, sort=config.sweep.metric)  # shows the new version
+            table = [{c: row[c] for c in COLUMNS} for row in rows]
+            client.log_text(run_id, pd.DataFrame(table, columns=COLUMNS).to_csv(index=False), "leaderboard.csv")
+            client.log_text(run_id, leaderboard_page(COLUMNS, table), "leaderboard.html")
+            trials = client.search_runs([tracking.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}' and "
+                                        f"tags.`{names.ROLE}` = 'trial'", max_results=5000)
+            failed = {t.data.tags[MLFLOW_RUN_NAME]: t.data.tags.get(names.ERROR, "?") for t in trials
+                      if t.info.status == FAILED}
+            seconds = time.time() - client.get_run(run_id).info.start_time / 1000
+            for row, ranked in zip(table, rows):
+                row["card_uri"] = f"{ranked['_evaluate_run'].info.artifact_uri}/{names.CARD}"
+            client.log_text(run_id, sweep_card(run_id, self.setup, self.upstream, len(trials), COLUMNS, table, failed,
+                                               config.sweep.metric, best, decision, seconds), names.CARD)
+            print(f"sweep: {len(trials) - len(failed)} of {len(trials)} trial(s) finished, "
+                  f"{len(rows)} model(s) ranked in run {run_id}:")
+            print(render(rows) if rows else "  none finished")
+            if failed:
+                sys.exit(f"sweep: {len(failed)} trial(s) FAILED: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
 
 
 def close_unfinished_sweep(tracking: Tracking, run_id: str) -> None:

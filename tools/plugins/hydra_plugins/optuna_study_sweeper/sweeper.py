@@ -26,6 +26,8 @@ from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.optuna_study_sweeper import STUDY_ENV, TRIAL_ENV
+from hydra_plugins.optuna_study_sweeper.space import search_space
 from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution
 from optuna.exceptions import ExperimentalWarning
@@ -34,8 +36,6 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from hydra_plugins.optuna_study_sweeper import STUDY_ENV, TRIAL_ENV
-from hydra_plugins.optuna_study_sweeper.space import search_space
 from engine.locks import file_lock
 
 log = logging.getLogger(__name__)
@@ -232,4 +232,4 @@ class OptunaStudySweeper(Sweeper):
                             "already: its heartbeat stopped for longer than the grace period, so another worker "
                             "may run it again")
         for result in returns:
-            result.return_value  # raises the job's exception, if it raised
+            result.return_value  # noqa: B018  (raises the job's exception, if it raised)
