@@ -69,6 +69,10 @@ class Store:
         """`python -m steps.<module> <overrides>` from the project root."""
         return self._run([sys.executable, "-m", f"steps.{module}", *overrides], check, extra_env)
 
+    def tool(self, module: str, *args: str, check: bool = True, extra_env: dict | None = None):
+        """`python -m tools.<module> <args>` (sweep, score, monitor, leaderboard) from the project root."""
+        return self._run([sys.executable, "-m", f"tools.{module}", *args], check, extra_env)
+
     def mlflow_run(self, entry_point: str, overrides: str = "", check: bool = True):
         """`mlflow run <repo> -e <entry point> --env-manager local -P overrides=...`"""
         command = [str(BIN / "mlflow"), "run", str(REPO), "-e", entry_point, "--env-manager", "local",

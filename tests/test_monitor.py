@@ -178,13 +178,13 @@ def test_monitor_command_flags_a_shifted_log_and_passes_an_unshifted_one(tmp_pat
 
     shifted = unseen.assign(age=(unseen["age"] + 10).clip(upper=100))
     log_requests(store.root / "older", shifted)
-    drifted = store.steps("monitor", f"monitor.log_dir={store.root / 'older'}", "monitor.fail_on_drift=true",
+    drifted = store.tool("monitor", f"monitor.log_dir={store.root / 'older'}", "monitor.fail_on_drift=true",
                           check=False)
     assert drifted.returncode == 3, drifted.stderr
     assert "monitor: DRIFT: age" in drifted.stdout
 
     log_requests(store.root / "alike", unseen)
-    alike = store.steps("monitor", f"monitor.log_dir={store.root / 'alike'}", "monitor.fail_on_drift=true",
+    alike = store.tool("monitor", f"monitor.log_dir={store.root / 'alike'}", "monitor.fail_on_drift=true",
                         check=False)
     assert alike.returncode == 0, alike.stderr
     assert "monitor: OK" in alike.stdout

@@ -319,7 +319,7 @@ def leaderboard(capsys, monkeypatch, *args: str) -> list[dict[str, str]]:
 def sweep(store, base, worse) -> str:
     """A real grid sweep over two models this module already trained and evaluated: the
     default (C=0.1) and the worse one (C=0.0001); its trials reuse those runs."""
-    store.steps("sweep", *BASE_OVERRIDES, "model.C=0.1,0.0001")
+    store.tool("sweep", *BASE_OVERRIDES, "model.C=0.1,0.0001")
     [sweep] = store.client.search_runs([store.experiment_id], f"tags.`{names.ROLE}` = 'sweep'")
     return sweep.info.run_id
 

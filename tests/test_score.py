@@ -101,7 +101,7 @@ def test_command_line_scores_a_csv_url(store, patients, http_server, tmp_path):
     patients.astype(object).where(patients.notna(), "").to_csv(folder / "patients.csv", index=False)
     url = f"{http_server(folder)}/patients.csv"
     output = tmp_path / "out" / "scored.parquet"
-    done = store.steps("score", f"score.input={url}", f"score.output={output}", "score.id_columns=[patient_id]")
+    done = store.tool("score", f"score.input={url}", f"score.output={output}", "score.id_columns=[patient_id]")
     assert f"{ROWS - len(BROKEN)} rows scored, {len(BROKEN)} rejected" in done.stdout
     assert len(pd.read_parquet(output)) == ROWS - len(BROKEN)
     assert not [p for p in output.parent.iterdir() if "partial" in p.name]
@@ -110,12 +110,12 @@ def test_command_line_scores_a_csv_url(store, patients, http_server, tmp_path):
 def test_a_killed_score_leaves_no_output_and_the_next_score_removes_its_partial_file(store, patients, tmp_path):
     output = tmp_path / "out" / "scored.parquet"
     overrides = (f"score.input={store.root / 'patients.parquet'}", f"score.output={output}", "score.batch_rows=500")
-    killed = store.steps("score", *overrides, check=False, extra_env={names.FAULT_ENV: "score.batch_written"})
+    killed = store.tool("score", *overrides, check=False, extra_env={names.FAULT_ENV: "score.batch_written"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     left = [p.name for p in output.parent.iterdir()]
     assert len(left) == 1 and left[0].startswith(".scored.parquet.partial-"), left  # nothing that looks finished
 
-    done = store.steps("score", *overrides)
+    done = store.tool("score", *overrides)
     assert f"removed {left[0]}, left unfinished by process" in done.stderr
     assert sorted(p.name for p in output.parent.iterdir()) == ["scored.parquet", "scored.rejects.parquet"]
     assert len(pd.read_parquet(output)) == ROWS - len(BROKEN)

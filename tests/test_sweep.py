@@ -55,10 +55,10 @@ def test_sweep_runs_trials_under_one_parent_on_cached_upstream(store):
     assert sweep.data.metrics["best_cv_roc_auc_mean"] == best.data.metrics["cv_roc_auc_mean"]
     assert sweep.data.params["best.model.C"] == best.data.params["model.C"]
 
-    ranked = store.steps("leaderboard", "--parent", sweep.info.run_id).stdout.strip().splitlines()[2:]
+    ranked = store.tool("leaderboard", "--parent", sweep.info.run_id).stdout.strip().splitlines()[2:]
     assert len(ranked) == 3
-    assert (store.steps("leaderboard", "--sweep").stdout
-            == store.steps("leaderboard", "--sweep", sweep.info.run_id).stdout)
+    assert (store.tool("leaderboard", "--sweep").stdout
+            == store.tool("leaderboard", "--sweep", sweep.info.run_id).stdout)
     scores = [float(line.split()[4]) for line in ranked]  # train run, model, C=..., max_iter=..., cv roc_auc
     assert scores == sorted(scores, reverse=True)
 
@@ -117,7 +117,7 @@ def test_optuna_search_from_conf_records_its_trials_and_space(store):
 
 def test_a_failing_trial_costs_the_others_nothing_and_fails_the_sweep(store):
     """`python -m` (not `mlflow run`, which would mark its own launcher run FAILED anyway)."""
-    result = store.steps("sweep", "model.C=-1,0.1", check=False)
+    result = store.tool("sweep", "model.C=-1,0.1", check=False)
     assert result.returncode == 1 and "trial logreg C=-1 FAILED" in result.stderr
     client = store.client
     sweep = client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'")[0]
@@ -140,7 +140,7 @@ def test_a_failing_trial_costs_the_others_nothing_and_fails_the_sweep(store):
 ])
 def test_a_sweep_that_cannot_start_stops_before_any_trial(store, overrides, message):
     """Hydra only warns when a callback raises; the sweep must stop with the reason instead."""
-    result = store.steps("sweep", *overrides, check=False)
+    result = store.tool("sweep", *overrides, check=False)
     assert result.returncode == 1 and message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     client = store.client
@@ -227,12 +227,12 @@ def test_three_workers_share_one_study_and_a_killed_worker_loses_nothing(study_s
         assert by_number[trial.number].data.metrics["cv_roc_auc_mean"] == pytest.approx(trial.value)
 
     # The leaderboard ranks the whole study, whichever worker ran each trial.
-    ranked = store.steps("leaderboard", "--study", "s").stdout.strip().splitlines()[2:]
+    ranked = store.tool("leaderboard", "--study", "s").stdout.strip().splitlines()[2:]
     trained = {r.data.tags["pipeline.train.run_id"] for r in finished}
     assert sorted(line.split()[0] for line in ranked) == sorted(trained)
     scores = [float(line.split()[4]) for line in ranked]
     assert scores == sorted(scores, reverse=True)
-    unknown = store.steps("leaderboard", "--study", "nope", check=False)
+    unknown = store.tool("leaderboard", "--study", "nope", check=False)
     assert unknown.returncode == 1 and "no trial runs of study 'nope'" in unknown.stderr
 
 

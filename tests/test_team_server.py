@@ -45,7 +45,7 @@ def test_the_sweep_study_lives_in_postgresql_and_the_leaderboard_ranks_it(editor
     study = optuna.load_study(study_name=STUDY, storage=team_server.server.study_storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 2 and all(0.5 < t.value <= 1 for t in complete)
-    board = editor_store.steps("leaderboard", "--study", STUDY).stdout
+    board = editor_store.tool("leaderboard", "--study", STUDY).stdout
     assert board.count("LogisticRegression") == 2, board  # the study's two trials, not main's model
 
 
@@ -105,7 +105,7 @@ def test_reader_reads_runs_and_the_leaderboard_but_cannot_register_or_write(edit
     assert refused.value.get_http_status_code() == 403
     assert reader_store.registry_state() == registry_before
 
-    board = reader_store.steps("leaderboard").stdout
+    board = reader_store.tool("leaderboard").stdout
     assert train.info.run_id in board and "champion" in board
 
 
