@@ -12,7 +12,6 @@ from hydra_plugins.optuna_study_sweeper.space import search_space
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-import tools.sweep  # noqa: F401  (puts the project's Optuna sweeper plugin on sys.path)
 from engine.config import register_configs
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,8 +12,6 @@ from hydra_plugins.optuna_study_sweeper.sweeper import Heartbeat, OptunaStudySwe
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-import tools.sweep  # noqa: F401  (puts the project's Optuna sweeper plugin on sys.path)
-
 # The sweeper silences these inside its sweep(); the tests call its parts directly.
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning",
                                         "ignore:Heartbeat of storage is supposed to be used with Study.optimize")
