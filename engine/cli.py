@@ -10,6 +10,7 @@ then the command runs with SIGTERM and SIGINT turned into an orderly stop. Exit 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import sys
@@ -28,6 +29,8 @@ from engine.runner import KILLED, Interrupted, StepResult, execute
 from engine.store import PROJECT_ROOT, Tracking, connect
 
 CONFIG_ERROR_EXIT = 2
+# `${oc.env:...}`, `${oc.decode:...}` or any other resolver call inside an override.
+_RESOLVER_CALL = re.compile(r"\$\{\s*[A-Za-z_][\w.]*\s*:")
 
 
 def _argv_from_mlproject(argv: list[str]) -> list[str]:
@@ -48,6 +51,18 @@ def _argv_from_mlproject(argv: list[str]) -> list[str]:
     return out
 
 
+def refuse_resolver_overrides(argv: list[str]) -> None:
+    """An override that calls a resolver could copy the environment (a password, say) into
+    the run's config, params and error messages: refused before Hydra resolves anything,
+    naming the key only, never the value."""
+    keys = [arg.split("=", 1)[0] for arg in argv[1:] if "=" in arg and _RESOLVER_CALL.search(arg.split("=", 1)[1])]
+    for key in keys:
+        print(f"config error: {key}: a command-line override may not call a resolver (${{oc.env:...}}, "
+              "${oc.decode:...}, ...); write the value itself", file=sys.stderr)
+    if keys:
+        sys.exit(CONFIG_ERROR_EXIT)
+
+
 def _raise_interrupted(signum: int, _frame: Any) -> None:
     name = signal.Signals(signum).name
     raise Interrupted(name, 128 + signum)
@@ -65,6 +80,7 @@ def launch(task: Callable[[DictConfig], Any], config_name: str = "config", multi
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
     sys.argv = _argv_from_mlproject(sys.argv)
+    refuse_resolver_overrides(sys.argv)
     # Hydra refuses --multirun beside its other modes (--cfg, --info, --help, ...).
     modes = {"--multirun", "-m", "--run", "-r", "--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help",
              "--shell-completion", "-sc"}

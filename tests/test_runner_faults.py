@@ -165,6 +165,17 @@ def test_a_bad_override_exits_2_with_one_line_and_creates_no_run(tmp_path, overr
     assert store.registry_state() == {}
 
 
+def test_an_override_that_reads_the_environment_is_refused_without_printing_it(tmp_path):
+    store = make_store(tmp_path / "store")
+    secret = "hunter2-not-for-the-record"
+    result = store.steps("ingest", "data.cache_dir=cache_${oc.env:HEART_TEST_SECRET}", check=False,
+                         extra_env={"HEART_TEST_SECRET": secret})
+    assert result.returncode == 2
+    assert "config error: data.cache_dir: a command-line override may not call a resolver" in result.stderr
+    assert secret not in result.stdout + result.stderr
+    assert store.client.search_runs([store.experiment_id]) == []
+
+
 def test_two_identical_mains_at_once_train_and_register_once(tmp_path):
     store = make_store(tmp_path / "store")
     command = [sys.executable, "-m", "steps.main", QUICK_EVALUATE]
