@@ -88,8 +88,9 @@ class RiskLevelsConfig:
 class TrainConfig:
     model_name: str = "model"
     input_example_rows: int = 3
-    calibration: str = "none"  # none | sigmoid | isotonic
+    calibration: str = "sigmoid"  # none | sigmoid | isotonic
     calibration_folds: int = 5
+    calibration_ensemble: bool = False  # mean of the folds' calibrated models instead of one calibrator
     threshold: ThresholdConfig = field(default_factory=lambda: ThresholdConfig())
     risk_levels: RiskLevelsConfig = field(default_factory=lambda: RiskLevelsConfig())
 
