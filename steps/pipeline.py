@@ -115,9 +115,11 @@ STEPS: dict[str, Step] = {
                    **{name: _split_input(name) for name in _SPLITS},
                    "external": Input("ingest", names.EXTERNAL_TABLE, optional=True),
                    "validation_report": Input("ingest", names.VALIDATION_REPORT)},
-            writes={**_plots("roc_curve", "pr_curve", "calibration", "confusion_matrix"),
+            writes={**_plots("roc_curve", "pr_curve", "calibration", "confusion_matrix", "decision_curve"),
                     "external_validation_plot": Output("plots/external_validation.png", optional=True),
                     "test_predictions": Output(names.TEST_PREDICTIONS),
+                    "subgroups": Output(names.SUBGROUPS),
+                    "explanation": Output(names.EXPLANATION),
                     "external_validation": Output(names.EXTERNAL_VALIDATION, optional=True)},
         ),
         Step(
