@@ -65,10 +65,11 @@ def subgroups(spec: Mapping[str, Any], columns: Mapping[str, Mapping[str, Any]])
         rule = columns.get(column)
         if rule is None or not rule.get("codes"):
             raise PipelineError(f"evaluate.subgroups.codes: {column!r} is not a coded column of the codebook")
-        described = f" ({rule['description']})" if rule.get("description") else ""
         for code in rule["codes"]:
-            found.append(Subgroup(f"{column}_{_number(float(code))}", f"{column} = {float(code):g}{described}",
-                                  column, code=float(code)))
+            # The code's meaning, where the description spells it out: "sex (1 male, 0 female)".
+            meaning = re.search(rf"[(,]\s*{float(code):g}\s+([^,()]+)", str(rule.get("description") or ""))
+            label = f"{column} = {float(code):g}" + (f" ({meaning.group(1).strip()})" if meaning else "")
+            found.append(Subgroup(f"{column}_{_number(float(code))}", label, column, code=float(code)))
     for column, given in (spec.get("bands") or {}).items():
         try:
             edges = [float(e) for e in given]

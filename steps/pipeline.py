@@ -129,9 +129,13 @@ STEPS: dict[str, Step] = {
                    # raw table need not stay in memory under `main` once split and eda are done.
                    "validation_report": Input("ingest", names.VALIDATION_REPORT),
                    "test_predictions": Input("evaluate", names.TEST_PREDICTIONS),
+                   # Optional: an evaluate run from before they existed still registers.
+                   "subgroups": Input("evaluate", names.SUBGROUPS, optional=True),
+                   "explanation": Input("evaluate", names.EXPLANATION, optional=True),
                    "external_validation": Input("evaluate", names.EXTERNAL_VALIDATION, optional=True)},
             writes={"model_card": Output("model_card.md", optional=True),
-                    "model_card_html": Output("model_card.html", optional=True)},
+                    "model_card_html": Output("model_card.html", optional=True),
+                    "contributions_plot": Output("plots/feature_contributions.png", optional=True)},
         ),
     ]
 }

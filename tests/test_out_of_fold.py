@@ -175,7 +175,7 @@ def test_subgroups_from_config_split_the_patients_and_name_the_metrics(cfg, clev
     assert (masks["sex_0"] ^ masks["sex_1"]).all()
     assert (masks["age_lt_50"].astype(int) + masks["age_50_60"] + masks["age_ge_60"] == 1).all()
     assert features.age[masks["age_50_60"]].between(50, 59.999).all()
-    assert "female" in dict((g.name, g.label) for g, _ in groups)["sex_0"]
+    assert dict((g.name, g.label) for g, _ in groups)["sex_0"] == "sex = 0 (female)"
     known = evaluate_metric_names(subgroup_names=names)
     assert {"cv_roc_auc_sex_0", "cv_roc_auc_sex_0_ci_low", "cv_calibration_slope_age_ge_60_ci_high",
             "cv_sensitivity_sex_1", "cv_rows_sex_0", "cv_roc_auc_subgroup_min", "cv_calibration_slope",
@@ -215,3 +215,53 @@ def test_the_subgroup_report_gives_each_subgroup_its_intervals_and_the_criteria_
     assert judge(metrics, [f"cv_roc_auc_subgroup_min >= {bound - 0.01}"])[0] == "VALIDATED"
     status, reasons = judge(metrics, [f"cv_roc_auc_subgroup_min >= {bound + 0.01}"])
     assert status == "REJECTED" and reasons[0].startswith("cv_roc_auc_subgroup_min")
+
+
+# --------------------------------------------------------------------------- the model card
+
+
+def card_facts(metrics: dict, subgroups_table, explanation, plot) -> dict:
+    """What register gathers from the lineage, for a card of one version."""
+    return {"name": "heart-disease", "version": "7", "data_source": "uci", "sites": ["cleveland"], "rows": 303,
+            "duplicates_dropped": 0, "split_rows": "181 / 61 / 61", "test_rows": 61, "dataset_digest": "d",
+            "sha256": {"cleveland": "a74b"}, "missing": {"ca": 4}, "impossible": {}, "male_share": 0.68,
+            "codebook": {"sex": "code in [0, 1]"}, "model": "LogisticRegression C=0.1", "calibration": "sigmoid",
+            "status": "VALIDATED", "reasons": "ok", "metrics": metrics, "threshold": 0.3,
+            "threshold_rule": "sensitivity", "confusion": "...", "bands": {"Low": 0.1, "High": 1.0},
+            "external": {}, "external_unusable": {}, "command": "mlflow run .", "commit": "abc",
+            "train_run_id": "t", "evaluate_run_id": "e", "subgroups": subgroups_table, "explanation": explanation,
+            "contributions_plot": plot}
+
+
+def test_the_model_card_shows_calibration_the_subgroup_table_and_what_drives_the_answers(cfg, cleveland,
+                                                                                        cross_validated, tmp_path):
+    from engine.model_card import card_sections, contributions_figure, to_html, to_markdown
+    from steps.evaluate import SUBGROUP_METHOD
+
+    _, features, label = cleveland
+    y = label.to_numpy()
+    cv = cross_validated["sigmoid"]
+    metrics, table = out_of_fold_report(y, cv.out_of_fold, subgroup_masks(features, cfg.evaluate.subgroups,
+                                                                          cfg.schema.columns), 0.3, 5, 400, 0)
+    metrics = {**cv.metrics, **metrics, "test_calibration_slope": 1.6, "test_calibration_intercept": -0.4,
+               "test_brier": 0.1, "test_recall": 0.9, "test_specificity": 0.8, "test_roc_auc": 0.95}
+    table = {**table, "threshold": 0.3, "method": SUBGROUP_METHOD}
+    explanation = {"rows": 242, "base_log_odds": -0.27, "mean_abs_contribution": {"ca": 0.61, "thal": 0.55,
+                                                                                   "sex": 0.54}}
+    plot = tmp_path / "feature_contributions.png"
+    contributions_figure(explanation["mean_abs_contribution"]).savefig(plot)
+    sections = card_sections(card_facts(metrics, table, explanation, plot))
+    markdown, page = to_markdown("card", sections), to_html("card", sections)
+    women = table["subgroups"][0]
+    assert f"| {women['label']} | 77 | 23% | {women['metrics']['roc_auc']['estimate']:.2f} [" in markdown
+    assert f"slope **{metrics['cv_calibration_slope']:.2f}** [{metrics['cv_calibration_slope_ci_low']:.2f}" in markdown
+    assert "![What drives the answers](plots/feature_contributions.png)" in markdown
+    assert "| ca | 0.610 |" in markdown and "| mean absolute contribution to the log-odds |" in markdown
+    assert "data:image/png;base64," in page and "Subgroups" in page
+
+    no_explanation = card_sections(card_facts(metrics, table, {"unavailable": "a forest averages its trees"}, None))
+    text = to_markdown("card", no_explanation)
+    assert "no per-answer explanation: a forest averages its trees" in text and "![" not in text
+    old_run = to_markdown("card", card_sections(card_facts({k: v for k, v in metrics.items()
+                                                             if not k.startswith("cv_calibration")}, None, None, None)))
+    assert "## Subgroups" not in old_run and "On the test split" in old_run  # an evaluate run from before
