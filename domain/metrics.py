@@ -37,25 +37,27 @@ def calibration_line(y_true, probability) -> tuple[float, float]:
 # The recalibration fit's ridge on the slope, as scikit-learn's LogisticRegression(C=1e6)
 # that computed it before: nearly unpenalised, yet finite when the classes are separated.
 _SLOPE_RIDGE = 1e-6
+_TRUSTED_STEP = 0.5  # Newton steps longer than this (in slope or intercept) are checked
 
 
-def calibration_lines(y_true: np.ndarray, probability: np.ndarray, iterations: int = 100) -> tuple[np.ndarray,
-                                                                                                    np.ndarray]:
+def calibration_lines(y_true: np.ndarray, probability: np.ndarray, iterations: int = 100,
+                      start: tuple[float, float] = (1.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
     """calibration_line of each row of 2-D `y_true` and `probability` at once: (slopes,
     intercepts), NaN for a row without both classes. Newton's method on the two
-    parameters, vectorised over the rows still moving, with step halving where a step
-    would lower the likelihood: thousands of bootstrap samples cost milliseconds, not a
-    fit each, and the few whose classes separate (the slope runs off) do not hold up the rest."""
+    parameters from `start` (slope, intercept), vectorised over the rows still moving, with
+    step halving where a step would lower the likelihood: thousands of bootstrap samples
+    cost milliseconds, not a fit each, and the few whose classes separate (the slope runs
+    off) do not hold up the rest."""
     y_all = np.asarray(y_true, dtype=float)
     p = np.clip(np.asarray(probability, dtype=float), 1e-6, 1 - 1e-6)
     x_all = np.log(p / (1 - p))
-    intercept, slope = np.zeros(len(y_all)), np.ones(len(y_all))  # start at perfect calibration
-    moving = np.arange(len(y_all))
+    slope, intercept = np.full(len(y_all), float(start[0])), np.full(len(y_all), float(start[1]))
 
     def objective(y, x, a, b):  # penalised log-likelihood, per row
         eta = a[:, None] + b[:, None] * x
         return (y * eta - np.logaddexp(0, eta)).sum(axis=1) - 0.5 * _SLOPE_RIDGE * b ** 2
 
+    moving = np.arange(len(y_all))
     for _ in range(iterations):
         if len(moving) == 0:
             break
@@ -63,20 +65,28 @@ def calibration_lines(y_true: np.ndarray, probability: np.ndarray, iterations: i
         mu = expit(a[:, None] + b[:, None] * x)
         w = mu * (1 - mu)
         residual = y - mu
+        wx = w * x
         g_a, g_b = residual.sum(axis=1), (residual * x).sum(axis=1) - _SLOPE_RIDGE * b
-        h_aa, h_ab, h_bb = w.sum(axis=1), (w * x).sum(axis=1), (w * x * x).sum(axis=1) + _SLOPE_RIDGE
+        h_aa, h_ab, h_bb = w.sum(axis=1), wx.sum(axis=1), (wx * x).sum(axis=1) + _SLOPE_RIDGE
         det = h_aa * h_bb - h_ab ** 2
         with np.errstate(divide="ignore", invalid="ignore"):
             step_a = np.nan_to_num((h_bb * g_a - h_ab * g_b) / det)
             step_b = np.nan_to_num((h_aa * g_b - h_ab * g_a) / det)
-        current, scale = objective(y, x, a, b), np.ones(len(moving))
-        for _ in range(30):
-            worse = objective(y, x, a + scale * step_a, b + scale * step_b) < current - 1e-12 * np.abs(current)
-            if not worse.any():
-                break
-            scale = np.where(worse, scale / 2, scale)
+        scale = np.ones(len(moving))
+        # Near the optimum a Newton step on this concave likelihood only climbs; a long step
+        # (a poor start, or classes that separate) is checked and halved until it does.
+        far = np.flatnonzero(np.maximum(np.abs(step_a), np.abs(step_b)) > _TRUSTED_STEP)
+        if len(far):
+            yf, xf, af, bf, sa, sb = y[far], x[far], a[far], b[far], step_a[far], step_b[far]
+            before, shrink = objective(yf, xf, af, bf), np.ones(len(far))
+            for _ in range(30):
+                worse = objective(yf, xf, af + shrink * sa, bf + shrink * sb) < before - 1e-12 * np.abs(before)
+                if not worse.any():
+                    break
+                shrink = np.where(worse, shrink / 2, shrink)
+            scale[far] = shrink
         intercept[moving], slope[moving] = a + scale * step_a, b + scale * step_b
-        moving = moving[np.maximum(np.abs(scale * step_a), np.abs(scale * step_b)) >= 1e-12]
+        moving = moving[np.maximum(np.abs(scale * step_a), np.abs(scale * step_b)) >= 1e-10]
     both = (y_all.min(axis=1) == 0) & (y_all.max(axis=1) == 1)
     return np.where(both, slope, np.nan), np.where(both, intercept, np.nan)
 
@@ -111,8 +121,10 @@ def net_benefit(y_true, probability, thresholds) -> np.ndarray:
     y = np.asarray(y_true) == 1
     p = np.asarray(probability, dtype=float)
     t = np.asarray(thresholds, dtype=float)
-    treated = p[None, :] >= t[:, None]
-    true_pos, false_pos = (treated & y).sum(axis=1), (treated & ~y).sum(axis=1)
+    # Counted by binary search in the sorted probabilities: no (thresholds x patients) matrix.
+    positives, negatives = np.sort(p[y]), np.sort(p[~y])
+    true_pos = len(positives) - np.searchsorted(positives, t, side="left")
+    false_pos = len(negatives) - np.searchsorted(negatives, t, side="left")
     return true_pos / len(y) - false_pos / len(y) * t / (1 - t)
 
 

@@ -114,6 +114,7 @@ class EvaluateConfig:
     cv_repeats: int = 10
     seed: int = 42
     bootstrap_rounds: int = 1000  # resampled patients behind the out-of-fold intervals
+    bootstrap_max_rows: int = 2000  # patients per resample on large data (variance scaled to all)
     subgroups: SubgroupsConfig = field(default_factory=SubgroupsConfig)
     decision_curve: DecisionCurveConfig = field(default_factory=DecisionCurveConfig)
     criteria: list[str] = field(default_factory=list)

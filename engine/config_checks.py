@@ -141,6 +141,7 @@ def _check_evaluate(rules: _Rules, cfg: DictConfig) -> None:
     rules.require("evaluate.n_jobs", lambda v: isinstance(v, int) and (v >= 1 or v == -1),
                   "a whole number >= 1, or -1 for one per core")
     rules.count("evaluate.bootstrap_rounds", 100)
+    rules.count("evaluate.bootstrap_max_rows", 100)
     rules.require("evaluate.decision_curve", lambda v: 0 < v.low < v.high < 1 and 0 < v.step <= v.high - v.low,
                   "thresholds 0 < low < high < 1 and a step > 0 that fits between them")
     try:

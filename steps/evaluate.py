@@ -130,21 +130,44 @@ def cross_validate(pipeline, features: pd.DataFrame, label: pd.Series, folds: in
 # --------------------------------------------------------------------------- out of fold
 
 
-def _group_metrics(y: np.ndarray, probability: np.ndarray, threshold: float,
-                   names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Each named metric of every row of 2-D (samples, patients) arrays."""
+def _group_metrics(y: np.ndarray, probability: np.ndarray, threshold: float, names: tuple[str, ...],
+                   line: tuple[float, float] = (1.0, 0.0)) -> dict[str, np.ndarray]:
+    """Each named metric of every row of 2-D (samples, patients) arrays; calibration lines
+    are fitted from `line` (slope, intercept): resamples start from the pooled estimate."""
     out = {}
     if "roc_auc" in names:
         out["roc_auc"] = roc_aucs(y, probability)
     if {"calibration_slope", "calibration_intercept"} & set(names):
-        out["calibration_slope"], out["calibration_intercept"] = calibration_lines(y, probability)
+        out["calibration_slope"], out["calibration_intercept"] = calibration_lines(y, probability, start=line)
     if "sensitivity" in names:
         out["sensitivity"] = sensitivities(y, probability, threshold)
     return {name: out[name] for name in names}
 
 
+# Resampled patients are measured this many cells at a time: memory stays in megabytes
+# whatever the rounds and rows (as fast_path's TREE_CELLS_PER_SLICE).
+CELLS_PER_SLICE = 1 << 21
+
+
+def _resampled_metrics(y: np.ndarray, out_of_fold: np.ndarray, threshold: float, names: tuple[str, ...],
+                       rounds: int, size: int, seed: int, line: tuple[float, float]) -> dict[str, np.ndarray]:
+    """Each metric on `rounds` resamples of `size` patients drawn with replacement, round r
+    from repeat r mod repeats, measured a slice of rounds at a time."""
+    rng = np.random.default_rng(seed)
+    repeats, patients = out_of_fold.shape
+    per_slice = max(1, CELLS_PER_SLICE // size)
+    parts = []
+    for start in range(0, rounds, per_slice):
+        count = min(per_slice, rounds - start)
+        drawn = rng.integers(0, patients, size=(count, size))
+        repeat = np.arange(start, start + count) % repeats
+        parts.append(_group_metrics(y[drawn], out_of_fold[repeat[:, None], drawn], threshold, names, line))
+    return {name: np.concatenate([part[name] for part in parts]) for name in names}
+
+
 def out_of_fold_estimates(y, out_of_fold: np.ndarray, threshold: float, folds: int, rounds: int,
-                          seed: int, names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+                          seed: int, names: tuple[str, ...],
+                          max_rows: Optional[int] = None) -> dict[str, dict[str, float]]:
     """{metric: {estimate, ci_low, ci_high}} of a set of patients from their out-of-fold
     probabilities (repeats, patients).
 
@@ -159,14 +182,18 @@ def out_of_fold_estimates(y, out_of_fold: np.ndarray, threshold: float, folds: i
     normal, but not blown up by the few resamples of a small subgroup whose classes
     separate and whose slope runs off to 80. Resamples lacking a class are left out; a
     metric they cannot spread is given without interval (NaN). ROC-AUC and sensitivity
-    intervals stop at 0 and 1."""
+    intervals stop at 0 and 1.
+
+    On large data a resample holds `max_rows` patients, not all of them, and its variance
+    is scaled by max_rows / patients (these metrics' variance falls as 1 / patients): a
+    million-row evaluate resamples thousands of rows, not a thousand times a million."""
     y = np.asarray(y)
     repeats, patients = out_of_fold.shape
     per_repeat = _group_metrics(np.broadcast_to(y, out_of_fold.shape), out_of_fold, threshold, names)
-    rng = np.random.default_rng(seed)
-    resampled = rng.integers(0, patients, size=(rounds, patients))
-    which_repeat = np.arange(rounds) % repeats
-    spread = _group_metrics(y[resampled], out_of_fold[which_repeat[:, None], resampled], threshold, names)
+    size = patients if max_rows is None else min(patients, max_rows)
+    line = tuple(float(np.nanmean(per_repeat[name])) if name in per_repeat and np.isfinite(per_repeat[name]).any()
+                 else default for name, default in (("calibration_slope", 1.0), ("calibration_intercept", 0.0)))
+    spread = _resampled_metrics(y, out_of_fold, threshold, names, rounds, size, seed, line)
     out = {}
     for name in names:
         estimate = float(np.nanmean(per_repeat[name])) if np.isfinite(per_repeat[name]).any() else math.nan
@@ -176,7 +203,7 @@ def out_of_fold_estimates(y, out_of_fold: np.ndarray, threshold: float, folds: i
             continue
         bottom, top = np.quantile(defined, [0.025, 0.975])
         sd = (top - bottom) / (2 * stats.norm.ppf(0.975))
-        low, high = interval_around(estimate, folds * float(sd) ** 2, folds, repeats * folds)
+        low, high = interval_around(estimate, folds * float(sd) ** 2 * size / patients, folds, repeats * folds)
         if name in _PROPORTIONS:
             low, high = max(low, 0.0), min(high, 1.0)
         out[name] = {"estimate": estimate, "ci_low": low, "ci_high": high}
@@ -197,7 +224,8 @@ def _interval_metrics(estimates: dict[str, dict[str, float]], group: str = "") -
 
 
 def out_of_fold_report(y, out_of_fold: np.ndarray, groups: list[tuple[Subgroup, np.ndarray]], threshold: float,
-                       folds: int, rounds: int, seed: int) -> tuple[dict[str, float], dict[str, Any]]:
+                       folds: int, rounds: int, seed: int,
+                       max_rows: Optional[int] = None) -> tuple[dict[str, float], dict[str, Any]]:
     """(metrics, subgroup table) from the out-of-fold probabilities: the calibration of all
     patients (cv_calibration_slope, cv_calibration_intercept with intervals) and, for each
     (subgroup, patient mask), its size, prevalence, ROC-AUC, calibration and sensitivity at
@@ -206,7 +234,7 @@ def out_of_fold_report(y, out_of_fold: np.ndarray, groups: list[tuple[Subgroup, 
     class is reported as not measured, with the reason."""
     y = np.asarray(y)
     metrics = _interval_metrics(out_of_fold_estimates(y, out_of_fold, threshold, folds, rounds, seed,
-                                                      OUT_OF_FOLD_METRICS))
+                                                      OUT_OF_FOLD_METRICS, max_rows))
     table: dict[str, Any] = {"subgroups": [], "not_measured": {}}
     for group, mask in groups:
         labels = y[mask]
@@ -216,7 +244,7 @@ def out_of_fold_report(y, out_of_fold: np.ndarray, groups: list[tuple[Subgroup, 
                                                  "both classes are needed")
             continue
         estimates = out_of_fold_estimates(labels, out_of_fold[:, mask], threshold, folds, rounds, seed,
-                                          SUBGROUP_METRICS)
+                                          SUBGROUP_METRICS, max_rows)
         metrics.update({f"cv_rows_{group.name}": float(len(labels)),
                         f"cv_prevalence_{group.name}": float(labels.mean()),
                         **_interval_metrics(estimates, group.name)})
@@ -372,7 +400,8 @@ def run(ctx: StepContext) -> None:
     y = labels.to_numpy()
     groups = subgroup_masks(features, evaluate.subgroups, cfg.schema.columns)
     out_of_fold, subgroup_table = out_of_fold_report(y, cv.out_of_fold, groups, threshold, evaluate.cv_folds,
-                                                     evaluate.bootstrap_rounds, evaluate.seed)
+                                                     evaluate.bootstrap_rounds, evaluate.seed,
+                                                     evaluate.bootstrap_max_rows)
     metrics.update(out_of_fold)
     for group, reason in subgroup_table["not_measured"].items():
         print(f"evaluate: subgroup {group} not measured: {reason}")

@@ -163,6 +163,21 @@ def test_a_slope_that_runs_off_in_a_few_resamples_does_not_blow_up_the_interval(
     assert estimate["ci_low"] < estimate["estimate"] < estimate["ci_high"] < estimate["estimate"] + 3
 
 
+def test_resamples_of_part_of_the_patients_give_the_same_interval_scaled_to_all(cleveland, cross_validated):
+    """On large data a resample holds evaluate.bootstrap_max_rows patients and its variance
+    is scaled by that share. Half the Cleveland patients per resample must give about the
+    width that resampling all of them gives."""
+    _, _, label = cleveland
+    y, p = label.to_numpy(), cross_validated["sigmoid"].out_of_fold
+    names = ("roc_auc", "calibration_slope")
+    full = out_of_fold_estimates(y, p, 0.3, 5, 1000, 0, names)
+    half = out_of_fold_estimates(y, p, 0.3, 5, 1000, 0, names, max_rows=len(y) // 2)
+    for name in names:
+        assert half[name]["estimate"] == full[name]["estimate"]  # the estimate always uses every patient
+        ratio = (half[name]["ci_high"] - half[name]["ci_low"]) / (full[name]["ci_high"] - full[name]["ci_low"])
+        assert 0.75 < ratio < 1.33, (name, ratio)
+
+
 # --------------------------------------------------------------------------- subgroups
 
 
