@@ -88,10 +88,24 @@ class RiskLevelsConfig:
 class TrainConfig:
     model_name: str = "model"
     input_example_rows: int = 3
-    calibration: str = "none"  # none | sigmoid | isotonic
+    calibration: str = "sigmoid"  # none | sigmoid | isotonic
     calibration_folds: int = 5
+    calibration_ensemble: bool = False  # mean of the folds' calibrated models instead of one calibrator
     threshold: ThresholdConfig = field(default_factory=lambda: ThresholdConfig())
     risk_levels: RiskLevelsConfig = field(default_factory=lambda: RiskLevelsConfig())
+
+
+@dataclass
+class SubgroupsConfig:
+    codes: list[str] = field(default_factory=list)  # coded columns: one subgroup per code
+    bands: dict[str, list[Any]] = field(default_factory=dict)  # numeric column: band edges (numbers; checked)
+
+
+@dataclass
+class DecisionCurveConfig:
+    low: float = 0.02
+    high: float = 0.8
+    step: float = 0.01
 
 
 @dataclass
@@ -99,6 +113,10 @@ class EvaluateConfig:
     cv_folds: int = 5
     cv_repeats: int = 10
     seed: int = 42
+    bootstrap_rounds: int = 1000  # resampled patients behind the out-of-fold intervals
+    bootstrap_max_rows: int = 2000  # patients per resample on large data (variance scaled to all)
+    subgroups: SubgroupsConfig = field(default_factory=SubgroupsConfig)
+    decision_curve: DecisionCurveConfig = field(default_factory=DecisionCurveConfig)
     criteria: list[str] = field(default_factory=list)
     allow_no_criteria: bool = False  # an empty criteria list would validate every model
     cv_max_fit_rows: int = 4000000  # fewer CV repeats when the fits would train on more rows in all

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from domain.criteria import evaluate_metric_names, parse_criterion
+from domain.criteria import evaluate_metric_names, parse_criterion, subgroups
 from domain.sources import UCI_SITES
 from engine.config import STEP_NAMES
 from engine.errors import PipelineError
@@ -140,7 +140,18 @@ def _check_evaluate(rules: _Rules, cfg: DictConfig) -> None:
     rules.count("evaluate.cv_max_fit_rows", 1)
     rules.require("evaluate.n_jobs", lambda v: isinstance(v, int) and (v >= 1 or v == -1),
                   "a whole number >= 1, or -1 for one per core")
-    known = evaluate_metric_names(cfg.data.external_sites)
+    rules.count("evaluate.bootstrap_rounds", 100)
+    rules.count("evaluate.bootstrap_max_rows", 100)
+    rules.require("evaluate.decision_curve", lambda v: 0 < v.low < v.high < 1 and 0 < v.step <= v.high - v.low,
+                  "thresholds 0 < low < high < 1 and a step > 0 that fits between them")
+    try:
+        groups = [group.name for group in subgroups(cfg.evaluate.subgroups, cfg.schema.columns)]
+    except PipelineError as err:
+        rules.problems.append(f"{err} (evaluate.subgroups={_show(cfg.evaluate.subgroups)})")
+        groups = []
+    if len(set(groups)) != len(groups):
+        rules.problems.append(f"evaluate.subgroups={_show(cfg.evaluate.subgroups)}: a column is listed twice")
+    known = evaluate_metric_names(cfg.data.external_sites, groups)
     criteria = list(cfg.evaluate.criteria)
     if not criteria and not cfg.evaluate.allow_no_criteria:
         rules.problems.append("evaluate.criteria=[]: list at least one criterion (e.g. 'cv_roc_auc_mean >= 0.85'), "
@@ -154,7 +165,8 @@ def _check_evaluate(rules: _Rules, cfg: DictConfig) -> None:
             continue
         if name not in known:
             rules.problems.append(f"evaluate.criteria[{index}]={text!r}: {name!r} is not a metric evaluate logs; "
-                                  f"use e.g. test_roc_auc, cv_roc_auc_mean, cv_brier_ci_high")
+                                  f"use e.g. test_roc_auc, cv_roc_auc_mean, cv_brier_ci_high, cv_calibration_slope, "
+                                  f"cv_roc_auc_subgroup_min" + (f", cv_roc_auc_{groups[0]}" if groups else ""))
     for key in ("register.primary_metric", "sweep.metric"):
         if OmegaConf.select(cfg, key) is not None:
             rules.require(key, lambda v: v in known, "a metric evaluate logs, e.g. cv_roc_auc_mean or test_roc_auc")

@@ -17,6 +17,7 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
+from mlflow.types.schema import ParamSchema, ParamSpec
 
 from engine.errors import PipelineError
 
@@ -69,8 +70,15 @@ def signature_of(example_output: pd.DataFrame) -> ModelSignature:
     server casts each field before the model sees it, so JSON `true` and `"54"` would
     score as 1.0 and 54.0. The model checks its inputs itself, more strictly than a
     schema can (codebook codes and ranges, numbers or null), and the
-    input example shows the 13 fields."""
-    return ModelSignature(inputs=None, outputs=infer_signature(example_output).inputs)
+    input example shows the 13 fields.
+
+    One parameter, `explain` (default false): MLflow hands a model only the parameters its
+    signature declares, so this is what lets `mlflow models serve` answer
+    `{"dataframe_records": [...], "params": {"explain": true}}` with explanations."""
+    from heart_disease_model.model import EXPLAIN
+
+    return ModelSignature(inputs=None, outputs=infer_signature(example_output).inputs,
+                          params=ParamSchema([ParamSpec(EXPLAIN, "boolean", False)]))
 
 
 def load(uri: str) -> Any:

@@ -8,9 +8,11 @@ the same sections, so the two files never disagree.
 
 from __future__ import annotations
 
+import base64
 import html
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 from engine.cards import grid, page
 
@@ -20,6 +22,9 @@ class Section:
     title: str
     paragraphs: list[str] = field(default_factory=list)
     table: list[list[Any]] = field(default_factory=list)  # first row is the header
+    # (path beside the card in the run's artifacts, local file): linked from the Markdown,
+    # embedded in the HTML so the page stands alone.
+    image: Optional[tuple[str, Path]] = None
 
 
 def _fmt(value: Any) -> str:
@@ -70,12 +75,7 @@ def card_sections(facts: dict[str, Any]) -> list[Section]:
             for name in ("roc_auc", "pr_auc", "brier", "accuracy", "recall", "specificity")
             if f"cv_{name}_mean" in m
         ]),
-        Section("Calibration", [
-            f"On the test split the logistic recalibration line has slope {m['test_calibration_slope']:.2f} and "
-            f"intercept {m['test_calibration_intercept']:.2f} (perfect: 1 and 0; a slope above 1 means the "
-            "probabilities are too timid, below 1 too extreme). Brier score "
-            f"{m['test_brier']:.3f}. The reliability diagram is `plots/calibration.png` of the evaluate run.",
-        ]),
+        Section("Calibration", _calibration_paragraphs(m)),
         Section("Decision threshold and risk levels", [
             f"Disease is predicted when the probability is at least **{facts['threshold']:.3f}**, chosen on the "
             f"validation split ({facts['threshold_rule']}). On the test split that gives sensitivity "
@@ -85,6 +85,10 @@ def card_sections(facts: dict[str, Any]) -> list[Section]:
                                          for level, bound in facts["bands"].items()) + ".",
         ]),
     ]
+    if facts.get("subgroups"):
+        sections.append(_subgroup_section(facts["subgroups"]))
+    if facts.get("explanation"):
+        sections.append(_explanation_section(facts["explanation"], facts.get("contributions_plot")))
     if facts["external"]:
         sections.append(Section(
             "Other sites (external validation)",
@@ -101,7 +105,7 @@ def card_sections(facts: dict[str, Any]) -> list[Section]:
             f"- Small sample: {facts['rows']} patients; the test split holds {facts['test_rows']}, so test metrics "
             "move by several points between splits; trust the cross-validated intervals more.",
             f"- Sex imbalance: {facts['male_share']:.0%} of the training patients are men; performance for women "
-            "is less certain.",
+            "is less certain" + (" (see Subgroups: their intervals are wider)." if facts.get("subgroups") else "."),
             "- Site shift: trained on " + (", ".join(facts["sites"]) or "one source") + "; other hospitals code "
             "and measure differently (the Hungarian, Swiss and VA files miss most of `ca`, `thal`, `slope` and "
             "record cholesterol 0 for 'not measured').",
@@ -118,6 +122,75 @@ def card_sections(facts: dict[str, Any]) -> list[Section]:
     return sections
 
 
+def _interval(values: dict[str, float]) -> str:
+    return f"{values['estimate']:.2f} [{values['ci_low']:.2f}, {values['ci_high']:.2f}]"
+
+
+def _calibration_paragraphs(m: dict[str, float]) -> list[str]:
+    test = (f"On the test split (scored once, no interval) the slope is {m['test_calibration_slope']:.2f} and the "
+            f"intercept {m['test_calibration_intercept']:.2f}; Brier score {m['test_brier']:.3f}.")
+    if "cv_calibration_slope" not in m:  # an evaluate run from before out-of-fold calibration
+        return ["Logistic recalibration line (perfect: slope 1, intercept 0; a slope above 1 means the "
+                "probabilities are too timid, below 1 too extreme). " + test]
+    return [
+        "Logistic recalibration line of the cross-validated out-of-fold predictions (every train + validation "
+        "patient scored by a model that did not see them, each repeat): slope "
+        f"**{m['cv_calibration_slope']:.2f}** [{m['cv_calibration_slope_ci_low']:.2f}, "
+        f"{m['cv_calibration_slope_ci_high']:.2f}], intercept {m['cv_calibration_intercept']:.2f} "
+        f"[{m['cv_calibration_intercept_ci_low']:.2f}, {m['cv_calibration_intercept_ci_high']:.2f}] "
+        "(perfect: slope 1, intercept 0; a slope above 1 means the probabilities are too timid, below 1 too "
+        "extreme). " + test,
+        "The reliability diagram is `plots/calibration.png` and the decision curve (net benefit against treating "
+        "everyone or no one) `plots/decision_curve.png` of the evaluate run.",
+    ]
+
+
+def _subgroup_section(subgroups: dict[str, Any]) -> Section:
+    """The subgroup table evaluate measured on the out-of-fold predictions (subgroups.json)."""
+    rows = [["subgroup", "patients", "with disease", "ROC-AUC", "calibration slope", "calibration intercept",
+             f"sensitivity at {subgroups['threshold']:.3f}"]]
+    for group in subgroups["subgroups"]:
+        m = group["metrics"]
+        rows.append([group["label"], group["rows"], f"{group['prevalence']:.0%}", _interval(m["roc_auc"]),
+                     _interval(m["calibration_slope"]), _interval(m["calibration_intercept"]),
+                     _interval(m["sensitivity"])])
+    notes = [f"Not measured: {name}: {why}" for name, why in subgroups.get("not_measured", {}).items()]
+    return Section("Subgroups", [
+        "How the model does for each group of patients, on the cross-validated out-of-fold predictions of the "
+        "train + validation patients; [95 % interval]. Small groups have wide intervals: a gap inside them is not "
+        "evidence of equal performance.",
+        subgroups.get("method", ""), *notes], rows)
+
+
+def _explanation_section(explanation: dict[str, Any], plot: Optional[Path]) -> Section:
+    if "unavailable" in explanation:
+        return Section("What drives the answers", [
+            "This model gives no per-answer explanation: " + explanation["unavailable"] + ". Its answers carry "
+            "`\"explanation\": null` with this reason rather than an approximation."])
+    rows = [["field", "mean absolute contribution to the log-odds"]] + [
+        [name, f"{value:.3f}"] for name, value in explanation["mean_abs_contribution"].items()]
+    return Section("What drives the answers", [
+        "Every answer can carry an exact additive explanation (`/predict?explain=true`, `params: {explain: true}`, "
+        "`score.explain=true`): the model's log-odds is a base of "
+        f"{explanation['base_log_odds']:.3f} plus one contribution per input field. Below, each field's mean "
+        f"absolute contribution over the {explanation['rows']} train + validation patients: how far it moves a "
+        "typical answer, in either direction."], rows,
+        image=("plots/feature_contributions.png", plot) if plot else None)
+
+
+def contributions_figure(mean_abs: dict[str, float]):
+    """Horizontal bars of the mean absolute contribution per field, largest on top."""
+    from matplotlib.figure import Figure
+
+    names = list(mean_abs)[::-1]
+    fig = Figure(figsize=(6, 0.3 * len(names) + 1.2))
+    ax = fig.subplots()
+    ax.barh(names, [mean_abs[n] for n in names], color="#4c72b0")
+    ax.set(xlabel="mean |contribution| to the log-odds", title="What drives the answers")
+    fig.tight_layout()
+    return fig
+
+
 def to_markdown(title: str, sections: list[Section]) -> str:
     lines = [f"# {title}", ""]
     for section in sections:
@@ -130,6 +203,8 @@ def to_markdown(title: str, sections: list[Section]) -> str:
             lines.append("| " + " | ".join("---" for _ in header) + " |")
             lines += ["| " + " | ".join(_fmt(cell) for cell in row) + " |" for row in rows]
             lines.append("")
+        if section.image:
+            lines += [f"![{section.title}]({section.image[0]})", ""]
     return "\n".join(lines)
 
 
@@ -165,4 +240,7 @@ def to_html(title: str, sections: list[Section]) -> str:
         if section.table:
             header, *rows = [[str(h) for h in section.table[0]], *section.table[1:]]
             body.append(grid(header, [dict(zip(header, map(_fmt, row))) for row in rows]))
+        if section.image:
+            encoded = base64.b64encode(section.image[1].read_bytes()).decode()
+            body.append(f"<img alt='{html.escape(section.title)}' src='data:image/png;base64,{encoded}'>")
     return page(title, body)

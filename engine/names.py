@@ -41,6 +41,8 @@ VALIDATION_REPORT = "validation_report.json"
 TRANSFORMER = "transformer/transformer.skops"
 TEST_PREDICTIONS = "data/test_predictions.parquet"
 EXTERNAL_VALIDATION = "external_validation.json"
+SUBGROUPS = "subgroups.json"  # evaluate: the subgroup table, from out-of-fold predictions
+EXPLANATION = "explanation.json"  # evaluate: mean absolute contribution per field, or why none
 MODEL = "model"  # not an artifact path: a step's logged MLflow model (train)
 
 

@@ -16,6 +16,10 @@ pipelines (plus drop and passthrough); LogisticRegression, RandomForest / ExtraT
 DecisionTree classifiers, HistGradientBoostingClassifier (numeric splits), each
 optionally inside CalibratedClassifierCV (sigmoid or isotonic); binary labels only.
 
+Explanations: where the log-odds is exactly a sum over input fields (a logistic
+regression, alone or under one sigmoid calibrator), `Additive` splits it into a base and
+one contribution per field; every other estimator says why it cannot (`not_additive`).
+
 Plain NumPy (and SciPy's expit, which scikit-learn itself uses) rather than ONNX
 Runtime or a tree compiler: no new dependency in the logged model, and the same
 floating-point operations as scikit-learn, so answers agree to ~1e-15, not ~1e-7.
@@ -91,6 +95,16 @@ class _Block:
         for step in self.steps:
             block = step(block)
         return block
+
+    @property
+    def sources(self) -> np.ndarray:
+        """For each output column, the input column it comes from (for a one-hot column,
+        the column whose code it indicates): how an explanation sums columns back to fields."""
+        sources = self.columns
+        for step in self.steps:
+            if isinstance(step, _OneHot):
+                sources = sources[step.source]
+        return sources
 
 
 def _compile_step(step, width: int) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
@@ -310,18 +324,21 @@ class _Calibrated:
         if len(model.classes_) != 2:
             raise NotCompilable("CalibratedClassifierCV with more than two classes")
         self.members = []
+        self.sigmoids = []  # (a, b) of each member's sigmoid calibrator, None for isotonic
         for member in model.calibrated_classifiers_:
             (calibrator,) = member.calibrators
             if isinstance(calibrator, IsotonicRegression):
                 x, y = np.asarray(calibrator.X_thresholds_), np.asarray(calibrator.y_thresholds_)
                 if calibrator.out_of_bounds != "clip":
                     raise NotCompilable("isotonic calibration without out_of_bounds='clip'")
-                calibrate = _isotonic(x, y)
+                calibrate, sigmoid = _isotonic(x, y), None
             elif type(calibrator).__name__ == "_SigmoidCalibration":
-                calibrate = _sigmoid(float(calibrator.a_), float(calibrator.b_))
+                sigmoid = (float(calibrator.a_), float(calibrator.b_))
+                calibrate = _sigmoid(*sigmoid)
             else:
                 raise NotCompilable(f"calibration by {type(calibrator).__name__}")
             self.members.append((estimator_scorer(member.estimator), calibrate))
+            self.sigmoids.append(sigmoid)
 
     def probability(self, rows: np.ndarray) -> np.ndarray:
         total = np.zeros(len(rows))
@@ -340,6 +357,57 @@ def _sigmoid(a: float, b: float) -> Callable[[np.ndarray], np.ndarray]:
 
 def _isotonic(x: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return lambda t: np.interp(np.clip(t, x[0], x[-1]), x, y)
+
+
+# --------------------------------------------------------------------------- explanations
+
+
+class NotAdditive(Exception):
+    """The estimator's log-odds is not exactly a sum over its input columns (says why)."""
+
+
+def additive_form(estimator) -> tuple[np.ndarray, float]:
+    """(weight per transformed column, intercept) with log-odds = columns · weights +
+    intercept exactly, for a compiled estimator whose log-odds is linear; NotAdditive
+    otherwise. A sigmoid calibrator maps a linear score z to the log-odds -(a z + b),
+    still linear, so the weights scale by -a and the intercept absorbs b. An average of
+    several calibrated members' probabilities, an isotonic step function or trees are not
+    a sum over columns; approximate attributions are not offered as exact ones."""
+    if isinstance(estimator, _Linear):
+        return estimator.weights, estimator.intercept
+    if isinstance(estimator, _Calibrated):
+        if len(estimator.members) != 1:
+            raise NotAdditive(f"the answer is the mean probability of {len(estimator.members)} calibrated models "
+                              "(CalibratedClassifierCV with ensemble=True), which is not a sum on the log-odds")
+        (inner, _), sigmoid = estimator.members[0], estimator.sigmoids[0]
+        if sigmoid is None:
+            raise NotAdditive("isotonic calibration is a step function of the score, not a sum on the log-odds")
+        weights, intercept = additive_form(inner)
+        a, b = sigmoid
+        return -a * weights, -a * intercept - b
+    if isinstance(estimator, _Forest):
+        raise NotAdditive("a forest averages its trees' class fractions: its log-odds is not a sum over the inputs")
+    if isinstance(estimator, _Boosting):
+        raise NotAdditive("boosted trees' log-odds is a sum over trees, not over inputs; exact per-input "
+                          "attributions would need TreeSHAP, which this model does not carry")
+    raise NotAdditive(f"{type(estimator).__name__} has no exact additive form")
+
+
+@dataclass(frozen=True)
+class Additive:
+    """The log-odds of a linear model split by input field: base + the sum of each field's
+    contribution, where a field's contribution is the sum of weight x transformed value
+    over its columns (its one-hot columns, or its one scaled column). The base is the
+    log-odds with every transformed column at 0: the training mean of each scaled field,
+    and no category of any one-hot field weighed."""
+
+    weights: np.ndarray  # per transformed column, on the log-odds
+    base: float
+    membership: np.ndarray  # (transformed columns, fields) of 0/1: the field each column belongs to
+
+    def contributions(self, transformed: np.ndarray) -> np.ndarray:
+        """(rows, fields) contributions to the log-odds."""
+        return (transformed * self.weights) @ self.membership
 
 
 def estimator_scorer(model):
@@ -374,12 +442,21 @@ class FastScorer:
     blocks: tuple[_Block, ...]
     estimator: object
     kind: str  # what was compiled, e.g. "ColumnTransformer + LogisticRegression"
+    additive: Additive | None = None  # the log-odds split by field, where it is exactly a sum
+    not_additive: str = ""  # why not, when additive is None
 
     def transform(self, rows: np.ndarray) -> np.ndarray:
         return np.hstack([block(rows) for block in self.blocks]) if len(self.blocks) > 1 else self.blocks[0](rows)
 
     def probability(self, rows: np.ndarray) -> np.ndarray:
         return self.estimator.probability(self.transform(rows))
+
+    def contributions(self, rows: np.ndarray) -> np.ndarray:
+        """(rows, fields in `features` order) contributions to the log-odds; with
+        `additive.base` they sum to the log-odds of `probability(rows)`."""
+        if self.additive is None:
+            raise NotAdditive(self.not_additive)
+        return self.additive.contributions(self.transform(rows))
 
 
 def compile_pipeline(pipeline, features: Sequence[str] | None = None) -> FastScorer:
@@ -404,7 +481,13 @@ def compile_pipeline(pipeline, features: Sequence[str] | None = None) -> FastSco
     kind = f"{type(transformer).__name__} + {type(model).__name__}"
     if inner is not model:
         kind += f"({type(inner).__name__}, {model.method})"
-    return FastScorer(features, blocks, estimator, kind)
+    try:
+        weights, intercept = additive_form(estimator)
+    except NotAdditive as why:
+        return FastScorer(features, blocks, estimator, kind, None, str(why))
+    sources = np.concatenate([block.sources for block in blocks])
+    membership = (sources[:, None] == np.arange(len(features))[None, :]).astype(np.float64)
+    return FastScorer(features, blocks, estimator, kind, Additive(weights, intercept, membership))
 
 
 def for_pipeline(pipeline, features: Sequence[str]) -> tuple[FastScorer | None, str]:

@@ -12,6 +12,14 @@ Per input row it answers:
     model_name, model_version   the registered version this is, where known
     run_id, model_id            the train run and logged model that produced it
 
+and, asked with the parameter `explain` (params={"explain": True}; the signature
+declares it), why:
+    explanation  {"base_log_odds": b, "contributions": [{"feature", "value",
+                 "contribution"}, ...]}: one entry per input field, largest absolute
+                 contribution first; b plus the contributions is the log-odds of the
+                 probability. None when the model has no exact additive form, and then
+    explanation_unavailable     says why (e.g. a forest: no approximation is offered)
+
 Inputs are checked against the UCI codebook first (codebook.py, the rules ingest
 applies); a violation is an MLflow INVALID_PARAMETER_VALUE error, which the
 scoring server answers with HTTP 400 naming the field, the bad value and what is allowed.
@@ -42,6 +50,7 @@ PIPELINE_ARTIFACT = "pipeline"  # the model's artifact holding the fitted sklear
 
 IDENTITY_COLUMNS = ["model_name", "model_version", "run_id", "model_id"]
 OUTPUT_COLUMNS = ["prediction", "probability", "confidence", "risk_level", *IDENTITY_COLUMNS]
+EXPLAIN = "explain"  # the predict parameter that asks for explanations (engine/logged_model.py declares it)
 
 
 def band_index(probability: np.ndarray, bands: dict[str, float]) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -113,6 +122,38 @@ def answer(probability: np.ndarray, threshold: float, bands: dict[str, float],
     return pd.DataFrame._from_arrays(columns, OUTPUT_INDEX, pd.RangeIndex(len(probability)), verify_integrity=False)
 
 
+@dataclass(frozen=True)
+class Contributions:
+    """Each row's log-odds split by input field: base + values[row].sum() is the log-odds
+    of the row's probability (a one-hot field's columns summed back to their field)."""
+
+    base: float
+    fields: tuple[str, ...]
+    values: np.ndarray  # (rows, fields)
+
+    def log_odds(self) -> np.ndarray:
+        return self.base + self.values.sum(axis=1)
+
+
+def _plain(value: float) -> Any:
+    """A cell as the patient's record would hold it: None for missing, 4 rather than 4.0."""
+    if value != value:  # NaN
+        return None
+    return int(value) if value.is_integer() else value
+
+
+def explanations(contributions: Contributions, features: np.ndarray) -> list[dict[str, Any]]:
+    """The answer's `explanation` for each row: the base, then one entry per field with the
+    input value and its contribution, largest absolute contribution first."""
+    order = np.argsort(-np.abs(contributions.values), axis=1, kind="stable")
+    fields, values, parts = contributions.fields, features.tolist(), contributions.values.tolist()
+    base = float(contributions.base)
+    return [{"base_log_odds": base,
+             "contributions": [{"feature": fields[j], "value": _plain(row_values[j]), "contribution": row_parts[j]}
+                               for j in row_order]}
+            for row_order, row_values, row_parts in zip(order.tolist(), values, parts)]
+
+
 def _bad_request(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
@@ -157,6 +198,11 @@ class HeartDiseaseModel(PythonModel):
         self.scorer, self.scoring_path = fast_path.for_pipeline(self.pipeline, self.codebook.features)
         if self.scorer is None:
             logging.getLogger(__name__).warning("scoring with the %s", self.scoring_path)
+        # Why answers cannot be explained exactly (None: they can). Consumers read this
+        # rather than catch an error, and say it beside `"explanation": null`.
+        self.explanation_unavailable: Optional[str] = (
+            f"answers come from the {self.scoring_path}; no exact additive explanation" if self.scorer is None
+            else None if self.scorer.additive is not None else self.scorer.not_additive)
         model_dir = pipeline_path.parents[1]
         logged = mlflow.models.Model.load(str(model_dir))
         run_id, model_id = logged.run_id, getattr(logged, "model_id", None)
@@ -176,7 +222,30 @@ class HeartDiseaseModel(PythonModel):
         return checked.values
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
-        return answer(self.probability(self.features(model_input)), self.threshold, self.bands, self.identity)
+        features = self.features(model_input)
+        answered = answer(self.probability(features), self.threshold, self.bands, self.identity)
+        if not (params and params.get(EXPLAIN)):
+            return answered
+        answered["explanation"] = pd.Series(self.explain(features), dtype=object)
+        if self.explanation_unavailable:
+            answered["explanation_unavailable"] = self.explanation_unavailable
+        return answered
+
+    def contributions(self, features: np.ndarray) -> Contributions:
+        """Each row's log-odds split by input field (features as for `probability`: checked,
+        float64, codebook order). Raises a 400 naming the reason when the model has no
+        exact additive form (explanation_unavailable)."""
+        if self.explanation_unavailable:
+            raise _bad_request(f"this model cannot explain its answers exactly: {self.explanation_unavailable}")
+        return Contributions(float(self.scorer.additive.base), self.scorer.features,
+                             self.scorer.contributions(features))
+
+    def explain(self, features: np.ndarray) -> list[Optional[dict[str, Any]]]:
+        """The `explanation` of each row's answer (features as for `probability`), or None
+        for every row when the model cannot explain exactly (explanation_unavailable says why)."""
+        if self.explanation_unavailable:
+            return [None] * len(features)
+        return explanations(self.contributions(features), features)
 
     def score_numbers(self, features: np.ndarray) -> Scores:
         """The per-row answer for features that are already numbers (float64, every codebook

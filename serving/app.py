@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence, Union
 import mlflow
 import numpy as np
 import pandas as pd
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -49,6 +49,8 @@ log = logging.getLogger("serving")
 LOADING = "loading: the first attempt to load the model is under way"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ANSWER_KEYS = ("prediction", "probability", "confidence", "risk_level")
+# Said beside `"explanation": null` by a model version logged before answers could be explained.
+NOT_EXPLAINABLE_VERSION = "this model version was logged before answers could be explained"
 
 
 @dataclass
@@ -333,7 +335,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                 "model_alias": loaded.alias, "model_source": loaded.source}
 
     @app.post("/predict", summary="Risk for one patient (object) or several (list)")
-    async def predict(patients: Union[Patient, list[Patient]]):  # type: ignore[valid-type]
+    async def predict(patients: Union[Patient, list[Patient]],  # type: ignore[valid-type]
+                      explain: bool = Query(False, description="add each answer's explanation: the log-odds as "
+                                                               "a base plus one contribution per input field")):
         loaded = holder.current
         if loaded is None:
             return JSONResponse({"detail": holder.problem}, status_code=503)
@@ -348,9 +352,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         if len(rows) <= settings.inline_rows:
             # Scored on the event loop: for a few patients that takes less time than
             # handing the work to a thread and back.
-            levels, records = _score(loaded, features)
+            levels, records = _score(loaded, features, explain)
         else:
-            levels, records = await run_in_threadpool(_score, loaded, features)
+            levels, records = await run_in_threadpool(_score, loaded, features, explain)
         metrics.count_predictions(levels, loaded.version or loaded.model_id)
         identity = _identity(loaded)
         if inference_log is not None:
@@ -360,22 +364,43 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         # A ready Response skips FastAPI's per-field re-encoding of the answer.
         return JSONResponse(records if isinstance(patients, list) else records[0])
 
-    def _score(loaded: LoadedModel, features: np.ndarray) -> tuple[Sequence[str], list[dict[str, Any]]]:
+    def _score(loaded: LoadedModel, features: np.ndarray,
+               explain: bool = False) -> tuple[Sequence[str], list[dict[str, Any]]]:
         """(risk level per row, the answer per row) from the model itself (heart_disease_model/model.py),
         not pyfunc's wrapper: it checks every value, so the wrapper's pass adds only time."""
         model = loaded.model.unwrap_python_model()
         with predicting:  # one prediction at a time per worker: threads would only fight over the GIL
             order = model_order(tuple(model.codebook.features)) if hasattr(model, "score_numbers") else None
             if order is not None:
-                scores = model.score_numbers(features[:, order])
+                checked = features[:, order]
+                scores = model.score_numbers(checked)
                 levels = scores.risk_level
-                return levels, [
+                records = [
                     {"prediction": int(p), "probability": float(q), "confidence": float(c), "risk_level": str(r)}
                     for p, q, c, r in zip(scores.prediction, scores.probability, scores.confidence, levels)]
+                if explain:
+                    _add_explanations(model, checked, records)
+                return levels, records
             # A model logged before score_numbers existed, or with other features than the
             # schema (its predict names them in a 400), answers through its predict.
             answers = model.predict(None, pd.DataFrame(features, columns=feature_names))
-        return answers["risk_level"].tolist(), answers[list(ANSWER_KEYS)].to_dict(orient="records")
+        records = answers[list(ANSWER_KEYS)].to_dict(orient="records")
+        if explain:
+            _add_explanations(model, None, records)
+        return answers["risk_level"].tolist(), records
+
+    def _add_explanations(model: Any, checked: Optional[np.ndarray], records: list[dict[str, Any]]) -> None:
+        """Each answer's `explanation`, from the loaded model's own explain (rows already
+        checked, in its codebook's order); null with `explanation_unavailable` saying why
+        when the model cannot explain exactly or was logged before it could."""
+        if checked is None or not hasattr(model, "explain"):
+            explanations, reason = [None] * len(records), NOT_EXPLAINABLE_VERSION
+        else:
+            explanations, reason = model.explain(checked), model.explanation_unavailable
+        for record, explanation in zip(records, explanations):
+            record["explanation"] = explanation
+            if reason:
+                record["explanation_unavailable"] = reason
 
     @lru_cache(maxsize=4)
     def model_order(model_features: tuple[str, ...]) -> Optional[list[int]]:

@@ -115,9 +115,11 @@ STEPS: dict[str, Step] = {
                    **{name: _split_input(name) for name in _SPLITS},
                    "external": Input("ingest", names.EXTERNAL_TABLE, optional=True),
                    "validation_report": Input("ingest", names.VALIDATION_REPORT)},
-            writes={**_plots("roc_curve", "pr_curve", "calibration", "confusion_matrix"),
+            writes={**_plots("roc_curve", "pr_curve", "calibration", "confusion_matrix", "decision_curve"),
                     "external_validation_plot": Output("plots/external_validation.png", optional=True),
                     "test_predictions": Output(names.TEST_PREDICTIONS),
+                    "subgroups": Output(names.SUBGROUPS),
+                    "explanation": Output(names.EXPLANATION),
                     "external_validation": Output(names.EXTERNAL_VALIDATION, optional=True)},
         ),
         Step(
@@ -127,9 +129,13 @@ STEPS: dict[str, Step] = {
                    # raw table need not stay in memory under `main` once split and eda are done.
                    "validation_report": Input("ingest", names.VALIDATION_REPORT),
                    "test_predictions": Input("evaluate", names.TEST_PREDICTIONS),
+                   # Optional: an evaluate run from before they existed still registers.
+                   "subgroups": Input("evaluate", names.SUBGROUPS, optional=True),
+                   "explanation": Input("evaluate", names.EXPLANATION, optional=True),
                    "external_validation": Input("evaluate", names.EXTERNAL_VALIDATION, optional=True)},
             writes={"model_card": Output("model_card.md", optional=True),
-                    "model_card_html": Output("model_card.html", optional=True)},
+                    "model_card_html": Output("model_card.html", optional=True),
+                    "contributions_plot": Output("plots/feature_contributions.png", optional=True)},
         ),
     ]
 }

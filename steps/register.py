@@ -19,7 +19,7 @@ from typing import Optional
 from engine import faults, names, registry
 from engine.context import StepContext
 from engine.errors import PipelineError
-from engine.model_card import card_sections, summary_markdown, to_html, to_markdown
+from engine.model_card import card_sections, contributions_figure, summary_markdown, to_html, to_markdown
 from engine.names import VALIDATED
 from engine.store import PROJECT_ROOT
 
@@ -95,6 +95,9 @@ def card_facts(ctx: StepContext, name: str) -> dict:
                       f"patients, {int((predicted & ~actual).sum())} false alarms, "
                       f"{int((~predicted & ~actual).sum())} true negatives"),
         "bands": dict(sorted(model.bands.items(), key=lambda kv: kv[1])),
+        # Both absent when the evaluate run predates them: the card then goes without.
+        "subgroups": ctx.read("subgroups"),
+        "explanation": ctx.read("explanation"),
         "external": {k: v for k, v in external.get("scores", {}).items() if k != "internal test"},
         "external_unusable": external.get("unusable", {}),
         "command": command, "commit": commit,
@@ -106,6 +109,10 @@ def write_model_card(ctx: StepContext, facts: dict, version: str) -> tuple[str, 
     """Log model_card.md and .html to this run; return where the Markdown is (a runs:/
     URI, which any machine reaching the store can open) and the card's sections."""
     facts = {**facts, "version": version}
+    explanation = facts.get("explanation") or {}
+    if "mean_abs_contribution" in explanation:
+        facts["contributions_plot"] = ctx.write("contributions_plot",
+                                                contributions_figure(explanation["mean_abs_contribution"]))
     sections = card_sections(facts)
     title = f"Model card: {facts['name']} version {version}"
     ctx.write("model_card", to_markdown(title, sections))

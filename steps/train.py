@@ -38,15 +38,22 @@ def build_estimator(model: DictConfig):
 
 
 def fit_model(transformer, train: pd.DataFrame, model: DictConfig, label: str, calibration: str = "none",
-              calibration_folds: int = 5) -> Pipeline:
+              calibration_folds: int = 5, calibration_ensemble: bool = False) -> Pipeline:
     """Fit the estimator (recalibrated by cross-validation on these rows if asked) on
     already-transformed rows; return transformer + estimator, a pipeline that takes raw
-    features. The transformer outputs plain arrays, so the estimator is fitted on one too."""
+    features. The transformer outputs plain arrays, so the estimator is fitted on one too.
+
+    Calibration without ensemble fits ONE calibrator on the out-of-fold scores of
+    `calibration_folds` fits and applies it to the estimator refitted on every row: a
+    monotone map of one model, so the ranking (ROC-AUC) is that model's, and a sigmoid
+    over a logistic regression keeps the log-odds a sum over the inputs (exact
+    explanations). With ensemble, the answer is the mean of the folds' calibrated models."""
     estimator = build_estimator(model)
     if calibration != "none":
         if calibration not in ("sigmoid", "isotonic"):
             raise PipelineError(f"train.calibration={calibration!r}: use none, sigmoid or isotonic")
-        estimator = CalibratedClassifierCV(estimator, method=calibration, cv=calibration_folds)
+        estimator = CalibratedClassifierCV(estimator, method=calibration, cv=calibration_folds,
+                                           ensemble=calibration_ensemble)
     estimator.fit(train.drop(columns=[label]).to_numpy(), train[label].to_numpy())
     return Pipeline([("transform", transformer), ("model", estimator)])
 
@@ -58,6 +65,12 @@ def scorer_summary(differences: dict[str, float]) -> str:
 def model_description(model: DictConfig) -> str:
     params = ", ".join(f"{k}={v}" for k, v in model.items() if k != "_target_")
     return f"{model._target_.rsplit('.', 1)[-1]}({params})"
+
+
+def calibration_description(train: DictConfig) -> str:
+    if train.calibration == "none":
+        return "none"
+    return f"{train.calibration}, {'mean of fold models' if train.calibration_ensemble else 'one calibrator'}"
 
 
 def choose_threshold(y_val, p_val, threshold: DictConfig) -> float:
@@ -126,7 +139,7 @@ def run(ctx: StepContext) -> None:
     book = Codebook.from_config(cfg.schema)
     label = book.label
     pipeline = fit_model(ctx.read("transformer"), ctx.read("train_features"), cfg.model, label,
-                         cfg.train.calibration, cfg.train.calibration_folds)
+                         cfg.train.calibration, cfg.train.calibration_folds, cfg.train.calibration_ensemble)
     ctx.done_with("train_features")  # fitted: under `main`, free it for the checks and logging below
 
     raw_train, val = ctx.read("train"), ctx.read("val")
@@ -157,7 +170,8 @@ def run(ctx: StepContext) -> None:
                           example_output=example_output,
                           input_example_rows=cfg.train.input_example_rows)
     ctx.set_tags({names.MODEL_URI: uri, names.MODEL_CLASS: cfg.model._target_})
-    ctx.summary.update(model=model_description(cfg.model), val_roc_auc=round(metrics["val_roc_auc"], 4),
+    ctx.summary.update(model=model_description(cfg.model), calibration=calibration_description(cfg.train),
+                       val_roc_auc=round(metrics["val_roc_auc"], 4),
                        threshold=round(threshold, 3), fast_path=scorer_summary(differences))
 
 

@@ -50,12 +50,27 @@ def test_the_default_config_passes():
     ("data.sites=[mars]", "data.sites=['mars']: one or more of cleveland"),
     ("force=[trian]", "force=['trian']: a list of step names"),
     ("transform.one_hot=[colour]", "transform.one_hot=['colour']: codebook features only"),
+    ("evaluate.subgroups.codes=[age]", "evaluate.subgroups.codes: 'age' is not a coded column of the codebook"),
+    ("evaluate.subgroups.bands={age: [60, 50]}", "evaluate.subgroups.bands.age=[60, 50]: give a numeric codebook"),
+    ("evaluate.subgroups.bands={age: [old]}", "evaluate.subgroups.bands.age=['old']: give a numeric codebook"),
+    ('evaluate.criteria=["cv_roc_auc_sex_2 >= 0.8"]', "'cv_roc_auc_sex_2' is not a metric evaluate logs"),
+    ("evaluate.decision_curve.low=0.9", "evaluate.decision_curve={'low': 0.9, 'high': 0.8, 'step': 0.01}: "),
+    ("evaluate.bootstrap_rounds=10", "evaluate.bootstrap_rounds=10: a whole number >= 100"),
 ])
 def test_each_broken_rule_is_one_line_naming_key_value_and_rule(override, expected):
     found = problems(override)
     assert len(found) == 1, found
     assert expected in found[0]
     assert "\n" not in found[0]
+
+
+def test_criteria_may_gate_on_calibration_and_on_the_subgroups_config_names():
+    assert problems('evaluate.criteria=["cv_roc_auc_subgroup_min >= 0.75", "cv_calibration_slope <= 1.2", '
+                    '"cv_calibration_slope_sex_0_ci_low >= 0.2", "cv_sensitivity_age_ge_60 >= 0.8"]') == []
+    assert problems("evaluate.subgroups.bands={age: [45, 65]}",
+                    'evaluate.criteria=["cv_roc_auc_age_45_65 >= 0.8"]') == []
+    assert problems("evaluate.subgroups.codes=[]", 'evaluate.criteria=["cv_roc_auc_sex_0 >= 0.8"]') != []
+    assert problems("~evaluate.subgroups.bands.age", 'evaluate.criteria=["cv_roc_auc_age_50_60 >= 0.8"]') != []
 
 
 def test_an_empty_criteria_list_is_allowed_only_when_asked():

@@ -46,10 +46,11 @@ def edge_rows() -> pd.DataFrame:
     return rows
 
 
-def pipeline_for(fitted_transform, family: str, calibration: str = "none"):
+def pipeline_for(fitted_transform, family: str, calibration: str = "none", ensemble: bool = False):
     transformer, transformed = fitted_transform
     model = OmegaConf.load(REPO / "conf" / "model" / f"{family}.yaml")
-    return fit_model(transformer, transformed, model, BOOK.label, calibration, calibration_folds=3)
+    return fit_model(transformer, transformed, model, BOOK.label, calibration, calibration_folds=3,
+                     calibration_ensemble=ensemble)
 
 
 def assert_same(pipeline, rows: pd.DataFrame) -> str:
@@ -73,10 +74,12 @@ def test_each_family_matches_sklearn_on_edge_rows(fitted_transform, family):
     assert path.startswith("fast path") and pipeline.steps[1][1].__class__.__name__ in path
 
 
-@pytest.mark.parametrize("family,calibration", [("logreg", "sigmoid"), ("logreg", "isotonic"),
-                                                ("random_forest", "isotonic")])
-def test_calibrated_models_match_sklearn(fitted_transform, family, calibration):
-    pipeline = pipeline_for(fitted_transform, family, calibration)
+@pytest.mark.parametrize("family,calibration,ensemble", [("logreg", "sigmoid", False), ("logreg", "sigmoid", True),
+                                                         ("logreg", "isotonic", True),
+                                                         ("random_forest", "isotonic", False)])
+def test_calibrated_models_match_sklearn(fitted_transform, family, calibration, ensemble):
+    pipeline = pipeline_for(fitted_transform, family, calibration, ensemble)
+    assert len(pipeline.named_steps["model"].calibrated_classifiers_) == (3 if ensemble else 1)
     assert calibration in assert_same(pipeline, edge_rows())
 
 
@@ -135,3 +138,107 @@ def test_the_answer_frame_is_what_dataframe_would_infer(identity):
         assert list(first.columns) == OUTPUT_COLUMNS
         first.loc[0, "run_id"] = "changed by a caller"
         pd.testing.assert_frame_equal(answer(probability, 0.4, bands, identity), reference, check_exact=True)
+
+
+# --------------------------------------------------------------------------- explanations
+
+
+@pytest.fixture(scope="module")
+def cleveland():
+    """The real Cleveland file, split and transformed as `main` does by default."""
+    from domain.sources import read_uci
+    from heart_disease_model.codebook import validate
+    from steps.split import split_data
+    from tests.conftest import CLEVELAND
+
+    raw = validate(read_uci(CLEVELAND, BOOK.file_columns), BOOK)[0]
+    sets, _ = split_data(raw, BOOK.label, 0.2, 0.2, 42)
+    transformer, transformed = fit_transform(sets["train"], OmegaConf.load(REPO / "conf" / "transform" /
+                                                                            "default.yaml"), BOOK)
+    return transformer, transformed, raw
+
+
+def cleveland_pipeline(cleveland, family="logreg", calibration="none", ensemble=False):
+    transformer, transformed, _ = cleveland
+    model = OmegaConf.load(REPO / "conf" / "model" / f"{family}.yaml")
+    return fit_model(transformer, transformed, model, BOOK.label, calibration, 5, ensemble)
+
+
+@pytest.mark.parametrize("calibration", ["none", "sigmoid"])
+def test_a_linear_models_contributions_sum_to_the_log_odds_of_its_answer(cleveland, calibration):
+    """Every patient of the Cleveland file (and the edge rows, missing values included): base
+    plus the 13 fields' contributions is the log-odds of the pipeline's own probability."""
+    pipeline = cleveland_pipeline(cleveland, calibration=calibration)
+    scorer, _ = fast_path.for_pipeline(pipeline, BOOK.features)
+    assert scorer.additive is not None and scorer.not_additive == ""
+    for rows in (cleveland[2][BOOK.features], edge_rows()):
+        features = rows.to_numpy(dtype=np.float64)
+        parts = scorer.contributions(features)
+        assert parts.shape == (len(rows), len(BOOK.features))
+        p = pipeline.predict_proba(rows)[:, 1]
+        np.testing.assert_allclose(scorer.additive.base + parts.sum(axis=1), np.log(p / (1 - p)), rtol=0, atol=1e-9)
+
+
+def test_a_contribution_is_the_coefficient_times_the_fields_transformed_value(cleveland):
+    """Summed back to the field: cp's four one-hot columns give the coefficient of the
+    patient's code; age's one scaled column gives coefficient x (age - mean) / scale; a
+    sigmoid calibrator scales both by -a and moves only the base."""
+    plain = cleveland_pipeline(cleveland)
+    calibrated = cleveland_pipeline(cleveland, calibration="sigmoid")
+    transformer = plain.named_steps["transform"]
+    names = list(transformer.get_feature_names_out())
+    weights = plain.named_steps["model"].coef_[0]
+    scaler = transformer.named_transformers_["scaled"].named_steps["standardscaler"]
+    scaled = list(transformer.transformers_[0][2])
+    patient = cleveland[2][BOOK.features].iloc[[0]]
+    features = patient.to_numpy(dtype=np.float64)
+    row = patient.iloc[0]
+    by_field = dict(zip(BOOK.features, fast_path.for_pipeline(plain, BOOK.features)[0].contributions(features)[0]))
+    assert by_field["cp"] == pytest.approx(weights[names.index(f"cp_{row.cp:.1f}")], abs=1e-12)
+    age = scaled.index("age")
+    assert by_field["age"] == pytest.approx(weights[names.index("age")] * (row.age - scaler.mean_[age])
+                                            / scaler.scale_[age], abs=1e-12)
+
+    (member,) = calibrated.named_steps["model"].calibrated_classifiers_
+    a = member.calibrators[0].a_
+    scorer = fast_path.for_pipeline(calibrated, BOOK.features)[0]
+    inner = member.estimator
+    np.testing.assert_allclose(scorer.contributions(features)[0],
+                               -a * fast_path.for_pipeline(
+                                   type(plain)([("transform", transformer), ("model", inner)]), BOOK.features
+                               )[0].contributions(features)[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("family, calibration, ensemble, reason", [
+    ("logreg", "sigmoid", True, "mean probability of 5 calibrated models"),
+    ("logreg", "isotonic", False, "isotonic calibration is a step function"),
+    ("random_forest", "none", False, "a forest averages its trees"),
+    ("hist_gradient_boosting", "sigmoid", False, "TreeSHAP"),
+])
+def test_models_without_an_exact_additive_form_say_why_and_offer_no_approximation(cleveland, family, calibration,
+                                                                                  ensemble, reason):
+    scorer, _ = fast_path.for_pipeline(cleveland_pipeline(cleveland, family, calibration, ensemble), BOOK.features)
+    assert scorer.additive is None and reason in scorer.not_additive
+    with pytest.raises(fast_path.NotAdditive, match=reason):
+        scorer.contributions(edge_rows().to_numpy(dtype=np.float64))
+
+
+def test_the_explanation_lists_every_field_once_largest_first(cleveland):
+    from heart_disease_model.model import Contributions, explanations
+
+    scorer, _ = fast_path.for_pipeline(cleveland_pipeline(cleveland, calibration="sigmoid"), BOOK.features)
+    rows = edge_rows().iloc[[0, 60, 100]]
+    features = rows.to_numpy(dtype=np.float64)
+    parts = Contributions(scorer.additive.base, scorer.features, scorer.contributions(features))
+    for explanation, (_, patient), log_odds in zip(explanations(parts, features), rows.iterrows(),
+                                                   parts.log_odds()):
+        entries = explanation["contributions"]
+        assert sorted(e["feature"] for e in entries) == sorted(BOOK.features)
+        sizes = [abs(e["contribution"]) for e in entries]
+        assert sizes == sorted(sizes, reverse=True)
+        assert explanation["base_log_odds"] + sum(e["contribution"] for e in entries) == pytest.approx(log_odds,
+                                                                                                     abs=1e-12)
+        for entry in entries:  # the patient's own values: codes as integers, missing as None
+            value = patient[entry["feature"]]
+            assert entry["value"] == (None if np.isnan(value) else value)
+    assert any(e["value"] is None for e in explanations(parts, features)[2]["contributions"])  # ca, thal missing

@@ -48,8 +48,9 @@ def test_interval_uses_the_folds_actually_run(data):
     from the folds themselves."""
     pipeline, features, label = data
     budget = len(features) * 4  # room for exactly one repeat of 5 folds
-    reported = cross_validate(pipeline, features, label, 5, 10, seed=11, max_fit_rows=budget)
-    assert reported["cv_repeats_run"] == 1
+    cv = cross_validate(pipeline, features, label, 5, 10, seed=11, max_fit_rows=budget)
+    reported = cv.metrics
+    assert reported["cv_repeats_run"] == 1 and cv.out_of_fold.shape == (1, len(features))
 
     aucs = []
     for train, test in RepeatedStratifiedKFold(n_splits=5, n_repeats=1, random_state=11).split(features, label):
@@ -63,7 +64,7 @@ def test_interval_uses_the_folds_actually_run(data):
 
     # Without the budget every repeat runs. For the same fold-to-fold spread, one repeat's
     # interval is about 1.8 times as wide as ten repeats': fewer folds never look more certain.
-    assert cross_validate(pipeline, features, label, 5, 3, seed=11)["cv_repeats_run"] == 3
+    assert cross_validate(pipeline, features, label, 5, 3, seed=11).metrics["cv_repeats_run"] == 3
     multiplier = lambda n: stats.t.ppf(0.975, df=n - 1) * math.sqrt(1 / n + 1 / 4)  # noqa: E731
     assert multiplier(5) / multiplier(50) > 1.7
 
@@ -72,7 +73,8 @@ def test_parallel_folds_give_the_same_numbers(data):
     pipeline, features, label = data
     one = cross_validate(pipeline, features, label, 5, 2, seed=0, n_jobs=1)
     two = cross_validate(pipeline, features, label, 5, 2, seed=0, n_jobs=2)
-    assert one == two  # exact: folds are independent and collected in order
+    assert one.metrics == two.metrics  # exact: folds are independent and collected in order
+    np.testing.assert_array_equal(one.out_of_fold, two.out_of_fold)
 
 
 # ----------------------------------------------------------------------------- memory under main

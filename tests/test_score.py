@@ -95,6 +95,47 @@ def test_pandas_engine_scores_in_chunks_and_rejects_rows_with_reasons(store, pat
     assert contexts == {"scoring_input": "scoring", "predictions": "predictions", "rejects": "rejects"}
 
 
+def test_explain_adds_the_base_and_each_fields_contribution_summing_to_the_log_odds(store, patients, tmp_path):
+    output = tmp_path / "explained.parquet"
+    result = score(store, f"score.input={store.root / 'patients.parquet'}", f"score.output={output}",
+                   "score.id_columns=[patient_id]", "score.batch_rows=700", "score.explain=true")
+    scored = pd.read_parquet(output)
+    model = mlflow.pyfunc.load_model(result["model_uri"]).unwrap_python_model()
+    contributions = [f"contribution_{name}" for name in model.codebook.features]
+    assert list(scored.columns) == ["patient_id", *ANSWER, "base_log_odds", *contributions]
+    assert len(contributions) == 13 and result["rows_rejected"] == len(BROKEN)
+    log_odds = scored.base_log_odds + scored[contributions].sum(axis=1)
+    np.testing.assert_allclose(log_odds, np.log(scored.probability / (1 - scored.probability)), rtol=0, atol=1e-9)
+    # The same answers as without the flag, and the same explanation the model gives one patient.
+    plain = tmp_path / "plain.parquet"
+    score(store, f"score.input={store.root / 'patients.parquet'}", f"score.output={plain}",
+          "score.id_columns=[patient_id]")
+    pd.testing.assert_frame_equal(scored[["patient_id", *ANSWER]], pd.read_parquet(plain))
+    row = patients.set_index("patient_id").loc[["P00007"], model.codebook.features]  # ca and thal missing
+    (explanation,) = model.explain(row.to_numpy(dtype=np.float64))
+    written = scored.set_index("patient_id").loc["P00007"]
+    assert written.base_log_odds == explanation["base_log_odds"]
+    for entry in explanation["contributions"]:
+        assert written[f"contribution_{entry['feature']}"] == pytest.approx(entry["contribution"], abs=1e-12)
+    assert store.client.get_run(result["run_id"]).data.params["score.explain"] == "True"
+
+
+def test_explain_is_refused_where_it_cannot_be_exact(store, patients, tmp_path):
+    """A forest has no exact additive form: score refuses to explain rather than write
+    approximations, before writing anything; so does the Spark engine, which cannot."""
+    store.steps("train", "model=random_forest", "model.n_estimators=20")
+    forest = store.runs("train")[0].data.tags[names.MODEL_URI]
+    common = [f"score.input={store.root / 'patients.parquet'}", "score.explain=true"]
+    with pytest.raises(PipelineError, match="cannot explain its answers exactly: a forest averages its trees"):
+        score(store, *common, f"score.output={tmp_path / 'forest.parquet'}", f"score.model_uri={forest}")
+    with pytest.raises(PipelineError, match="score.engine=pandas only"):
+        score(store, *common, f"score.output={tmp_path / 'spark.parquet'}", "score.engine=spark")
+    assert not list(tmp_path.iterdir())
+    # Without the flag the forest scores as any model does.
+    result = score(store, common[0], f"score.output={tmp_path / 'forest.parquet'}", f"score.model_uri={forest}")
+    assert result["rows_scored"] == ROWS - len(BROKEN)
+
+
 def test_command_line_scores_a_csv_url(store, patients, http_server, tmp_path):
     folder = tmp_path / "served"
     folder.mkdir()

@@ -4,6 +4,7 @@ Every endpoint, and a corpus of bad requests that must get a 4xx naming the prob
 while the server stays up."""
 
 import json
+import math
 import re
 import shutil
 import socket
@@ -199,6 +200,43 @@ def test_same_answers_from_both_servers(api, mlflow_server):
     _, via_mlflow = request(mlflow_server.base + "/invocations", {"dataframe_records": [PATIENT]})
     for key in ANSWER_KEYS:
         assert via_api[key] == pytest.approx(via_mlflow["predictions"][0][key])
+
+
+def assert_explains(answer: dict, patient: dict) -> None:
+    """One explanation per input field, largest first, each with the patient's value, and
+    base + contributions = the log-odds of the answer's probability."""
+    explanation = answer["explanation"]
+    entries = explanation["contributions"]
+    assert sorted(e["feature"] for e in entries) == sorted(PATIENT)  # all 13 fields, once each
+    assert [abs(e["contribution"]) for e in entries] == sorted((abs(e["contribution"]) for e in entries), reverse=True)
+    assert {e["feature"]: e["value"] for e in entries} == patient
+    p = answer["probability"]
+    log_odds = explanation["base_log_odds"] + sum(e["contribution"] for e in entries)
+    assert log_odds == pytest.approx(math.log(p / (1 - p)), abs=1e-9)
+    assert "explanation_unavailable" not in answer
+
+
+def test_both_servers_explain_their_answers_on_request(api, mlflow_server):
+    patients = [PATIENT, {**PATIENT, "ca": None, "thal": None, "cp": 1, "sex": 0}]
+    status, via_api = request(api.base + "/predict?explain=true", patients)
+    assert status == 200
+    status, via_mlflow = request(mlflow_server.base + "/invocations",
+                                 {"dataframe_records": patients, "params": {"explain": True}})
+    assert status == 200, via_mlflow
+    via_mlflow = via_mlflow["predictions"]
+    for answers in (via_api, via_mlflow):
+        for answer, patient in zip(answers, patients):
+            assert_explains(answer, patient)
+    assert via_api[0]["explanation"]["contributions"] == [
+        {**entry, "contribution": pytest.approx(entry["contribution"], abs=1e-12)}
+        for entry in via_mlflow[0]["explanation"]["contributions"]]
+    status, one = request(api.base + "/predict?explain=true", PATIENT)
+    assert status == 200 and one["explanation"] == via_api[0]["explanation"]
+    # Without the flag the answers are as before: no explanation.
+    assert "explanation" not in request(api.base + "/predict", PATIENT)[1]
+    assert "explanation" not in request(mlflow_server.base + "/invocations",
+                                        {"dataframe_records": [PATIENT]})[1]["predictions"][0]
+    assert request(api.base + "/predict?explain=perhaps", PATIENT)[0] == 422
 
 
 def test_model_info_and_health(api, trained):
@@ -603,6 +641,12 @@ def test_a_champion_logged_before_the_sealed_package_still_answers_alike(trained
         assert request(app.base + "/health")[1]["status"] == "ok"
         assert_same_answers(served_answers(app, "/predict"), PATIENTS["answers"])
         assert_same_answers(served_answers(scoring, "/invocations"), PATIENTS["answers"])
+        # Asked to explain, it answers alike and says why there is no explanation.
+        status, explained = request(app.base + "/predict?explain=true", PATIENTS["patients"])
+        assert status == 200
+        assert_same_answers([{key: row[key] for key in ANSWER_KEYS} for row in explained], PATIENTS["answers"])
+        assert all(row["explanation"] is None and "logged before answers could be explained"
+                   in row["explanation_unavailable"] for row in explained)
     finally:
         app.stop()
         scoring.stop()

@@ -83,7 +83,7 @@ def test_transform_rejects_unknown_one_hot_column(cfg, book):
 def test_cross_validation_interval_brackets_the_mean(cfg, book, raw):
     pipeline = Pipeline([("t", build_transformer(cfg.transform, book)),
                          ("m", LogisticRegression(C=0.1, max_iter=1000))])
-    metrics = cross_validate(pipeline, raw[book.features], raw["target"], 5, 2, 0)
+    metrics = cross_validate(pipeline, raw[book.features], raw["target"], 5, 2, 0).metrics
     assert metrics["cv_roc_auc_ci_low"] < metrics["cv_roc_auc_mean"] < metrics["cv_roc_auc_ci_high"]
     assert 0.85 < metrics["cv_roc_auc_mean"] < 0.97
 

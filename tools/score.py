@@ -7,7 +7,9 @@
 In: a Parquet or CSV file (CSV with a header row), a folder of them, an http(s) URL or
 a run's artifact (runs:/<run id>/<path>). Out: a Parquet file with the input's
 `score.id_columns`, the model's answer per row (prediction, probability, confidence,
-risk_level) and the model's identity (name, version, run id, model id). Rows that break
+risk_level) and the model's identity (name, version, run id, model id), and with
+`score.explain=true` each answer's explanation: `base_log_odds` and one
+`contribution_<field>` column per input field, summing to the answer's log-odds. Rows that break
 the UCI codebook are not scored and do not fail the batch: they go to the rejects file
 with the reason. Both engines split rejects with the same function and answer with the
 same model version (an alias is resolved once, at the start), so they agree row by row.
@@ -144,10 +146,31 @@ def answer_schema(id_fields: list, answer: list) -> "pa.Schema":
     return pa.schema([*id_fields, *answer])
 
 
-def score_batch(python_model, batch, id_columns: list[str]) -> tuple[Optional["pa.Table"], Optional[pd.DataFrame]]:
-    """(scored rows: ids + the model's answer; rejected rows: ids + features + reason) of
-    one Arrow record batch; None for none. The answer is the model's own predict (every
-    registered version has it, whichever code it was logged with): one call per batch."""
+BASE_LOG_ODDS = "base_log_odds"
+CONTRIBUTION = "contribution_"  # + an input field
+
+
+def explanation_fields(features: list[str]) -> list["pa.Field"]:
+    """The columns score.explain adds after the answer: the base, then one contribution per field."""
+    import pyarrow as pa
+
+    return [pa.field(BASE_LOG_ODDS, pa.float64()), *[pa.field(CONTRIBUTION + name, pa.float64()) for name in features]]
+
+
+def cannot_explain(python_model) -> Optional[str]:
+    """Why the loaded model cannot give exact explanations (None when it can): a version
+    logged before explanations existed, or an estimator without an exact additive form."""
+    if not hasattr(python_model, "contributions"):
+        return "this model version was logged before answers could be explained"
+    return python_model.explanation_unavailable
+
+
+def score_batch(python_model, batch, id_columns: list[str],
+                explain: bool = False) -> tuple[Optional["pa.Table"], Optional[pd.DataFrame]]:
+    """(scored rows: ids + the model's answer [+ its explanation]; rejected rows: ids +
+    features + reason) of one Arrow record batch; None for none. The answer is the
+    model's own predict (every registered version has it, whichever code it was logged
+    with), the explanation its contributions: one call each per batch."""
     import pyarrow as pa
 
     book = python_model.codebook
@@ -158,10 +181,15 @@ def score_batch(python_model, batch, id_columns: list[str]) -> tuple[Optional["p
     good = ~rejected
     scored = None
     if good.any():
-        answer = pa.Table.from_pandas(python_model.predict(None, features[good].reset_index(drop=True)),
-                                      preserve_index=False)
+        rows = features[good].reset_index(drop=True)
+        answer = pa.Table.from_pandas(python_model.predict(None, rows), preserve_index=False)
         ids = batch.select(id_columns).filter(pa.array(good))
-        scored = pa.Table.from_arrays([*ids.columns, *answer.columns], names=[*id_columns, *answer.column_names])
+        columns, names = [*ids.columns, *answer.columns], [*id_columns, *answer.column_names]
+        if explain:
+            parts = python_model.contributions(rows.to_numpy(dtype=np.float64, na_value=np.nan))
+            columns += [pa.array(np.full(len(rows), parts.base)), *(pa.array(column) for column in parts.values.T)]
+            names += [BASE_LOG_ODDS, *(CONTRIBUTION + name for name in parts.fields)]
+        scored = pa.Table.from_arrays(columns, names=names)
     rejects = None
     if rejected.any():
         rejects = pd.concat([batch.select(id_columns).filter(pa.array(rejected)).to_pandas(),
@@ -360,11 +388,13 @@ def score_pandas(python_model, answer: list, source: Input, score: DictConfig) -
     ids = list(score.id_columns)
     dataset = input_dataset(source, python_model.codebook, ids)
     input_schema = dataset.schema
+    if score.explain:
+        answer = [*answer, *explanation_fields(list(python_model.codebook.features))]
     schema = answer_schema([input_schema.field(c) for c in ids], answer)
     output, rejects = AtomicParquet(output_path(score), schema), AtomicParquet(rejects_path(score))
     try:
         for batch in read_batches(dataset, source, python_model.codebook, ids, score.batch_rows):
-            scored, rejected = score_batch(python_model, batch, ids)
+            scored, rejected = score_batch(python_model, batch, ids, score.explain)
             if scored is not None:
                 output.write(scored)
                 faults.point("score.batch_written")
@@ -491,6 +521,9 @@ def run_score(cfg: DictConfig, tracking, own_run_id: Optional[str]) -> dict:
         raise PipelineError(f"score.engine={score.engine!r}: use pandas or spark")
     if score.batch_rows < 1:
         raise PipelineError(f"score.batch_rows={score.batch_rows}: a whole number >= 1")
+    if score.explain and score.engine != "pandas":
+        raise PipelineError("score.explain=true works with score.engine=pandas only (spark_udf returns the "
+                            "answer's columns); score without explanations or use the pandas engine")
     client = tracking.client
     with TrackedRun(tracking, "score", "score", own_run_id=own_run_id) as run:
         run_id = run.run_id
@@ -499,11 +532,16 @@ def run_score(cfg: DictConfig, tracking, own_run_id: Optional[str]) -> dict:
             "score.input": score.input, "score.output": score.output, "score.rejects": str(rejects_path(score)),
             "score.model_uri": score.model_uri, "score.model_version_uri": model_uri, "score.engine": score.engine,
             "score.batch_rows": score.batch_rows, "score.id_columns": ",".join(score.id_columns),
+            "score.explain": score.explain,
             **({"score.spark.master": score.spark.master} if score.engine == "spark" else {})}.items()])
         with tempfile.TemporaryDirectory(prefix="heart-score-") as workdir:
             source = resolve_input(score, Path(workdir))
             loaded = mlflow.pyfunc.load_model(model_uri)
             python_model = loaded.unwrap_python_model()
+            why_not = cannot_explain(python_model) if score.explain else None
+            if why_not:
+                raise PipelineError(f"score.explain=true: {model_uri} cannot explain its answers exactly: {why_not}. "
+                                    "Score without score.explain, or with a model that can.")
             for target in (output_path(score), rejects_path(score)):
                 remove_abandoned_partials(target)
             started = time.perf_counter()

@@ -34,6 +34,7 @@ class ScoreConfig:
     model_uri: str = "models:/heart-disease@champion"
     batch_rows: int = 65536  # rows read, scored and written at a time
     engine: str = "pandas"  # pandas | spark
+    explain: bool = False  # add base_log_odds and contribution_<field> columns (pandas engine)
     spark: SparkConfig = field(default_factory=SparkConfig)
 
 
