@@ -26,6 +26,7 @@ MODEL_URI = "pipeline.model_uri"  # train: the logged model
 MODEL_CLASS = "model.class"  # train: the estimator's import path
 VALIDATION_STATUS = "validation.status"  # evaluate; also on registered versions
 VALIDATION_REASONS = "validation.reasons"
+REGISTER_DECISION = "register.decision"  # register: `v2 champion`, `not registered (REJECTED)`; also on main
 DATA_SOURCE = "data.source"  # ingest
 DATA_SHA256 = "data.sha256"  # ingest: + ".<site>" per file; bare when one file was read
 
@@ -43,6 +44,10 @@ TEST_PREDICTIONS = "data/test_predictions.parquet"
 EXTERNAL_VALIDATION = "external_validation.json"
 MODEL = "model"  # not an artifact path: a step's logged MLflow model (train)
 
+
+# The evaluate metrics that sum a pipeline up, copied onto the runs that group step runs
+# (main, sweep trials), so the runs table compares them without expanding each one.
+HEADLINE_METRICS = ("cv_roc_auc_mean", "cv_roc_auc_ci_low", "cv_roc_auc_ci_high", "test_roc_auc", "test_brier")
 
 # Trial runs of an Optuna study (tools/sweep.py; tools/leaderboard.py --study).
 STUDY = "sweep.study"

@@ -130,6 +130,21 @@ def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
     assert html_card.startswith("<!doctype html>") and "<table>" in html_card and "Known limitations" in html_card
 
 
+def test_the_main_run_carries_the_pipelines_results_and_a_name_that_says_what_it_was(store):
+    """What the runs table shows of a `main`, without expanding it: the launcher's run
+    (`mlflow run` named it at random) is named after the pipeline, with the groups and
+    overrides that defined it as params and evaluate's headline metrics and verdict."""
+    parent = latest_main(store)
+    assert parent.info.run_name == "main · model=logreg"
+    assert parent.data.tags["mlflow.project.entryPoint"] == "main"  # the launcher's run itself
+    assert {"model": "logreg", "data": "uci"}.items() <= parent.data.params.items()
+    evaluation = store.client.get_run(parent.data.tags["pipeline.evaluate.run_id"])
+    for metric in ("cv_roc_auc_mean", "cv_roc_auc_ci_low", "cv_roc_auc_ci_high", "test_roc_auc", "test_brier"):
+        assert parent.data.metrics[metric] == evaluation.data.metrics[metric], metric
+    assert parent.data.tags["validation.status"] == "VALIDATED"
+    assert parent.data.tags["register.decision"] == "v1 champion"
+
+
 def test_second_run_reuses_every_step(store):
     before = step_run_count(store)
     result = store.mlflow_run("main")
@@ -142,6 +157,8 @@ def test_second_run_reuses_every_step(store):
 
 def test_changing_a_train_hyperparameter_reruns_train_evaluate_register_only(store):
     store.mlflow_run("main", "model.C=0.3")
+    assert latest_main(store).info.run_name == "main · model=logreg model.C=0.3"
+    assert latest_main(store).data.params["model.C"] == "0.3"
     assert statuses(latest_main(store)) == {
         "ingest": "reused", "eda": "reused", "split": "reused", "transform": "reused",
         "train": "ran", "evaluate": "ran", "register": "ran",
@@ -156,6 +173,7 @@ def test_changing_a_train_hyperparameter_reruns_train_evaluate_register_only(sto
 def test_force_all_reruns_every_step(store):
     store.mlflow_run("main", "force=[all]")
     assert statuses(latest_main(store)) == {step: "ran" for step in STEP_ORDER}
+    assert latest_main(store).info.run_name == "main · model=logreg"  # force= says how, not what
 
 
 # Two entry points through `mlflow run` (the launcher's run becomes the step run); the
@@ -183,6 +201,9 @@ def test_each_entry_point_runs_on_its_own(store):
 def test_standalone_step_is_reused_when_nothing_changed(store):
     result = store.mlflow_run("split")
     assert "split: reused run" in result.stdout
+    launcher = store.client.search_runs([store.experiment_id], "tags.`pipeline.reused_run_id` != ''",
+                                        order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert launcher.info.run_name == "split · reused"
 
 
 def test_overrides_with_spaces_commas_and_quotes_arrive_intact(store):

@@ -27,6 +27,7 @@ def test_sweep_runs_trials_under_one_parent_on_cached_upstream(store):
     client = store.client
     sweep = client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'")[0]
     assert sweep.info.status == "FINISHED" and sweep.data.tags["mlflow.project.entryPoint"] == "sweep"
+    assert sweep.info.run_name == "sweep"  # not the name `mlflow run` made up
     assert sweep.data.params["sweep.space.model.C"] == "0.03,0.1,0.3"
     trials = client.search_runs([store.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}' and "
                                 "tags.`pipeline.role` = 'trial'")

@@ -58,8 +58,9 @@ from hydra_plugins.optuna_study_sweeper.sweeper import check_study, safe_url  # 
 ENV_SWEEP_RUN = "HEART_SWEEP_RUN_ID"  # the sweep parent run, for the trials
 ENV_SWEEP_KEYS = "HEART_SWEEP_KEYS"  # the config keys the sweep varies, which name the trials
 UPSTREAM = ("ingest", "split", "transform")
-# Each trial run carries these evaluate metrics, so the compare view lines trials up.
-TRIAL_METRICS = ("cv_roc_auc_mean", "cv_roc_auc_ci_low", "cv_roc_auc_ci_high", "test_roc_auc", "test_brier")
+# Each trial run carries these evaluate metrics, so the compare view lines trials up (and
+# `main` runs carry the same ones).
+TRIAL_METRICS = names.HEADLINE_METRICS
 
 
 def trial_name(model: str, overrides: list[str], swept: set[str]) -> str:
