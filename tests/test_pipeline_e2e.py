@@ -76,6 +76,7 @@ def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
     found = mlflow.search_logged_models(experiment_ids=[store.experiment_id],
                                         filter_string="metrics.test_roc_auc > 0.5", output_format="list")
     assert [m.model_id for m in found] == [model_id]
+    assert found[0].name == "LogisticRegression"  # the Models tab names the model family
     linked = {m.key: m for m in found[0].metrics}
     assert {"cv_roc_auc_mean", "test_roc_auc", "test_brier"} <= set(linked)
     assert linked["test_roc_auc"].dataset_name == "test" and linked["test_roc_auc"].value == \
