@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from engine import names
 from engine.cards import pipeline_card, text_table
 from engine.cli import adopt_launcher_run, launch, run_command, run_link
-from engine.context import ArtifactCache
+from engine.context import ArtifactCache, read_card
 from engine.fingerprint import code_fingerprint
 from engine.redaction import redact
 from engine.runner import FAILED, FINISHED, StepResult, TrackedRun, execute, main_overrides, record
@@ -210,7 +210,7 @@ def _record(tracking: Tracking, parent_run_id: str, results: list[StepResult], c
            tags={**tags, **outcome})
     client.log_text(parent_run_id, summary_table(results), "pipeline_summary.txt")
     client.log_dict(parent_run_id, [r.__dict__ for r in results], "pipeline_summary.json")
-    rows = [{**r.__dict__, "card_uri": f"{cache.run(r.run_id).info.artifact_uri}/{names.CARD}"} for r in results]
+    rows = [{**r.__dict__, "card": read_card(client, r.run_id)} for r in results]
     client.log_text(parent_run_id, pipeline_card(parent_run_id, diagram(), rows, seconds, status), names.CARD)
 
 

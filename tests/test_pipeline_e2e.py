@@ -113,6 +113,8 @@ def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
     assert by_step["transform"].info.run_id in store.card(by_step["train"].info.run_id)  # its input
     pipeline_text = store.card(parent.info.run_id)
     assert "7 step(s) ran, 0 reused" in pipeline_text and "v1 champion" in pipeline_text
+    for step, child in by_step.items():  # each step's card travels inside the pipeline's
+        assert f"Step card: {step}" in pipeline_text and child.data.tags["pipeline.cache_key"] in pipeline_text
 
     # Every registered version carries a model card, linked from its description.
     register_run = by_step["register"].info.run_id

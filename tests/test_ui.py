@@ -1,8 +1,15 @@
-"""What a user sees in `mlflow ui`: the names and params that tell `main` runs apart. (The
-runs' own records are checked on real runs in test_pipeline_e2e.py.)"""
+"""What a user sees in `mlflow ui`: the names and params that tell `main` runs apart, and
+cards whose links work where they are viewed. (The runs' own records are checked on real
+runs in test_pipeline_e2e.py and test_sweep.py.)"""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import pytest
+
+from engine.cards import folded_card, pipeline_card, step_card, sweep_card
 from steps.main import chosen_groups, pipeline_params, run_name
 
 # --------------------------------------------------------------------------- run names and params
@@ -34,3 +41,53 @@ def test_params_are_the_groups_and_overrides_with_secrets_redacted():
     assert params == {"data": "file", "model": "logreg", "model.C": "0.3",
                       "data.url": "http://***:***@127.0.0.1/x.data", "train.calibration": "(removed)"}
     assert "s3cret" not in run_name({"model": "logreg"}, ["data.url=http://alice:s3cret@127.0.0.1/x.data"])
+
+
+# --------------------------------------------------------------------------- cards
+
+
+def links(page: str) -> list[str]:
+    return re.findall(r"""(?:href|src)=['"]([^'"]*)['"]""", page)
+
+
+def a_step_card(step: str, figure: Path) -> str:
+    return step_card(step, f"{step}-run", {"raw.parquet of ingest": "ingest-run"}, ["data/x.parquet"], {"rows": 3},
+                     {"test_roc_auc": 0.9}, {"roc_curve": figure}, 1.0, f"key-of-{step}")
+
+
+@pytest.fixture
+def figure(tmp_path) -> Path:
+    path = tmp_path / "figure.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return path
+
+
+def test_the_pipeline_card_carries_each_step_card_and_links_nowhere(figure):
+    """MLflow's preview follows no link (engine/cards.py): the step cards travel inside."""
+    results = [{"step": step, "run_id": f"{step}-run", "status": "ran", "seconds": 1.0, "summary": {"rows": 3},
+                "card": a_step_card(step, figure)} for step in ("ingest", "split")]
+    results.append({"step": "eda", "run_id": "eda-run", "status": "reused", "seconds": 0.0, "summary": {},
+                    "card": None})
+    page = pipeline_card("main-run", "ingest\nsplit", results, 2.0, "FINISHED")
+    assert page.count("<details>") == 3
+    for step in ("ingest", "split"):
+        assert f"Step card: {step}" in page and f"key-of-{step}" in page
+    assert "This run has no card.html" in page
+    assert all(link.startswith("data:image/png") for link in links(page)) and len(links(page)) == 2
+    assert "<body>" not in page.split("<body>", 1)[1]  # bodies folded in, not whole pages
+
+
+def test_a_sweep_card_folds_every_model_and_keeps_the_best_ones_figures(figure):
+    columns = ["train run", "model", "params", "status"]
+    rows = [{"train run": f"t{i}", "model": "logreg", "params": f"C={c}", "status": "VALIDATED",
+             "card": a_step_card("evaluate", figure), "card_title": f"logreg C={c} (train run t{i})"}
+            for i, c in enumerate((0.1, 0.3, 1.0))]
+    page = sweep_card("sweep-run", {}, [], 3, columns, rows, {}, "cv_roc_auc_mean", {}, "none", 1.0)
+    assert page.count("Step card: evaluate") == 3 and "1. logreg C=0.1 (train run t0)" in page
+    assert len(links(page)) == 1  # figures of the best model only
+    assert page.count("figure left out here") == 2
+
+
+def test_a_folded_card_without_figures_says_where_they_are(figure):
+    folded = folded_card("train", a_step_card("train", figure), figures=False)
+    assert links(folded) == [] and "it is in the run's own card.html" in folded

@@ -41,7 +41,7 @@ from engine.cards import decision_text, leaderboard_page, sweep_card
 from engine.cli import adopt_launcher_run, launch, run_command
 from engine.config import STEP_NAMES
 from engine.config_checks import check_config
-from engine.context import ArtifactCache
+from engine.context import ArtifactCache, read_card
 from engine.errors import PipelineError
 from engine.fingerprint import step_view
 from engine.runner import FAILED, StepResult, TrackedRun, config_params, end_run, execute
@@ -254,7 +254,8 @@ class SweepRun(Callback):
                       if t.info.status == FAILED}
             seconds = time.time() - client.get_run(run_id).info.start_time / 1000
             for row, ranked in zip(table, rows):
-                row["card_uri"] = f"{ranked['_evaluate_run'].info.artifact_uri}/{names.CARD}"
+                row["card"] = read_card(client, ranked["_evaluate_run"].info.run_id)
+                row["card_title"] = f"{row['model']} {row['params']} (train run {row['train run']})"
             client.log_text(run_id, sweep_card(run_id, self.setup, self.upstream, len(trials), COLUMNS, table, failed,
                                                config.sweep.metric, best, decision, seconds), names.CARD)
             print(f"sweep: {len(trials) - len(failed)} of {len(trials)} trial(s) finished, "
