@@ -123,6 +123,13 @@ def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
     assert champion.description.startswith("**champion: ") and "## Performance" in champion.description
     assert f"`runs:/{register_run}/model_card.md`" in champion.description
     assert "Not for clinical use" in champion.description
+    # The registry's version page shows no input schema (engine/logged_model.py): the
+    # description lists the 13 inputs and says why.
+    inputs = champion.description.split("## Inputs", 1)[1]
+    assert "no input schema" in inputs
+    for feature in ("age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak",
+                    "slope", "ca", "thal"):
+        assert f"\n| {feature} | " in inputs, feature
     card = open(store.client.download_artifacts(register_run, "model_card.md", str(store.root))).read()
     threshold = by_step["train"].data.metrics["decision_threshold"]
     for text in ("Not for clinical use", "cross-validated mean [95 % interval]", f"at least **{threshold:.3f}**",
