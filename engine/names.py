@@ -62,5 +62,15 @@ def split_table(name: str) -> str:
 # --- columns
 SITE = "site"  # a UCI row's site of origin
 
+# --- MLflow's UI
+# Appended to an address of MLflow 3.17's UI, it opens the model-training view (runs,
+# models) instead of the GenAI one a new browser starts on (tools/ui.py says more).
+UI_MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+# The runs table's columns for a browser that has not chosen any: a view the UI shares
+# through the experiment tag UI_VIEW_TAG + UI_RUNS_VIEW, applied when an address asks for
+# it with `viewStateShareKey=<UI_RUNS_VIEW>` (engine/store.py writes it, tools/ui.py asks).
+UI_VIEW_TAG = "mlflow.sharedViewState."
+UI_RUNS_VIEW = "pipelines"
+
 # --- environment
 FAULT_ENV = "HEART_DISEASE_FAULT"  # tests: stop the process at a named point (engine/faults.py)

@@ -153,6 +153,10 @@ def test_the_main_run_carries_the_pipelines_results_and_a_name_that_says_what_it
         assert parent.data.metrics[metric] == evaluation.data.metrics[metric], metric
     assert parent.data.tags["validation.status"] == "VALIDATED"
     assert parent.data.tags["register.decision"] == "v1 champion"
+    # And the experiment shares the runs table's columns that show them (tools/ui.py's address).
+    view = json.loads(store.client.get_experiment(store.experiment_id).tags["mlflow.sharedViewState.pipelines"])
+    assert {"metrics.`cv_roc_auc_mean`", "metrics.`test_roc_auc`", "params.`model`",
+            "tags.`register.decision`"} <= set(view["selectedColumns"])
 
 
 def test_second_run_reuses_every_step(store):

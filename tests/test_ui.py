@@ -1,16 +1,26 @@
-"""What a user sees in `mlflow ui`: the names and params that tell `main` runs apart, and
-cards whose links work where they are viewed. (The runs' own records are checked on real
-runs in test_pipeline_e2e.py and test_sweep.py.)"""
+"""What a user sees in `mlflow ui`: the address `./run.sh ui` prints, the names and params
+that tell `main` runs apart, and cards whose links work where they are viewed. (The runs'
+own records are checked on real runs in test_pipeline_e2e.py and test_sweep.py.)"""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from engine.cards import folded_card, pipeline_card, step_card, sweep_card
 from steps.main import chosen_groups, pipeline_params, run_name
+from tests.conftest import REPO, make_store
+from tools.ui import base_url, find_experiment, option_values, runs_url
 
 # --------------------------------------------------------------------------- run names and params
 
@@ -91,3 +101,68 @@ def test_a_sweep_card_folds_every_model_and_keeps_the_best_ones_figures(figure):
 def test_a_folded_card_without_figures_says_where_they_are(figure):
     folded = folded_card("train", a_step_card("train", figure), figures=False)
     assert links(folded) == [] and "it is in the run's own card.html" in folded
+
+
+# --------------------------------------------------------------------------- ./run.sh ui
+
+
+@pytest.mark.parametrize("args, env, expected", [
+    ([], {}, "http://127.0.0.1:5000"),
+    (["--port", "5001"], {}, "http://127.0.0.1:5001"),
+    (["-p", "5002", "--host=0.0.0.0"], {}, "http://127.0.0.1:5002"),
+    (["--host", "::1", "--static-prefix", "/mlflow"], {"MLFLOW_PORT": "5003"}, "http://[::1]:5003/mlflow"),
+    (["--workers", "2"], {"MLFLOW_HOST": "10.0.0.7", "MLFLOW_STATIC_PREFIX": "/ui"}, "http://10.0.0.7:5000/ui"),
+])
+def test_the_address_follows_mlflow_uis_options_and_environment(args, env, expected):
+    assert base_url(option_values(args, env)) == expected
+
+
+def test_the_printed_address_opens_the_model_training_view_with_the_projects_columns():
+    assert runs_url("http://127.0.0.1:5000", "7", shared_view=True) == \
+        "http://127.0.0.1:5000/#/experiments/7/runs?viewStateShareKey=pipelines&workflowType=machine_learning"
+    assert runs_url("http://127.0.0.1:5000", "7") == \
+        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+    assert runs_url("http://127.0.0.1:5000", None) == "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.e2e
+def test_run_sh_ui_prints_the_experiments_runs_and_serves_that_store(tmp_path):
+    """The real command: `python -m tools.ui` (what `./run.sh ui` runs) prints the address,
+    then becomes `mlflow ui` on the same store, which knows that experiment by that id."""
+    store = make_store(tmp_path / "store")
+    port = free_port()
+    env = {**store.env, "MLFLOW_EXPERIMENT_NAME": store.experiment_name}
+    ui = subprocess.Popen([sys.executable, "-m", "tools.ui", "--port", str(port), "--workers", "1"], cwd=REPO,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        printed = [ui.stdout.readline() for _ in range(2)]
+        assert printed[1].strip() == (f"http://127.0.0.1:{port}/#/experiments/{store.experiment_id}/runs"
+                                      "?viewStateShareKey=pipelines&workflowType=machine_learning"), printed
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name"
+                                            f"?experiment_name={store.experiment_name}", timeout=5) as answer:
+                    served = json.loads(answer.read())["experiment"]["experiment_id"]
+                break
+            except OSError:
+                assert ui.poll() is None and time.monotonic() < deadline, "mlflow ui did not answer"
+                time.sleep(0.5)
+        assert served == store.experiment_id
+        # The store, made before the view existed, now shares it (what the address asks for).
+        view = json.loads(store.client.get_experiment(store.experiment_id).tags["mlflow.sharedViewState.pipelines"])
+        assert "metrics.`cv_roc_auc_mean`" in view["selectedColumns"]
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
+
+
+def test_without_a_store_no_experiment_is_found_and_no_store_is_made(tmp_path):
+    missing = tmp_path / "nothing-here.db"
+    assert find_experiment(f"sqlite:///{missing}", "heart-disease") is None and not missing.exists()
