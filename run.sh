@@ -8,7 +8,7 @@
 #   ./run.sh leaderboard [args...]      rank trials and runs: python -m tools.leaderboard
 #   ./run.sh serve [args...]            REST endpoint of the champion: mlflow models serve
 #   ./run.sh app [args...]              the FastAPI app: python -m serving
-#   ./run.sh ui [args...]               MLflow's UI on the project's store: mlflow ui
+#   ./run.sh ui [args...]               MLflow's UI on the project's store (prints the runs' address): mlflow ui
 #   ./run.sh server [args...]           a team tracking server (PostgreSQL, artifacts, auth)
 #   ./run.sh test [pytest args...]      ruff, then the test suite (installs the test tools too)
 #   ./run.sh help                       this text
@@ -75,7 +75,7 @@ case "$command" in
         ;;
     ui)
         ensure_venv requirements.txt
-        exec mlflow ui --backend-store-uri "${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" "$@"
+        exec python -m tools.ui "$@"
         ;;
     server)
         ensure_venv requirements.txt

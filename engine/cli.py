@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig
 
+from engine import names
 from engine.config import STEP_NAMES
 from engine.config_checks import ConfigError, check_config
 from engine.context import ArtifactCache
@@ -107,7 +108,8 @@ def run_link(tracking: Tracking, run_id: str) -> Optional[str]:
     uri = tracking.tracking_uri
     if not uri.startswith(("http://", "https://")):
         return None
-    return f"{redact(uri.rstrip('/'))}/#/experiments/{tracking.experiment_id}/runs/{run_id}"
+    page = f"#/experiments/{tracking.experiment_id}/runs/{run_id}?{names.UI_MODEL_TRAINING_VIEW}"
+    return f"{redact(uri.rstrip('/'))}/{page}"
 
 
 def run_command(cfg: DictConfig, body: Callable[[Tracking], Any], steps: tuple[str, ...] = STEP_NAMES) -> Any:

@@ -86,7 +86,7 @@ class RiskLevelsConfig:
 
 @dataclass
 class TrainConfig:
-    model_name: str = "model"
+    model_name: Optional[str] = None  # None: the estimator's class
     input_example_rows: int = 3
     calibration: str = "sigmoid"  # none | sigmoid | isotonic
     calibration_folds: int = 5

@@ -10,6 +10,7 @@ at most once), else downloaded and checked against the producing run's manifest.
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 import warnings
@@ -99,6 +100,16 @@ def manifest_of(run) -> dict[str, Any]:
 def mark_damaged(client: MlflowClient, run_id: str, reason: str) -> None:
     """Take a run out of the cache for good: it is no longer complete."""
     client.set_tag(run_id, names.COMPLETE, f"damaged: {reason}"[:5000])
+
+
+def read_card(client: MlflowClient, run_id: str) -> Optional[str]:
+    """A run's card.html (engine/cards.py), or None when it has none: to fold into the
+    pipeline's or a sweep's card. Not an input of a step: not counted as a download."""
+    with tempfile.TemporaryDirectory(prefix="card-") as folder:
+        try:
+            return Path(client.download_artifacts(run_id, names.CARD, folder)).read_text(encoding="utf-8")
+        except (MlflowException, OSError):
+            return None
 
 
 def _damaged(step: str, run_id: str, artifact: str, problem: str) -> DamagedArtifact:

@@ -37,7 +37,10 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {count}" for name, count in counts.items()) or "none"
 
 
-SUMMARY_SECTIONS = ("Intended use", "Performance")
+INPUTS = "Inputs"
+# The sections a registered version's description holds, in this order: the registry's
+# version page shows the description and, without an input schema, no inputs otherwise.
+SUMMARY_SECTIONS = ("Intended use", "Performance", INPUTS)
 
 
 def card_sections(facts: dict[str, Any]) -> list[Section]:
@@ -61,8 +64,14 @@ def card_sections(facts: dict[str, Any]) -> list[Section]:
             f"Missing cells: {_counts(facts['missing'])}; impossible values turned missing: "
             f"{_counts(facts['impossible'])}. Share of men: {facts['male_share']:.0%}.",
         ]),
-        Section("Codebook", ["Inputs must use these codes and ranges; anything else is refused (HTTP 400)."],
-                [["column", "values"]] + [[name, rule] for name, rule in facts["codebook"].items()]),
+        Section(INPUTS, [
+            f"The model takes these {len(facts['codebook'])} fields, in UCI codes (the codebook); anything "
+            "else is refused (HTTP 400): a value outside its codes or range, a missing or unknown field, and "
+            "JSON `true` or `\"54\"` where a number belongs.",
+            "Its signature declares no input schema, so the registry shows none: given one, MLflow's scoring "
+            "server would turn `true` and `\"54\"` into numbers, or drop unknown fields, before the model "
+            "could refuse them. The model checks every field itself, by the rules above.",
+        ], [["field", "values"]] + [[name, rule] for name, rule in facts["codebook"].items()]),
         Section("Performance", [
             f"Model: {facts['model']}; calibration: {facts['calibration']}. Validation status: "
             f"**{facts['status']}** ({facts['reasons']}).",
@@ -209,9 +218,10 @@ def to_markdown(title: str, sections: list[Section]) -> str:
 
 
 def summary_markdown(sections: list[Section], decision: str, card_uri: str) -> str:
-    """The registry version's description: the decision, then what the model is for and
-    how good it is (the registry UI renders Markdown), and where the whole card is."""
-    chosen = [section for section in sections if section.title in SUMMARY_SECTIONS]
+    """The registry version's description: the decision, then what the model is for, how
+    good it is and what it takes (the registry UI renders Markdown), and where the whole card is."""
+    by_title = {section.title: section for section in sections}
+    chosen = [by_title[title] for title in SUMMARY_SECTIONS if title in by_title]
     body = to_markdown("", chosen).split("\n", 2)[2]  # without the empty title line
     return f"**{decision}**\n\n{body}\nThe whole card: `{card_uri}` (and `model_card.html` beside it)."
 

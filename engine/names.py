@@ -26,6 +26,7 @@ MODEL_URI = "pipeline.model_uri"  # train: the logged model
 MODEL_CLASS = "model.class"  # train: the estimator's import path
 VALIDATION_STATUS = "validation.status"  # evaluate; also on registered versions
 VALIDATION_REASONS = "validation.reasons"
+REGISTER_DECISION = "register.decision"  # register: `v2 champion`, `not registered (REJECTED)`; also on main
 DATA_SOURCE = "data.source"  # ingest
 DATA_SHA256 = "data.sha256"  # ingest: + ".<site>" per file; bare when one file was read
 
@@ -46,6 +47,10 @@ EXPLANATION = "explanation.json"  # evaluate: mean absolute contribution per fie
 MODEL = "model"  # not an artifact path: a step's logged MLflow model (train)
 
 
+# The evaluate metrics that sum a pipeline up, copied onto the runs that group step runs
+# (main, sweep trials), so the runs table compares them without expanding each one.
+HEADLINE_METRICS = ("cv_roc_auc_mean", "cv_roc_auc_ci_low", "cv_roc_auc_ci_high", "test_roc_auc", "test_brier")
+
 # Trial runs of an Optuna study (tools/sweep.py; tools/leaderboard.py --study).
 STUDY = "sweep.study"
 TRIAL_NUMBER = "sweep.trial_number"
@@ -58,6 +63,16 @@ def split_table(name: str) -> str:
 
 # --- columns
 SITE = "site"  # a UCI row's site of origin
+
+# --- MLflow's UI
+# Appended to an address of MLflow 3.17's UI, it opens the model-training view (runs,
+# models) instead of the GenAI one a new browser starts on (tools/ui.py says more).
+UI_MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+# The runs table's columns for a browser that has not chosen any: a view the UI shares
+# through the experiment tag UI_VIEW_TAG + UI_RUNS_VIEW, applied when an address asks for
+# it with `viewStateShareKey=<UI_RUNS_VIEW>` (engine/store.py writes it, tools/ui.py asks).
+UI_VIEW_TAG = "mlflow.sharedViewState."
+UI_RUNS_VIEW = "pipelines"
 
 # --- environment
 FAULT_ENV = "HEART_DISEASE_FAULT"  # tests: stop the process at a named point (engine/faults.py)

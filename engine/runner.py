@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import re
 import sys
 import tempfile
 import time
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from mlflow.entities import RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -205,15 +206,37 @@ def _open_run(tracking: Tracking, tags: dict[str, str], own_run_id: Optional[str
     return run_id
 
 
+# The names MLflow makes up for a run created without one (`amusing-dog-295`).
+_GENERATED_RUN_NAME = re.compile(r"[a-z]+-[a-z]+-\d{1,3}")
+
+
+def user_named(tracking: Tracking, run_id: str) -> bool:
+    """Whether someone named this run, as `mlflow run --run-name` does; a run the launcher
+    made without a name has one MLflow made up. (The launcher names the run as it starts
+    our process, so by the time we ask, the name is there.)"""
+    name = tracking.client.get_run(run_id).info.run_name or ""
+    return not _GENERATED_RUN_NAME.fullmatch(name)
+
+
 def open_group_run(tracking: Tracking, role: str, run_name: str, own_run_id: Optional[str] = None,
                    parent_run_id: Optional[str] = None, extra_tags: Optional[dict[str, str]] = None) -> str:
-    """A run that groups step runs (main, sweep, trial), with its owner recorded."""
+    """A run that groups step runs (main, sweep, trial), with its owner recorded. A run that
+    `mlflow run` made is named too, unless its user named it."""
     tags = {names.ROLE: role, MLFLOW_RUN_NAME: run_name, **(extra_tags or {})}
     if parent_run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    if own_run_id:
-        tags.pop(MLFLOW_RUN_NAME)  # keep the name `mlflow run` gave it
+    if own_run_id and user_named(tracking, own_run_id):
+        tags.pop(MLFLOW_RUN_NAME)
     return _open_run(tracking, tags, own_run_id)
+
+
+def record(tracking: Tracking, run_id: str, params: Optional[dict[str, Any]] = None,
+           metrics: Optional[dict[str, float]] = None, tags: Optional[dict[str, str]] = None) -> None:
+    """Params, metrics and tags on a run that groups others, in one write."""
+    now = int(time.time() * 1000)
+    tracking.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in (params or {}).items()],
+                              metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+                              tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
 
 def end_run(tracking: Tracking, run_id: str, status: str, error: Optional[str] = None) -> None:
@@ -333,14 +356,18 @@ def execute(
             **{names.INPUT + step_name: run_id for step_name, run_id in lineage.items()}}
     if parent_run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    keep_name = bool(own_run_id) and user_named(tracking, own_run_id)
+    if keep_name:
+        tags.pop(MLFLOW_RUN_NAME)
     if forced(cfg, name):
         outcome, found = "run", _open_run(tracking, tags, own_run_id)
     else:
         outcome, found = claim(tracking, name, key, tags, own_run_id)
     if outcome == "reuse":
         if own_run_id:
+            named = [] if keep_name else [RunTag(MLFLOW_RUN_NAME, f"{name} · reused")]
             tracking.client.log_batch(own_run_id, tags=[
-                RunTag(names.REUSED, found.info.run_id),
+                *named, RunTag(names.REUSED, found.info.run_id),
                 RunTag("mlflow.note.content", f"Reused {name} run {found.info.run_id} (same cache key); "
                                               f"pass force=[{name}] to run it again.")])
             tracking.client.set_terminated(own_run_id, FINISHED)

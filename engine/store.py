@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = PROJECT_ROOT / "profiles"
 _SQLITE = "sqlite:///"
 # The experiment's kind, as MLflow records it: this one trains models. (MLflow 3.17's UI
-# still opens on its GenAI switch: README says how to pick the model-training view.)
+# still opens on its GenAI switch: tools/ui.py prints the address of the model-training view.)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # A tracking server that does not answer is reported after this long, not after MLflow's
 # default retries (about 4 minutes). The other settings bound every later request; an
@@ -61,6 +62,33 @@ def check_reachable(tracking_uri: str) -> None:
         raise StoreUnreachable(f"cannot reach the tracking server at {redact(tracking_uri)} ({reason} within "
                                f"{REACHABLE_TIMEOUT_SECONDS}s): is it running? It comes from MLFLOW_TRACKING_URI or "
                                "profile.tracking_uri") from None
+
+
+def runs_view() -> dict:
+    """The runs table a new browser sees (names.UI_RUNS_VIEW): each pipeline's name, model,
+    headline metrics, verdict and registration, in that order, wide enough to read. In the
+    form MLflow 3.17's UI shares a view: its column ids, widths in pixels."""
+    metrics = [f"metrics.`{m}`" for m in names.HEADLINE_METRICS]
+    columns = [*metrics, "params.`model`", f"tags.`{names.VALIDATION_STATUS}`", f"tags.`{names.REGISTER_DECISION}`"]
+    return {"selectedColumns": columns,
+            "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", *columns],
+            "columnWidths": {"attributes.`Run Name`": 280, **{m: 110 for m in metrics},
+                             f"tags.`{names.REGISTER_DECISION}`": 130}}
+
+
+def experiment_tags() -> dict[str, str]:
+    """What the project's experiment carries for MLflow's UI: its kind and the runs view."""
+    return dict([EXPERIMENT_KIND, (names.UI_VIEW_TAG + names.UI_RUNS_VIEW, json.dumps(runs_view()))])
+
+
+def ensure_experiment_tags(client: MlflowClient, experiment) -> None:
+    """Write the experiment's tags that are missing, and the runs view where out of date (the
+    kind stays as someone may have set it). A reader may not set tags: the UI then guesses
+    the kind and shows its own columns."""
+    for key, value in experiment_tags().items():
+        if key not in experiment.tags or (key != EXPERIMENT_KIND[0] and experiment.tags[key] != value):
+            with contextlib.suppress(MlflowException):
+                client.set_experiment_tag(experiment.experiment_id, key, value)
 
 
 @dataclass
@@ -128,14 +156,12 @@ def connect(profile: DictConfig) -> Tracking:
                 artifact_location = str(PROJECT_ROOT / profile.artifact_location)
             try:
                 experiment_id = client.create_experiment(name, artifact_location=artifact_location,
-                                                         tags=dict([EXPERIMENT_KIND]))
+                                                         tags=experiment_tags())
             except MlflowException:  # another machine created it first
                 experiment_id = client.get_experiment_by_name(name).experiment_id
         else:
             experiment_id = experiment.experiment_id
-            if EXPERIMENT_KIND[0] not in experiment.tags:
-                with contextlib.suppress(MlflowException):  # a reader may not set tags; the UI then guesses
-                    client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+            ensure_experiment_tags(client, experiment)
     mlflow.set_experiment(experiment_id=experiment_id)
     return Tracking(client, experiment_id, tracking_uri)
 

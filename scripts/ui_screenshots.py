@@ -1,4 +1,4 @@
-"""What the README's screenshot scripts share (scripts/screenshot_compare.py, screenshot_models.py):
+"""What the docs' screenshot scripts share (scripts/screenshot_ui.py, screenshot_compare.py):
 a temp folder with a fresh SQLite store, the pipeline's commands run into it, `mlflow ui` on it on
 a free loopback port, and the system Chromium that Playwright drives (no `playwright install`).
 """
@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -80,15 +81,45 @@ def run_command(module: str, overrides: list[str], tmp: Path, env: dict, log_nam
 
 def start_ui(tracking_uri: str, tmp: Path, env: dict) -> tuple[subprocess.Popen, str]:
     """`mlflow ui` on the store, on a free loopback port, once it answers: (process, base URL)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with open(tmp / "ui.log", "w") as ui_log:  # the child keeps its own handle
         ui = subprocess.Popen(
-            [str(VENV_BIN / "mlflow"), "ui", "--backend-store-uri", tracking_uri,
-             "--artifacts-destination", str(tmp / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],  # one browser is the only client
+            [str(VENV_BIN / "mlflow"), "ui", "--backend-store-uri", tracking_uri, *ui_options(tmp, port)],
             cwd=tmp, env=env, stdout=ui_log, stderr=subprocess.STDOUT, start_new_session=True)
+    return ui, wait_for_ui(ui, port, tmp)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ui_options(tmp: Path, port: int) -> list[str]:
+    return ["--artifacts-destination", str(tmp / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1"]  # one browser is the only client
+
+
+def start_project_ui(tracking_uri: str, tmp: Path, env: dict) -> tuple[subprocess.Popen, str, str]:
+    """What `./run.sh ui` runs (python -m tools.ui), on the store and a free loopback port, once
+    it answers: (process, base URL, the address it printed for a user to open)."""
+    port = free_port()
+    ui_log = open(tmp / "ui.log", "w")  # the server writes to it until stopped
+    ui = subprocess.Popen([str(VENV_BIN / "python"), "-m", "tools.ui", *ui_options(tmp, port)],
+                          cwd=PROJECT_ROOT, env={**env, "MLFLOW_TRACKING_URI": tracking_uri},
+                          stdout=subprocess.PIPE, stderr=ui_log, text=True, start_new_session=True)
+    printed = [ui.stdout.readline() for _ in range(2)]
+    # The server goes on writing to the pipe: drain it into the log, or it would block when full.
+    threading.Thread(target=lambda: [ui_log.write(line) for line in ui.stdout], daemon=True).start()
+    address = printed[1].strip()
+    if not address.startswith("http://"):
+        stop(ui)
+        raise SystemExit(f"tools.ui printed no address: {printed}")
+    log(f"tools.ui: {printed[0].strip()} {address}")
+    return ui, wait_for_ui(ui, port, tmp), address
+
+
+def wait_for_ui(ui: subprocess.Popen, port: int, tmp: Path) -> str:
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + UI_START_TIMEOUT
     while time.monotonic() < deadline:
@@ -96,7 +127,7 @@ def start_ui(tracking_uri: str, tmp: Path, env: dict) -> tuple[subprocess.Popen,
             raise SystemExit(f"mlflow ui exited with code {ui.returncode}; see {tmp / 'ui.log'}")
         try:
             with urllib.request.urlopen(base + "/health", timeout=2):
-                return ui, base
+                return base
         except OSError:
             time.sleep(0.3)
     stop(ui)

@@ -22,12 +22,15 @@ from omegaconf import DictConfig, OmegaConf
 from engine import names
 from engine.cards import pipeline_card, text_table
 from engine.cli import adopt_launcher_run, launch, run_command, run_link
-from engine.context import ArtifactCache
+from engine.context import ArtifactCache, read_card
 from engine.fingerprint import code_fingerprint
 from engine.redaction import redact
-from engine.runner import FAILED, FINISHED, StepResult, TrackedRun, execute
-from engine.store import Tracking
+from engine.runner import FAILED, FINISHED, StepResult, TrackedRun, execute, main_overrides, record
+from engine.store import PROJECT_ROOT, Tracking
 from steps.pipeline import SIDE_BRANCHES, STEPS, diagram
+
+PARAM_VALUE_MAX = 6000  # MLflow refuses a longer param value
+RUN_NAME_MAX = 120  # the runs table shows far less; the run's page shows it whole
 
 
 def summary_table(results: list[StepResult]) -> str:
@@ -47,6 +50,52 @@ def still_read(steps: set[str], run_ids: dict[str, str]) -> dict[tuple[str, str]
             if wanted.step in run_ids:
                 readers.setdefault((run_ids[wanted.step], wanted.artifact), set()).add(name)
     return readers
+
+
+def chosen_groups(choices: dict[str, str], conf_dir=PROJECT_ROOT / "conf") -> dict[str, str]:
+    """The config groups this pipeline picked among alternatives (`data=uci`, `model=logreg`):
+    groups with one option say nothing, and the profile says where runs go, not what they are."""
+    return {group: choice for group, choice in choices.items()
+            if choice and group != "profile" and not group.startswith("hydra")
+            and len(list((conf_dir / group).glob("*.yaml"))) > 1}
+
+
+def _override_items(overrides: list[str]) -> list[tuple[str, str]]:
+    """(key, value) of each Hydra override, secrets redacted; `~key` removes a key."""
+    items = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        items.append((key.lstrip("+~"), redact(value) if not key.startswith("~") else "(removed)"))
+    return items
+
+
+def pipeline_params(groups: dict[str, str], overrides: list[str]) -> dict[str, str]:
+    """The main run's params: the groups it chose and the overrides that defined it, so the
+    runs table compares pipelines (their keys are those of the step runs' params)."""
+    return {**groups, **{key: value[:PARAM_VALUE_MAX] for key, value in _override_items(overrides)}}
+
+
+def run_name(groups: dict[str, str], overrides: list[str]) -> str:
+    """`main · model=logreg`, `main · model=random_forest model.max_depth=3`: the model, then
+    every override that defined the pipeline, so runs of different pipelines tell apart."""
+    parts = [f"model={groups['model']}"] if "model" in groups else []
+    parts += [f"{key}={value}" for key, value in _override_items(overrides) if key != "model"]
+    name = " ".join(["main ·", *parts]) if parts else "main"
+    return name if len(name) <= RUN_NAME_MAX else name[:RUN_NAME_MAX - 1] + "…"
+
+
+def headline(evaluation, results: list[StepResult]) -> tuple[dict[str, float], dict[str, str]]:
+    """(metrics, tags) the main run carries: evaluate's headline metrics (names.HEADLINE_METRICS),
+    its verdict and register's decision, for the runs table. `evaluation`: the evaluate run, or None."""
+    metrics, tags = {}, {}
+    if evaluation is not None:
+        metrics = {m: evaluation.data.metrics[m] for m in names.HEADLINE_METRICS if m in evaluation.data.metrics}
+        if names.VALIDATION_STATUS in evaluation.data.tags:
+            tags[names.VALIDATION_STATUS] = evaluation.data.tags[names.VALIDATION_STATUS]
+    register = next((r.summary for r in results if r.step == "register"), {})
+    if "decision" in register:
+        tags[names.REGISTER_DECISION] = str(register["decision"])
+    return metrics, tags
 
 
 def run_pipeline(cfg: DictConfig, tracking: Tracking, parent_run_id: str, cache: ArtifactCache) -> list[StepResult]:
@@ -118,10 +167,16 @@ _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 def main(cfg: DictConfig) -> None:
     return_freed_tables_to_the_system()
 
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = main_overrides()
+    groups = chosen_groups(dict(HydraConfig.get().runtime.choices)) if HydraConfig.initialized() else {}
+
     def go(tracking: Tracking) -> None:
         client = tracking.client
-        with TrackedRun(tracking, "main", "main", own_run_id=adopt_launcher_run(tracking)) as run:
+        with TrackedRun(tracking, "main", run_name(groups, overrides), own_run_id=adopt_launcher_run(tracking)) as run:
             parent_run_id = run.run_id
+            record(tracking, parent_run_id, params=pipeline_params(groups, overrides))
             client.log_text(parent_run_id, redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
             cache = ArtifactCache(client)
             started = time.perf_counter()
@@ -145,13 +200,17 @@ def main(cfg: DictConfig) -> None:
 def _record(tracking: Tracking, parent_run_id: str, results: list[StepResult], cache: ArtifactCache,
             seconds: float, status: str) -> None:
     client = tracking.client
+    tags = {}
     for result in results:
-        client.set_tag(parent_run_id, f"pipeline.{result.step}.run_id", result.run_id)
-        client.set_tag(parent_run_id, f"pipeline.{result.step}.status", result.status)
-    client.log_metric(parent_run_id, "artifact_downloads", cache.downloads)
+        tags[f"pipeline.{result.step}.run_id"] = result.run_id
+        tags[f"pipeline.{result.step}.status"] = result.status
+    evaluated = next((r for r in results if r.step == "evaluate"), None)
+    metrics, outcome = headline(client.get_run(evaluated.run_id) if evaluated else None, results)
+    record(tracking, parent_run_id, metrics={**metrics, "artifact_downloads": cache.downloads},
+           tags={**tags, **outcome})
     client.log_text(parent_run_id, summary_table(results), "pipeline_summary.txt")
     client.log_dict(parent_run_id, [r.__dict__ for r in results], "pipeline_summary.json")
-    rows = [{**r.__dict__, "card_uri": f"{cache.run(r.run_id).info.artifact_uri}/{names.CARD}"} for r in results]
+    rows = [{**r.__dict__, "card": read_card(client, r.run_id)} for r in results]
     client.log_text(parent_run_id, pipeline_card(parent_run_id, diagram(), rows, seconds, status), names.CARD)
 
 

@@ -132,7 +132,7 @@ def run(ctx: StepContext) -> None:
 
     if status != VALIDATED and not reg.allow_unvalidated:
         reason = evaluation.data.tags.get(names.VALIDATION_REASONS, "")
-        ctx.set_tags({"register.decision": "not registered", "register.reason": f"{status}: {reason}"})
+        ctx.set_tags({names.REGISTER_DECISION: "not registered", "register.reason": f"{status}: {reason}"})
         ctx.summary.update(decision=f"not registered ({status})")
         print(f"register: model is {status} ({reason}); nothing registered. "
               "Pass register.allow_unvalidated=true to register it anyway.")
@@ -169,7 +169,7 @@ def run(ctx: StepContext) -> None:
                          summary_markdown(sections, f"{tags['decision']}: {reason}", card), aliases)
         faults.point("register.version_published")
     decision = f"v{version.version} " + ("champion" if becomes_champion else "challenger")
-    ctx.set_tags({"register.decision": decision, "register.reason": reason,
+    ctx.set_tags({names.REGISTER_DECISION: decision, "register.reason": reason,
                   "register.model_version": version.version})
     ctx.summary.update(decision=decision, reason=reason)
     completed = " (completing the version an interrupted register created)" if existing else ""

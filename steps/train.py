@@ -62,9 +62,14 @@ def scorer_summary(differences: dict[str, float]) -> str:
     return f"max diff {max(differences.values()):.1e}" if differences else "not covered: sklearn"
 
 
+def model_family(model: DictConfig) -> str:
+    """The estimator's class: LogisticRegression, RandomForestClassifier, ..."""
+    return model._target_.rsplit(".", 1)[-1]
+
+
 def model_description(model: DictConfig) -> str:
     params = ", ".join(f"{k}={v}" for k, v in model.items() if k != "_target_")
-    return f"{model._target_.rsplit('.', 1)[-1]}({params})"
+    return f"{model_family(model)}({params})"
 
 
 def calibration_description(train: DictConfig) -> str:
@@ -166,8 +171,8 @@ def run(ctx: StepContext) -> None:
     example_identity = {"model_name": "heart-disease", "model_version": "1", "run_id": ctx.run_id, "model_id": "m-0"}
     example_output = answer(pipeline.predict_proba(features.head(2))[:, 1], config["decision_threshold"],
                             config["risk_levels"], example_identity)
-    uri = ctx.write_model("model", name=cfg.train.model_name, pipeline=pipeline, config=config, features=features,
-                          example_output=example_output,
+    uri = ctx.write_model("model", name=cfg.train.model_name or model_family(cfg.model), pipeline=pipeline,
+                          config=config, features=features, example_output=example_output,
                           input_example_rows=cfg.train.input_example_rows)
     ctx.set_tags({names.MODEL_URI: uri, names.MODEL_CLASS: cfg.model._target_})
     ctx.summary.update(model=model_description(cfg.model), calibration=calibration_description(cfg.train),

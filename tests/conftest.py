@@ -27,15 +27,17 @@ BIN = Path(sys.executable).parent
 
 
 class _Balance(HTMLParser):
-    """Checks that every opened element is closed in order (void elements aside)."""
+    """Checks that every opened element is closed in order (void elements aside), and
+    collects every address an element points at (href, src)."""
 
     VOID = {"meta", "img", "br", "hr", "input", "link"}
 
     def __init__(self):
         super().__init__()
-        self.stack, self.text = [], []
+        self.stack, self.text, self.links = [], [], []
 
     def handle_starttag(self, tag, attrs):
+        self.links += [value or "" for name, value in attrs if name in ("href", "src")]
         if tag not in self.VOID:
             self.stack.append(tag)
 
@@ -90,11 +92,14 @@ class Store:
         return result
 
     def card(self, run_id: str, name: str = "card.html") -> str:
-        """A run's HTML card, checked to be well-formed; returns its text."""
+        """A run's HTML card, checked to be well-formed and to point only at data: URLs (its
+        figures): MLflow's artifact preview follows no other address, and a downloaded card
+        has no store beside it (engine/cards.py). Returns its text."""
         page = open(self.client.download_artifacts(run_id, name, str(self.root / run_id))).read()
         parser = _Balance()
         parser.feed(page)
         assert page.startswith("<!doctype html>") and parser.stack == []
+        assert [link for link in parser.links if not link.startswith("data:image/")] == [], name
         return " ".join(parser.text)
 
     def runs(self, step: str | None = None):

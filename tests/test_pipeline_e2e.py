@@ -77,6 +77,7 @@ def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
     found = mlflow.search_logged_models(experiment_ids=[store.experiment_id],
                                         filter_string="metrics.test_roc_auc > 0.5", output_format="list")
     assert [m.model_id for m in found] == [model_id]
+    assert found[0].name == "LogisticRegression"  # the Models tab names the model family
     linked = {m.key: m for m in found[0].metrics}
     assert {"cv_roc_auc_mean", "test_roc_auc", "test_brier"} <= set(linked)
     assert linked["test_roc_auc"].dataset_name == "test" and linked["test_roc_auc"].value == \
@@ -123,6 +124,8 @@ def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
     assert by_step["transform"].info.run_id in store.card(by_step["train"].info.run_id)  # its input
     pipeline_text = store.card(parent.info.run_id)
     assert "7 step(s) ran, 0 reused" in pipeline_text and "v1 champion" in pipeline_text
+    for step, child in by_step.items():  # each step's card travels inside the pipeline's
+        assert f"Step card: {step}" in pipeline_text and child.data.tags["pipeline.cache_key"] in pipeline_text
 
     # Every registered version carries a model card, linked from its description.
     register_run = by_step["register"].info.run_id
@@ -131,6 +134,13 @@ def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
     assert champion.description.startswith("**champion: ") and "## Performance" in champion.description
     assert f"`runs:/{register_run}/model_card.md`" in champion.description
     assert "Not for clinical use" in champion.description
+    # The registry's version page shows no input schema (engine/logged_model.py): the
+    # description lists the 13 inputs and says why.
+    inputs = champion.description.split("## Inputs", 1)[1]
+    assert "no input schema" in inputs
+    for feature in ("age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak",
+                    "slope", "ca", "thal"):
+        assert f"\n| {feature} | " in inputs, feature
     card = open(store.client.download_artifacts(register_run, "model_card.md", str(store.root))).read()
     threshold = by_step["train"].data.metrics["decision_threshold"]
     for text in ("Not for clinical use", "cross-validated mean [95 % interval]", f"at least **{threshold:.3f}**",
@@ -142,6 +152,25 @@ def test_cold_run_gives_parent_seven_children_artifacts_and_a_champion(store):
     assert "plots/feature_contributions.png" in artifacts("register", "plots")
     html_card = open(store.client.download_artifacts(register_run, "model_card.html", str(store.root))).read()
     assert html_card.startswith("<!doctype html>") and "<table>" in html_card and "Known limitations" in html_card
+
+
+def test_the_main_run_carries_the_pipelines_results_and_a_name_that_says_what_it_was(store):
+    """What the runs table shows of a `main`, without expanding it: the launcher's run
+    (`mlflow run` named it at random) is named after the pipeline, with the groups and
+    overrides that defined it as params and evaluate's headline metrics and verdict."""
+    parent = latest_main(store)
+    assert parent.info.run_name == "main · model=logreg"
+    assert parent.data.tags["mlflow.project.entryPoint"] == "main"  # the launcher's run itself
+    assert {"model": "logreg", "data": "uci"}.items() <= parent.data.params.items()
+    evaluation = store.client.get_run(parent.data.tags["pipeline.evaluate.run_id"])
+    for metric in ("cv_roc_auc_mean", "cv_roc_auc_ci_low", "cv_roc_auc_ci_high", "test_roc_auc", "test_brier"):
+        assert parent.data.metrics[metric] == evaluation.data.metrics[metric], metric
+    assert parent.data.tags["validation.status"] == "VALIDATED"
+    assert parent.data.tags["register.decision"] == "v1 champion"
+    # And the experiment shares the runs table's columns that show them (tools/ui.py's address).
+    view = json.loads(store.client.get_experiment(store.experiment_id).tags["mlflow.sharedViewState.pipelines"])
+    assert {"metrics.`cv_roc_auc_mean`", "metrics.`test_roc_auc`", "params.`model`",
+            "tags.`register.decision`"} <= set(view["selectedColumns"])
 
 
 def test_second_run_reuses_every_step(store):
@@ -156,6 +185,8 @@ def test_second_run_reuses_every_step(store):
 
 def test_changing_a_train_hyperparameter_reruns_train_evaluate_register_only(store):
     store.mlflow_run("main", "model.C=0.3")
+    assert latest_main(store).info.run_name == "main · model=logreg model.C=0.3"
+    assert latest_main(store).data.params["model.C"] == "0.3"
     assert statuses(latest_main(store)) == {
         "ingest": "reused", "eda": "reused", "split": "reused", "transform": "reused",
         "train": "ran", "evaluate": "ran", "register": "ran",
@@ -170,6 +201,7 @@ def test_changing_a_train_hyperparameter_reruns_train_evaluate_register_only(sto
 def test_force_all_reruns_every_step(store):
     store.mlflow_run("main", "force=[all]")
     assert statuses(latest_main(store)) == {step: "ran" for step in STEP_ORDER}
+    assert latest_main(store).info.run_name == "main · model=logreg"  # force= says how, not what
 
 
 # Two entry points through `mlflow run` (the launcher's run becomes the step run); the
@@ -197,6 +229,9 @@ def test_each_entry_point_runs_on_its_own(store):
 def test_standalone_step_is_reused_when_nothing_changed(store):
     result = store.mlflow_run("split")
     assert "split: reused run" in result.stdout
+    launcher = store.client.search_runs([store.experiment_id], "tags.`pipeline.reused_run_id` != ''",
+                                        order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert launcher.info.run_name == "split · reused"
 
 
 def test_overrides_with_spaces_commas_and_quotes_arrive_intact(store):

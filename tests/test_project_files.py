@@ -46,6 +46,16 @@ def test_every_file_the_readme_links_to_is_in_the_repo():
     assert [t for t in sorted(targets) if not (REPO / t).exists()] == []
 
 
+def test_every_file_the_docs_link_to_is_in_the_repo():
+    """The pictures above all: each is taken by a script (docs/DEVELOPMENT.md#screenshots)."""
+    missing = []
+    for page in (REPO / "docs").glob("*.md"):
+        targets = re.findall(r"\]\(([^)#\s]+)\)", page.read_text())
+        missing += [f"{page.name}: {t}" for t in targets
+                    if not t.startswith(("http://", "https://")) and not (page.parent / t).exists()]
+    assert missing == []
+
+
 def test_readme_shows_the_dag_pipeline_py_declares():
     from steps.pipeline import diagram
 

@@ -506,7 +506,8 @@ def resolve_model_uri(client, uri: str) -> str:
         except MlflowException as err:
             raise PipelineError(f"score.model_uri={uri}: no version of {name} has alias {alias} "
                                 f"({err.message.splitlines()[0]}); train and register a model first, or point "
-                                "score.model_uri at models:/<name>/<version> or runs:/<run id>/model") from None
+                                "score.model_uri at models:/<name>/<version> or at a train run's pipeline.model_uri "
+                                "(models:/m-...)") from None
         return f"models:/{name}/{version.version}"
     return uri
 

@@ -41,7 +41,7 @@ from engine.cards import decision_text, leaderboard_page, sweep_card
 from engine.cli import adopt_launcher_run, launch, run_command
 from engine.config import STEP_NAMES
 from engine.config_checks import check_config
-from engine.context import ArtifactCache
+from engine.context import ArtifactCache, read_card
 from engine.errors import PipelineError
 from engine.fingerprint import step_view
 from engine.runner import FAILED, StepResult, TrackedRun, config_params, end_run, execute
@@ -58,8 +58,9 @@ from hydra_plugins.optuna_study_sweeper.sweeper import check_study, safe_url  # 
 ENV_SWEEP_RUN = "HEART_SWEEP_RUN_ID"  # the sweep parent run, for the trials
 ENV_SWEEP_KEYS = "HEART_SWEEP_KEYS"  # the config keys the sweep varies, which name the trials
 UPSTREAM = ("ingest", "split", "transform")
-# Each trial run carries these evaluate metrics, so the compare view lines trials up.
-TRIAL_METRICS = ("cv_roc_auc_mean", "cv_roc_auc_ci_low", "cv_roc_auc_ci_high", "test_roc_auc", "test_brier")
+# Each trial run carries these evaluate metrics, so the compare view lines trials up (and
+# `main` runs carry the same ones).
+TRIAL_METRICS = names.HEADLINE_METRICS
 
 
 def trial_name(model: str, overrides: list[str], swept: set[str]) -> str:
@@ -253,7 +254,8 @@ class SweepRun(Callback):
                       if t.info.status == FAILED}
             seconds = time.time() - client.get_run(run_id).info.start_time / 1000
             for row, ranked in zip(table, rows):
-                row["card_uri"] = f"{ranked['_evaluate_run'].info.artifact_uri}/{names.CARD}"
+                row["card"] = read_card(client, ranked["_evaluate_run"].info.run_id)
+                row["card_title"] = f"{row['model']} {row['params']} (train run {row['train run']})"
             client.log_text(run_id, sweep_card(run_id, self.setup, self.upstream, len(trials), COLUMNS, table, failed,
                                                config.sweep.metric, best, decision, seconds), names.CARD)
             print(f"sweep: {len(trials) - len(failed)} of {len(trials)} trial(s) finished, "
