@@ -52,7 +52,8 @@ def test_sweep_runs_trials_under_one_parent_on_cached_upstream(store):
     assert card.count("Step card: evaluate") == 3  # each ranked model's evaluate card travels inside
     assert all(t.data.tags["pipeline.evaluate.run_id"] in card for t in trials)
     raw = open(client.download_artifacts(sweep.info.run_id, "card.html", str(store.root / "raw"))).read()
-    assert raw.count("<img src='data:image/png") == 4  # the best model's figures only
+    # the best model's figures only: evaluate's five plots (decision curve included)
+    assert raw.count("<img src='data:image/png") == 5
     best = max(trials, key=lambda t: t.data.metrics["cv_roc_auc_mean"])
     assert sweep.data.metrics["best_cv_roc_auc_mean"] == best.data.metrics["cv_roc_auc_mean"]
     assert sweep.data.params["best.model.C"] == best.data.params["model.C"]
@@ -229,10 +230,12 @@ def test_three_workers_share_one_study_and_a_killed_worker_loses_nothing(study_s
         assert by_number[trial.number].data.metrics["cv_roc_auc_mean"] == pytest.approx(trial.value)
 
     # The leaderboard ranks the whole study, whichever worker ran each trial.
-    ranked = store.tool("leaderboard", "--study", "s").stdout.strip().splitlines()[2:]
+    header, _, *ranked = store.tool("leaderboard", "--study", "s").stdout.strip().splitlines()
     trained = {r.data.tags["pipeline.train.run_id"] for r in finished}
     assert sorted(line.split()[0] for line in ranked) == sorted(trained)
-    scores = [float(line.split()[4]) for line in ranked]
+    # The params column holds several words: the score is read where its column starts.
+    start = header.index("cv roc_auc")
+    scores = [float(line[start:].split()[0]) for line in ranked]
     assert scores == sorted(scores, reverse=True)
     unknown = store.tool("leaderboard", "--study", "nope", check=False)
     assert unknown.returncode == 1 and "no trial runs of study 'nope'" in unknown.stderr
