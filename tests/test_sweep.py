@@ -58,11 +58,12 @@ def test_sweep_runs_trials_under_one_parent_on_cached_upstream(store):
     assert sweep.data.metrics["best_cv_roc_auc_mean"] == best.data.metrics["cv_roc_auc_mean"]
     assert sweep.data.params["best.model.C"] == best.data.params["model.C"]
 
-    ranked = store.tool("leaderboard", "--parent", sweep.info.run_id).stdout.strip().splitlines()[2:]
+    header, _, *ranked = store.tool("leaderboard", "--parent", sweep.info.run_id).stdout.strip().splitlines()
     assert len(ranked) == 3
     assert (store.tool("leaderboard", "--sweep").stdout
             == store.tool("leaderboard", "--sweep", sweep.info.run_id).stdout)
-    scores = [float(line.split()[4]) for line in ranked]  # train run, model, C=..., max_iter=..., cv roc_auc
+    start = header.index("cv roc_auc")  # the params column holds several words
+    scores = [float(line[start:].split()[0]) for line in ranked]
     assert scores == sorted(scores, reverse=True)
 
 
