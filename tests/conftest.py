@@ -134,6 +134,18 @@ def make_store(root: Path, data_url: str = str(CLEVELAND)) -> Store:
     return Store(root, tracking_uri, name, env)
 
 
+@pytest.fixture(scope="module")
+def cfg():
+    """The default config, composed as the steps compose it."""
+    from hydra import compose, initialize_config_dir
+
+    from engine.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config")
+
+
 @pytest.fixture
 def store(tmp_path) -> Store:
     return make_store(tmp_path / "store")

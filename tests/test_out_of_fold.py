@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -21,20 +20,12 @@ from domain.metrics import (
     treat_all_net_benefit,
 )
 from domain.sources import read_uci
-from engine.config import register_configs
 from heart_disease_model.codebook import Codebook, validate
 from steps.evaluate import cross_validate, judge, out_of_fold_estimates, out_of_fold_report, subgroup_masks
 from steps.split import split_data
 from steps.train import build_estimator
 from steps.transform import build_transformer
-from tests.conftest import CLEVELAND, REPO
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config")
+from tests.conftest import CLEVELAND
 
 
 @pytest.fixture(scope="module")

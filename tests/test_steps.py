@@ -3,14 +3,12 @@
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from domain.sources import read_uci
 from domain.synthetic import generate
 from engine.cli import _argv_from_mlproject
-from engine.config import register_configs
 from engine.errors import PipelineError
 from engine.fingerprint import cache_key, code_fingerprint, step_view
 from engine.names import REJECTED, VALIDATED
@@ -20,14 +18,7 @@ from steps.pipeline import STEPS
 from steps.register import champion_decision
 from steps.split import split_data
 from steps.transform import build_transformer, fit_transform
-from tests.conftest import CLEVELAND, REPO
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config")
+from tests.conftest import CLEVELAND
 
 
 @pytest.fixture(scope="module")
