@@ -59,9 +59,11 @@ def _package_of(path: Path) -> list[str]:
     return list(path.relative_to(PROJECT_ROOT).with_suffix("").parts[:-1])
 
 
-def imported_files(path: Path) -> set[Path]:
+@functools.lru_cache(maxsize=None)
+def imported_files(path: Path) -> frozenset[Path]:
     """Project files that `path` imports (directly, at any depth of its code, relative
-    imports included), outside its main block."""
+    imports included), outside its main block. Parsed once per process: the steps share
+    most of their files."""
     found: set[Path] = set()
     with _AST_LOCK:
         tree = ast.parse(path.read_text())
@@ -78,7 +80,7 @@ def imported_files(path: Path) -> set[Path]:
             imported = [base] + [f"{base}.{alias.name}" for alias in node.names]
         for name in imported:
             found.update(module_files(name))
-    return found
+    return frozenset(found)
 
 
 @functools.lru_cache(maxsize=None)
