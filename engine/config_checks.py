@@ -8,6 +8,11 @@ Each problem is one line: the key, the value, and what is allowed.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
@@ -68,7 +73,7 @@ def _show(value: Any) -> str:
 
 def check_config(cfg: DictConfig, steps: tuple[str, ...] = STEP_NAMES) -> None:
     """Raise ConfigError listing every broken rule; return quietly when all hold. The
-    estimator is built (importing scikit-learn) only when `steps` include train."""
+    estimator is checked only when `steps` include train."""
     rules = _Rules(cfg)
     _check_data(rules)
     _check_split(rules)
@@ -173,13 +178,46 @@ def _check_evaluate(rules: _Rules, cfg: DictConfig) -> None:
 
 
 def _check_model(rules: _Rules, cfg: DictConfig) -> None:
-    """The estimator's own parameter validation, run on the unfitted estimator."""
-    from hydra.utils import instantiate
-
+    """The estimator's own parameter validation, run on the unfitted estimator. Building it
+    imports its library (scikit-learn: about half of `import mlflow` again), so an estimator
+    config that passed once is remembered, per version of the libraries that shape results,
+    in a marker under data.cache_dir: a command that reuses its model never imports them."""
     if "_target_" not in cfg.model:
         rules.problems.append("model._target_ is missing: name the estimator class, e.g. "
                               "sklearn.linear_model.LogisticRegression")
         return
+    marker = _passed_marker(cfg)
+    if marker.exists():
+        return
+    problems_before = len(rules.problems)
+    _build_and_validate(rules, cfg)
+    if len(rules.problems) == problems_before:
+        _write_atomically(marker)
+
+
+def _passed_marker(cfg: DictConfig) -> Path:
+    from engine.fingerprint import library_versions
+
+    material = {"model": OmegaConf.to_container(cfg.model, resolve=True), "libraries": library_versions()}
+    digest = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+    return Path(cfg.data.cache_dir).expanduser() / "checked-estimators" / digest
+
+
+def _write_atomically(marker: Path) -> None:
+    """A marker exists only once complete (a crash leaves a temporary file, never a marker);
+    a cache folder that cannot be written only costs the next command the check again."""
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=marker.parent, prefix=".tmp-", delete=False) as handle:
+            pass
+        os.replace(handle.name, marker)
+    except OSError:
+        pass
+
+
+def _build_and_validate(rules: _Rules, cfg: DictConfig) -> None:
+    from hydra.utils import instantiate
+
     try:
         estimator = instantiate(cfg.model)
     except Exception as err:  # Hydra wraps an unknown class or keyword argument
