@@ -87,7 +87,20 @@ def launch(task: Callable[[DictConfig], Any], config_name: str = "config", multi
              "--shell-completion", "-sc"}
     if multirun and not modes & {arg.split("=")[0] for arg in sys.argv[1:]}:
         sys.argv.insert(1, "--multirun")
+    compose_once(sys.argv)
     hydra.main(config_path=str(PROJECT_ROOT / "conf"), config_name=config_name, version_base="1.3")(task)()
+
+
+def compose_once(argv: list[str]) -> None:
+    """Hydra 1.3 composes the whole config twice per command: once only to read
+    `hydra.mode` (Hydra.get_mode), then to run. No config of the project sets hydra.mode
+    (tests/test_project_files.py), so unless the command line does, the mode is the one
+    its --multirun flag says, which is what Hydra decides when get_mode finds none."""
+    if any(arg.lstrip("+~").startswith("hydra.mode") for arg in argv[1:]):
+        return
+    from hydra._internal.hydra import Hydra
+
+    Hydra.get_mode = lambda self, config_name, overrides: None
 
 
 def quiet_third_parties() -> None:

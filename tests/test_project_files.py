@@ -82,3 +82,14 @@ def test_names_module_imports_nothing():
 
     tree = ast.parse((REPO / "engine" / "names.py").read_text())
     assert not [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+
+
+def test_no_config_sets_hydras_mode():
+    """engine.cli.compose_once takes the run mode from the command line alone."""
+    setting = []
+    for path in (REPO / "conf").rglob("*.yaml"):
+        document = yaml.safe_load(path.read_text()) or {}
+        hydra_section = document.get("hydra") or {}
+        if "mode" in hydra_section or "hydra.mode" in document:
+            setting.append(str(path.relative_to(REPO)))
+    assert setting == []
