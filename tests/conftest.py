@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -119,9 +121,16 @@ class Store:
 
 def make_store(root: Path, data_url: str = str(CLEVELAND)) -> Store:
     root.mkdir(parents=True, exist_ok=True)
+    store = store_at(root, data_url)
+    MlflowClient(tracking_uri=store.tracking_uri).create_experiment(store.experiment_name,
+                                                                   artifact_location=str(root / "artifacts"))
+    return store
+
+
+def store_at(root: Path, data_url: str = str(CLEVELAND)) -> Store:
+    """The Store of the store in `root` (made by make_store)."""
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     name = "heart-disease-test"
-    MlflowClient(tracking_uri=tracking_uri).create_experiment(name, artifact_location=str(root / "artifacts"))
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     env.update(
         MLFLOW_TRACKING_URI=tracking_uri,
@@ -132,6 +141,37 @@ def make_store(root: Path, data_url: str = str(CLEVELAND)) -> Store:
         PYTHONUNBUFFERED="1",
     )
     return Store(root, tracking_uri, name, env)
+
+
+@pytest.fixture(scope="session")
+def _trained_snapshot(tmp_path_factory) -> tuple[Path, Path]:
+    """(where the trained store lives, a copy of it as the default pipeline left it): one
+    `main` per test worker instead of one per module."""
+    home = tmp_path_factory.mktemp("trained")
+    live, snapshot = home / "store", home / "snapshot"
+    make_store(live).steps("main", QUICK_EVALUATE)
+    shutil.copytree(live, snapshot, symlinks=True)
+    return live, snapshot
+
+
+@pytest.fixture(scope="module")
+def trained(_trained_snapshot) -> Store:
+    """A store where the default pipeline has run (QUICK_EVALUATE): v1 of heart-disease is
+    champion and challenger. Each module gets it as that run left it, restored from the
+    worker's copy. It lives at one path per worker because its database and files name
+    their own absolute paths; --dist loadfile runs one module at a time on a worker. The
+    database is restored through SQLite's backup API, into the same file, so a connection
+    this process still holds reads the restored store, not a deleted one."""
+    live, snapshot = _trained_snapshot
+    for entry in live.iterdir():
+        if entry.name != "mlflow.db":
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    for entry in snapshot.iterdir():
+        if entry.name != "mlflow.db":
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, live / entry.name)
+    with sqlite3.connect(snapshot / "mlflow.db") as source, sqlite3.connect(live / "mlflow.db") as target:
+        source.backup(target)
+    return store_at(live)
 
 
 @pytest.fixture(scope="module")

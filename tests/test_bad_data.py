@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import CLEVELAND, QUICK_EVALUATE, make_store
+from tests.conftest import CLEVELAND
 
 pytestmark = pytest.mark.e2e
 
@@ -15,9 +15,8 @@ DOWNSTREAM = ["split", "transform", "train", "evaluate", "register"]
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    store = make_store(tmp_path_factory.mktemp("bad-data"))
-    store.steps("main", QUICK_EVALUATE)
+def store(trained):
+    store = trained
     assert store.registry_state()["heart-disease"]["aliases"] == {"champion": "1", "challenger": "1"}
     return store
 

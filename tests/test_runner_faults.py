@@ -54,10 +54,8 @@ def assert_healthy(store):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    store = make_store(tmp_path_factory.mktemp("faults"))
-    store.steps("main", QUICK_EVALUATE)
-    return store
+def store(trained):
+    return trained
 
 
 def test_every_named_fault_point_exists_in_the_code():

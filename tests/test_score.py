@@ -19,7 +19,7 @@ from domain.synthetic import generate
 from engine import names
 from engine.errors import PipelineError
 from engine.store import connect
-from tests.conftest import QUICK_EVALUATE, REPO, make_store
+from tests.conftest import REPO
 from tools.score import REJECT_REASON, Input, feature_numbers, input_dataset, read_batches, run_score
 from tools.score_config import register_score_config
 
@@ -31,9 +31,8 @@ BROKEN = [(3, "cp", 0, "unknown code 0"), (4, "chol", 5000, "impossible value 50
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    store = make_store(tmp_path_factory.mktemp("score") / "store")
-    store.steps("main", QUICK_EVALUATE)
+def store(trained):
+    store = trained
     with pytest.MonkeyPatch.context() as patch:
         for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
             patch.setenv(key, store.env[key])

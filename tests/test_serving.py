@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import BIN, QUICK_EVALUATE, REPO, make_store
+from tests.conftest import BIN, REPO, make_store
 
 pytestmark = pytest.mark.e2e
 
@@ -79,13 +79,6 @@ class Server:
     def stop(self):
         self.process.terminate()
         self.process.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    store = make_store(tmp_path_factory.mktemp("serving"))
-    store.steps("main", QUICK_EVALUATE)
-    return store
 
 
 @pytest.fixture(scope="module")
