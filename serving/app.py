@@ -19,6 +19,7 @@ then /health says "fallback" and every answer names its source.
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -72,12 +73,18 @@ class Settings:
     # Requests with at most this many patients are scored on the event loop (sub-millisecond);
     # larger ones in a worker thread, so that the worker keeps reading other requests meanwhile.
     inline_rows: int = 100
+    # Registry webhooks (serving/webhooks.py): the longest body read, the deepest JSON
+    # parsed, and how far a delivery's timestamp may be from now.
+    webhook_max_bytes: int = webhooks.Limits.max_body_bytes
+    webhook_max_depth: int = webhooks.Limits.max_depth
+    webhook_max_age_seconds: float = webhooks.Limits.max_age_seconds
 
     ENV = {"profile": "HEART_PROFILE", "model_name": "HEART_MODEL_NAME", "alias": "HEART_MODEL_ALIAS",
            "local_model_dir": "HEART_MODEL_DIR", "max_batch_rows": "HEART_MAX_BATCH_ROWS",
            "poll_seconds": "HEART_POLL_SECONDS", "fallback": "HEART_FALLBACK",
            "retry_seconds": "HEART_RETRY_SECONDS", "log_inputs": "HEART_LOG_INPUTS",
-           "inline_rows": "HEART_INLINE_ROWS"}
+           "inline_rows": "HEART_INLINE_ROWS", "webhook_max_bytes": "HEART_WEBHOOK_MAX_BYTES",
+           "webhook_max_depth": "HEART_WEBHOOK_MAX_DEPTH", "webhook_max_age_seconds": "HEART_WEBHOOK_MAX_AGE_SECONDS"}
     FALLBACKS = ("run", "dir")
 
     def fallbacks(self) -> list[str]:
@@ -96,6 +103,10 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         return {var: str(getattr(self, name)) for name, var in self.ENV.items()}
+
+    def webhook_limits(self) -> webhooks.Limits:
+        return webhooks.Limits(max_body_bytes=self.webhook_max_bytes, max_depth=self.webhook_max_depth,
+                               max_age_seconds=self.webhook_max_age_seconds)
 
 
 @dataclass
@@ -273,7 +284,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or Settings.from_env()
     holder = ModelHolder(settings)
     # Registry webhooks (serving/webhooks.py), when a secret is set: the worker that gets a
-    # delivery bumps a file every worker watches, so all of them reload.
+    # delivery bumps a file every worker watches, so all of them reload; the delivery ids
+    # seen are kept in the same shared folder, so a replay to any worker is refused.
     webhook_secret = os.environ.get(webhooks.SECRET_ENV, "")
     reload_dir = os.environ.get(webhooks.RELOAD_DIR_ENV)
     reload_signal = webhooks.ReloadSignal(reload_dir) if reload_dir else None
@@ -311,7 +323,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             else:
                 threading.Thread(target=holder.reload, kwargs={"event": "webhook"}, daemon=True).start()
 
-        app.include_router(webhooks.router(webhook_secret, alias_changed))
+        shared = reload_dir or tempfile.mkdtemp(prefix="heart-serving-webhooks-")
+        app.include_router(webhooks.router(webhook_secret, alias_changed, settings.webhook_limits(),
+                                           webhooks.SeenDeliveries(Path(shared) / "deliveries")))
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, err: RequestValidationError):
