@@ -52,7 +52,15 @@ def _serve_from_command_line() -> None:
                         help="requests of at most this many patients are scored on the event loop (fast), "
                              "larger ones in a thread (the worker keeps answering health checks)")
     parser.add_argument("--reload-dir", default=os.environ.get(webhooks.RELOAD_DIR_ENV),
-                        help="folder the workers share for webhook reload signals (default: a new temp folder)")
+                        help="folder the workers share for webhook reload signals and the delivery ids seen "
+                             "(default: a new temp folder)")
+    parser.add_argument("--webhook-max-bytes", type=int, default=defaults.webhook_max_bytes,
+                        help="longer webhook bodies are refused (413) before they are read whole")
+    parser.add_argument("--webhook-max-depth", type=int, default=defaults.webhook_max_depth,
+                        help="webhook bodies nested deeper are refused (400) before they are parsed")
+    parser.add_argument("--webhook-max-age-seconds", type=float, default=defaults.webhook_max_age_seconds,
+                        help="how far a webhook delivery's timestamp may be from now (older: 401); "
+                             "its delivery id is remembered as long (again: 409)")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes; they switch models on registry webhooks (HEART_WEBHOOK_SECRET) "
                              "or by polling (--poll-seconds)")
@@ -60,7 +68,9 @@ def _serve_from_command_line() -> None:
     settings = Settings(profile=args.profile, model_name=args.model_name, alias=args.alias,
                         local_model_dir=args.model_dir, max_batch_rows=args.max_batch_rows,
                         poll_seconds=args.poll_seconds, fallback=args.fallback, retry_seconds=args.retry_seconds,
-                        log_inputs=args.log_inputs, inline_rows=args.inline_rows)
+                        log_inputs=args.log_inputs, inline_rows=args.inline_rows,
+                        webhook_max_bytes=args.webhook_max_bytes, webhook_max_depth=args.webhook_max_depth,
+                        webhook_max_age_seconds=args.webhook_max_age_seconds)
     try:
         settings.fallbacks()
     except ValueError as err:

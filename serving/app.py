@@ -12,13 +12,16 @@ finite, nothing else: 422 otherwise); codes and ranges are the model's to judge 
 It serves what it was asked for or says it does not: the VALIDATED version behind the
 registry alias, else /health and /predict answer 503 with the reason. The latest train
 run or an exported directory are served only when asked (`--fallback run,dir`), and
-then /health says "fallback" and every answer names its source.
+then /health says "fallback" and every answer names its source. While the alias's version
+is loading or failed to load, the version loaded before answers, /health says "degraded"
+and names both versions, and no answer claims the alias.
 """
 
 
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -72,12 +75,18 @@ class Settings:
     # Requests with at most this many patients are scored on the event loop (sub-millisecond);
     # larger ones in a worker thread, so that the worker keeps reading other requests meanwhile.
     inline_rows: int = 100
+    # Registry webhooks (serving/webhooks.py): the longest body read, the deepest JSON
+    # parsed, and how far a delivery's timestamp may be from now.
+    webhook_max_bytes: int = webhooks.Limits.max_body_bytes
+    webhook_max_depth: int = webhooks.Limits.max_depth
+    webhook_max_age_seconds: float = webhooks.Limits.max_age_seconds
 
     ENV = {"profile": "HEART_PROFILE", "model_name": "HEART_MODEL_NAME", "alias": "HEART_MODEL_ALIAS",
            "local_model_dir": "HEART_MODEL_DIR", "max_batch_rows": "HEART_MAX_BATCH_ROWS",
            "poll_seconds": "HEART_POLL_SECONDS", "fallback": "HEART_FALLBACK",
            "retry_seconds": "HEART_RETRY_SECONDS", "log_inputs": "HEART_LOG_INPUTS",
-           "inline_rows": "HEART_INLINE_ROWS"}
+           "inline_rows": "HEART_INLINE_ROWS", "webhook_max_bytes": "HEART_WEBHOOK_MAX_BYTES",
+           "webhook_max_depth": "HEART_WEBHOOK_MAX_DEPTH", "webhook_max_age_seconds": "HEART_WEBHOOK_MAX_AGE_SECONDS"}
     FALLBACKS = ("run", "dir")
 
     def fallbacks(self) -> list[str]:
@@ -96,6 +105,10 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         return {var: str(getattr(self, name)) for name, var in self.ENV.items()}
+
+    def webhook_limits(self) -> webhooks.Limits:
+        return webhooks.Limits(max_body_bytes=self.webhook_max_bytes, max_depth=self.webhook_max_depth,
+                               max_age_seconds=self.webhook_max_age_seconds)
 
 
 @dataclass
@@ -171,13 +184,54 @@ def load_model(settings: Settings, tracking: Optional[Tracking]) -> tuple[Option
     return None, failures, refused
 
 
+@dataclass(frozen=True)
+class Serving:
+    """What the app serves and what the alias names, swapped whole so that a request sees one
+    consistent view: its answer's labels, /health and /model-info agree."""
+
+    model: Optional[LoadedModel] = None
+    # The version the alias named when last looked up; None when not known (the alias is
+    # gone, or the store did not answer).
+    alias_version: Optional[str] = None
+    # Why the alias's version is not what is served ("" when it is): still loading, failed
+    # to load, or (nothing served) why not.
+    problem: str = LOADING
+
+    @property
+    def holds_alias(self) -> bool:
+        """The served model is the version the alias named when last looked up."""
+        return (self.model is not None and self.model.source == "registry"
+                and self.model.version == self.alias_version)
+
+    def identity(self) -> dict[str, Any]:
+        """What every answer says about the model that gave it: the alias only while the
+        served version holds it."""
+        model = self.model
+        return {"model_name": model.name, "model_version": model.version or model.model_id,
+                "model_alias": model.alias if self.holds_alias else None, "model_source": model.source}
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) of GET /health. 200 whenever a model answers, so that a load
+        balancer keeps routing to it: "ok" (the alias's version), "fallback" (a --fallback
+        source) or "degraded" (another version than the alias's: the alias's is loading or
+        failed to load). 503 only when nothing answers: "loading" or "unavailable"."""
+        if self.model is None:
+            return 503, {"status": "loading" if self.problem == LOADING else "unavailable", "reason": self.problem}
+        if self.model.fallback_reason:
+            return 200, {"status": "fallback", "reason": self.model.fallback_reason, **self.identity()}
+        if self.problem:
+            return 200, {"status": "degraded", "reason": self.problem, "alias_version": self.alias_version,
+                         **self.identity()}
+        return 200, {"status": "ok", **self.identity()}
+
+
 class ModelHolder:
-    """The model in use; swapped whole on reload, so a request sees one model."""
+    """The model in use and how it compares with the alias (`state`, a Serving swapped
+    whole on reload, so a request sees one model and one story about it)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.current: Optional[LoadedModel] = None
-        self.problem = LOADING
+        self.state = Serving()
         self._lock = threading.Lock()
         self.tracking: Optional[Tracking] = None
 
@@ -188,28 +242,49 @@ class ModelHolder:
                     self.tracking = connect(load_profile(self.settings.profile))
                 except Exception as err:  # no store reachable: keep trying; a local directory may still serve
                     log.warning(json.dumps({"event": "tracking unavailable", "reason": redact(str(err))}))
+            before, named = self.state, self._alias_version()
+            alias = f"{self.settings.model_name}@{self.settings.alias}"
+            if (before.model is not None and before.model.source == "registry" and named is not None
+                    and named != before.model.version):
+                # Loading can take a while (a remote store, a large model): meanwhile the
+                # version loaded before answers, and says it no longer holds the alias.
+                self.state = replace(before, alias_version=named,
+                                     problem=f"{alias} names version {named}, which is loading")
             loaded, failures, refused = load_model(self.settings, self.tracking)
             if loaded is None:
-                self.problem = "no model to serve: " + " | ".join(failures)
-                if refused:  # what was served is no longer what was asked for; a store outage keeps it
-                    self.current = None
+                reasons = " | ".join(failures)
+                if refused or before.model is None:  # what was served is no longer what was asked for
+                    self.state = Serving(None, named, "no model to serve: " + reasons)
+                else:  # a version that fails to load, or a store outage, keeps what answers now
+                    which = f"{alias} names version {named}, which failed to load" if named else \
+                        f"{alias} could not be looked up"
+                    self.state = Serving(before.model, named, f"{which}: {reasons}")
                 metrics.MODEL_EVENTS.labels(event="failed").inc()
                 log.error(json.dumps({"event": "model load failed", "reasons": failures}))
                 return
-            self.current, self.problem = loaded, ""
+            self.state = Serving(loaded, loaded.version if loaded.source == "registry" else named, "")
             metrics.MODEL_EVENTS.labels(event=event).inc()
             log.info(json.dumps({"event": "model loaded", "source": loaded.source, "uri": loaded.uri,
                                  "version": loaded.version, "fallback_reason": loaded.fallback_reason}))
 
-    def needs_reload(self) -> bool:
-        """Nothing (or only a fallback) is served, or the alias now points elsewhere."""
-        if self.current is None or self.current.source != "registry" or self.tracking is None:
-            return True
+    def _alias_version(self) -> Optional[str]:
+        """The version the alias names now; None when the alias is gone or the store does
+        not answer (load_model then says which)."""
+        if self.tracking is None:
+            return None
         try:
-            version = self.tracking.client.get_model_version_by_alias(self.settings.model_name, self.settings.alias)
-        except MlflowException:
-            return True  # the alias was removed: stop serving it
-        return self.current.version != str(version.version)
+            return str(self.tracking.client.get_model_version_by_alias(self.settings.model_name,
+                                                                       self.settings.alias).version)
+        except Exception:  # any failure to look up, a missing alias or a store outage: not known
+            return None
+
+    def needs_reload(self) -> bool:
+        """Something other than the alias's version is served (or nothing), the last attempt
+        failed, or the alias now points elsewhere (or was removed: stop serving it)."""
+        state = self.state
+        if not state.holds_alias or state.problem:
+            return True
+        return self._alias_version() != state.model.version
 
     def watch(self, stop: threading.Event) -> None:
         """Load in the background from the start (the app answers 503 meanwhile), then keep
@@ -217,7 +292,8 @@ class ModelHolder:
         poll_seconds otherwise."""
         self.reload(event="load")
         while True:
-            serving_alias = self.current is not None and self.current.source == "registry"
+            model = self.state.model
+            serving_alias = model is not None and model.source == "registry"
             if serving_alias and self.settings.poll_seconds <= 0:
                 return
             wait = self.settings.poll_seconds if serving_alias else self.settings.retry_seconds
@@ -273,7 +349,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or Settings.from_env()
     holder = ModelHolder(settings)
     # Registry webhooks (serving/webhooks.py), when a secret is set: the worker that gets a
-    # delivery bumps a file every worker watches, so all of them reload.
+    # delivery bumps a file every worker watches, so all of them reload; the delivery ids
+    # seen are kept in the same shared folder, so a replay to any worker is refused.
     webhook_secret = os.environ.get(webhooks.SECRET_ENV, "")
     reload_dir = os.environ.get(webhooks.RELOAD_DIR_ENV)
     reload_signal = webhooks.ReloadSignal(reload_dir) if reload_dir else None
@@ -311,7 +388,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             else:
                 threading.Thread(target=holder.reload, kwargs={"event": "webhook"}, daemon=True).start()
 
-        app.include_router(webhooks.router(webhook_secret, alias_changed))
+        shared = reload_dir or tempfile.mkdtemp(prefix="heart-serving-webhooks-")
+        app.include_router(webhooks.router(webhook_secret, alias_changed, settings.webhook_limits(),
+                                           webhooks.SeenDeliveries(Path(shared) / "deliveries")))
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, err: RequestValidationError):
@@ -330,17 +409,14 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         status = err.get_http_status_code()
         return JSONResponse({"detail": err.message}, status_code=status if 400 <= status < 500 else 500)
 
-    def _identity(loaded: LoadedModel) -> dict[str, Any]:
-        return {"model_name": loaded.name, "model_version": loaded.version or loaded.model_id,
-                "model_alias": loaded.alias, "model_source": loaded.source}
-
     @app.post("/predict", summary="Risk for one patient (object) or several (list)")
     async def predict(patients: Union[Patient, list[Patient]],  # type: ignore[valid-type]
                       explain: bool = Query(False, description="add each answer's explanation: the log-odds as "
                                                                "a base plus one contribution per input field")):
-        loaded = holder.current
+        state = holder.state
+        loaded = state.model
         if loaded is None:
-            return JSONResponse({"detail": holder.problem}, status_code=503)
+            return JSONResponse({"detail": state.problem}, status_code=503)
         rows = patients if isinstance(patients, list) else [patients]
         if not rows:
             return JSONResponse({"detail": "empty list: send at least one patient"}, status_code=400)
@@ -356,7 +432,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         else:
             levels, records = await run_in_threadpool(_score, loaded, features, explain)
         metrics.count_predictions(levels, loaded.version or loaded.model_id)
-        identity = _identity(loaded)
+        identity = state.identity()
         if inference_log is not None:
             inference_log.record(features, records, {**identity, "run_id": loaded.run_id, "model_id": loaded.model_id})
         for record in records:
@@ -412,23 +488,20 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     @app.get("/model-info")
     def model_info():
-        loaded = holder.current
+        state = holder.state
+        loaded = state.model
         if loaded is None:
-            return JSONResponse({"detail": holder.problem}, status_code=503)
-        return {"name": loaded.name, "version": loaded.version, "alias": loaded.alias, "source": loaded.source,
+            return JSONResponse({"detail": state.problem}, status_code=503)
+        return {"name": loaded.name, "version": loaded.version, "alias": state.identity()["model_alias"],
+                "alias_version": state.alias_version, "source": loaded.source,
                 "uri": loaded.uri, "run_id": loaded.run_id, "model_id": loaded.model_id,
                 "loaded_at": loaded.loaded_at, "fallback_reason": loaded.fallback_reason,
                 **_evaluation_of(holder.tracking, loaded.run_id)}
 
     @app.get("/health")
     def health():
-        loaded = holder.current
-        if loaded is None:
-            status = "loading" if holder.problem == LOADING else "unavailable"
-            return JSONResponse({"status": status, "reason": holder.problem}, status_code=503)
-        if loaded.fallback_reason:
-            return {"status": "fallback", "reason": loaded.fallback_reason, **_identity(loaded)}
-        return {"status": "ok", **_identity(loaded)}
+        status, body = holder.state.health()
+        return JSONResponse(body, status_code=status)
 
     @app.post("/reload", summary="Load the model again in the configured order (e.g. after a new champion)")
     def reload():
@@ -471,7 +544,7 @@ class RequestLog:
             await response(scope, receive, send_and_note)
         else:
             await self.app(scope, receive, send_and_note)
-        loaded = self.holder.current
+        loaded = self.holder.state.model
         seconds = time.perf_counter() - started
         version = (loaded.version or loaded.model_id) if loaded else None
         metrics.observe_request(scope["path"], status[0], version, seconds)

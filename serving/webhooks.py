@@ -6,7 +6,11 @@ model version (`model_version_alias.created`, also when an existing alias moves)
 Each delivery carries three headers (mlflow.webhooks.constants): X-MLflow-Delivery-Id,
 X-MLflow-Timestamp (Unix seconds) and X-MLflow-Signature, "v1," + base64(HMAC-SHA256(secret,
 "<delivery id>.<timestamp>.<body>")), the Standard Webhooks scheme. `verify` checks it in
-constant time and refuses stale timestamps (replays).
+constant time and refuses stale timestamps; `SeenDeliveries` refuses a delivery id seen
+before while its timestamp is still fresh (replays). Sizes and formats are checked before
+anything is parsed (`Limits`): a body too long is refused before it is read whole, a
+timestamp must be a plain number of seconds, and a body nested too deep is refused
+before json.loads recurses into it.
 
 The delivery reaches one worker. That worker bumps a generation file in a folder all workers
 share (`ReloadSignal`); each worker stats the file every `interval` seconds (one stat call:
@@ -32,9 +36,11 @@ import hmac
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
@@ -52,10 +58,26 @@ ALIAS_ENTITY = "model_version_alias"
 WEBHOOK_PATH = "/webhooks/mlflow"
 SECRET_ENV = "HEART_WEBHOOK_SECRET"
 RELOAD_DIR_ENV = "HEART_RELOAD_DIR"
-# How old a delivery may be: MLflow retries with backoff for about a minute; older is a replay.
-MAX_AGE_SECONDS = 300
+# Unix seconds as MLflow writes them (str(int(time.time()))): ASCII digits only, and few
+# enough that the age arithmetic cannot overflow a float (12 digits reach the year 33658).
+UNIX_SECONDS = re.compile(r"[0-9]{1,12}")
+# What the nesting depth is counted from: strings (skipped whole, brackets inside them do
+# not count) and brackets.
+JSON_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 
 log = logging.getLogger("serving")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a delivery may be. MLflow's alias events are a few hundred bytes nested three
+    deep, and MLflow retries a failed delivery with backoff for about a minute. The app
+    reads these from its settings (serving/app.py, HEART_WEBHOOK_*)."""
+
+    max_body_bytes: int = 65536
+    max_depth: int = 16
+    # How far a delivery's timestamp may be from now; its id is remembered as long.
+    max_age_seconds: float = 300.0
 
 
 # --------------------------------------------------------------------------- signatures
@@ -68,7 +90,7 @@ def sign(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
 
 
 def verify(secret: str, headers: Mapping[str, str], body: bytes, now: Optional[float] = None,
-           max_age: float = MAX_AGE_SECONDS) -> Optional[str]:
+           max_age: float = Limits.max_age_seconds) -> Optional[str]:
     """None when the delivery is signed with `secret` and recent; else why not (for the log
     and the 401, never naming the expected signature)."""
     lowered = {key.lower(): value for key, value in headers.items()}
@@ -77,10 +99,9 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, now: Optional[f
     sent = lowered.get(SIGNATURE_HEADER.lower())
     if not (delivery_id and timestamp and sent):
         return f"missing {SIGNATURE_HEADER}, {TIMESTAMP_HEADER} or {DELIVERY_ID_HEADER} header"
-    try:
-        age = (time.time() if now is None else now) - int(timestamp)
-    except ValueError:
-        return f"{TIMESTAMP_HEADER} is not Unix seconds"
+    if not UNIX_SECONDS.fullmatch(timestamp):
+        return f"{TIMESTAMP_HEADER} is not Unix seconds (at most 12 digits)"
+    age = (time.time() if now is None else now) - int(timestamp)
     if abs(age) > max_age:
         return f"{TIMESTAMP_HEADER} is {age:.0f} s off (at most {max_age:.0f} s): a replay or a wrong clock"
     expected = sign(secret, delivery_id, timestamp, body).encode()
@@ -90,24 +111,101 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, now: Optional[f
     return "signature does not match"
 
 
+# --------------------------------------------------------------------------- bodies and replays
+
+def nesting_depth(body: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest, counted without parsing it
+    (json.loads recurses once per level and fails with RecursionError, not ValueError)."""
+    depth = deepest = 0
+    for token in JSON_STRUCTURE.finditer(body):
+        bracket = token.group()
+        if bracket in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif bracket in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+async def body_within(request: Request, limit: int) -> Optional[bytes]:
+    """The request's body, or None when it is longer than `limit` bytes: known from
+    Content-Length before any of it is read, else found while streaming it (a chunked body
+    declares no length), so a long body is never held whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and (len(declared) > len(str(limit)) or int(declared) > limit):
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class SeenDeliveries:
+    """The ids of accepted deliveries, one file each in a folder every worker of the app
+    shares (a replay sent to another worker is refused too). Each file's mtime is when its
+    id may be forgotten: when the delivery's timestamp is too old to pass `verify` anyway."""
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+
+    def first_time(self, delivery_id: str, forget_at: float, now: float) -> bool:
+        """Remember `delivery_id` until `forget_at`; False when it is remembered already."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._forget_expired(now)
+        # Written aside with its expiry, then linked in: os.link fails if the id is there,
+        # and no worker ever sees the entry without its expiry.
+        scratch = self.folder / f".{uuid.uuid4().hex}"
+        scratch.touch()
+        os.utime(scratch, (forget_at, forget_at))
+        try:
+            os.link(scratch, self.folder / hashlib.sha256(delivery_id.encode()).hexdigest())
+        except FileExistsError:
+            return False
+        finally:
+            scratch.unlink()
+        return True
+
+    def _forget_expired(self, now: float) -> None:
+        for entry in self.folder.iterdir():
+            try:
+                if not entry.name.startswith(".") and entry.stat().st_mtime < now:
+                    entry.unlink()
+            except FileNotFoundError:
+                pass  # another worker forgot it first
+
+
 # --------------------------------------------------------------------------- router
 
-def router(secret: str, on_alias_changed: Callable[[str, str], None], path: str = WEBHOOK_PATH) -> APIRouter:
+def router(secret: str, on_alias_changed: Callable[[str, str], None], limits: Limits, seen: SeenDeliveries,
+           path: str = WEBHOOK_PATH) -> APIRouter:
     """POST `path`: a verified alias event calls on_alias_changed(model name, alias), 200.
-    401 for a missing, forged or stale signature; 400 naming the field for a signed body
-    that is not an alias event MLflow would send; other signed events are acknowledged (200)
-    and ignored."""
+    413 for a body over limits.max_body_bytes (before it is read whole); 401 for a missing,
+    forged or stale signature; 409 for a delivery id accepted before; 400 naming the field
+    for a signed body that is not an alias event MLflow would send (nested too deep, not
+    JSON, fields missing); other signed events are acknowledged (200) and ignored."""
     if not secret:
         raise ValueError(f"a webhook secret is required ({SECRET_ENV}): unsigned deliveries would be accepted")
     routes = APIRouter()
 
     @routes.post(path, summary="MLflow model-registry webhook (alias created/moved/deleted)")
     async def receive(request: Request):
-        body = await request.body()
-        problem = verify(secret, request.headers, body)
+        body = await body_within(request, limits.max_body_bytes)
+        if body is None:
+            return JSONResponse({"detail": f"body: longer than {limits.max_body_bytes} bytes"}, status_code=413)
+        problem = verify(secret, request.headers, body, max_age=limits.max_age_seconds)
         if problem:
             log.warning(json.dumps({"event": "webhook refused", "reason": problem}))
             return JSONResponse({"detail": f"webhook refused: {problem}"}, status_code=401)
+        forget_at = int(request.headers[TIMESTAMP_HEADER]) + limits.max_age_seconds
+        if not seen.first_time(request.headers[DELIVERY_ID_HEADER], forget_at, now=time.time()):
+            log.warning(json.dumps({"event": "webhook refused", "reason": "delivery id seen before"}))
+            return JSONResponse({"detail": f"{DELIVERY_ID_HEADER}: this delivery was received before (a replay)"},
+                                status_code=409)
+        if nesting_depth(body) > limits.max_depth:
+            return JSONResponse({"detail": f"body: nested deeper than {limits.max_depth} levels"}, status_code=400)
         try:
             event = json.loads(body)
         except ValueError:

@@ -5,11 +5,13 @@ while the server stays up."""
 
 import json
 import math
+import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -317,6 +319,110 @@ def new_version_of_the_champion(store) -> str:
     version = store.client.create_model_version("heart-disease", champion.source, run_id=champion.run_id,
                                                 tags=champion.tags)
     return str(version.version)
+
+
+def copied_version_of_the_champion(store, tmp_path, damage) -> str:
+    """A further version of the champion with files of its own (a copy), damaged by
+    `damage(model folder)`: a new champion whose files break, leaving the champion's intact."""
+    mlflow.set_tracking_uri(store.tracking_uri)
+    champion = store.client.get_model_version_by_alias("heart-disease", "champion")
+    copy = Path(mlflow.artifacts.download_artifacts(f"models:/heart-disease/{champion.version}",
+                                                    dst_path=str(tmp_path / "copy")))
+    damage(copy)
+    return str(store.client.create_model_version("heart-disease", str(copy), run_id=champion.run_id,
+                                                 tags=champion.tags).version)
+
+
+def truncate_the_fitted_pipeline(model: Path) -> None:
+    fitted = model / "artifacts" / "pipeline" / "model.skops"
+    fitted.write_bytes(fitted.read_bytes()[:1000])
+
+
+def ask_for_pickle(model: Path) -> None:
+    import yaml
+
+    mlmodel = model / "artifacts" / "pipeline" / "MLmodel"
+    spec = yaml.safe_load(mlmodel.read_text())
+    spec["flavors"]["sklearn"]["serialization_format"] = "pickle"
+    mlmodel.write_text(yaml.safe_dump(spec))
+
+
+def healthy(version: str) -> dict:
+    return {"status": "ok", "model_name": "heart-disease", "model_version": version, "model_alias": "champion",
+            "model_source": "registry"}
+
+
+def degraded(alias_version: str, served: str, reason: str) -> dict:
+    return {"status": "degraded", "reason": reason, "alias_version": alias_version, "model_name": "heart-disease",
+            "model_version": served, "model_alias": None, "model_source": "registry"}
+
+
+def assert_answers_as(api, version: str, alias) -> None:
+    status, answer = request(api.base + "/predict", PATIENT)
+    assert status == 200 and (answer["model_version"], answer["model_alias"]) == (version, alias)
+    assert request(api.base + "/model-info")[1]["alias"] == alias
+
+
+@pytest.mark.parametrize("damage, cause", [(truncate_the_fitted_pipeline, "registry: "),
+                                           (ask_for_pickle, "asks for serialization_format 'pickle'")],
+                         ids=["broken files", "refused by the loader"])
+def test_a_new_champion_that_fails_to_load_leaves_the_app_degraded_and_saying_so(api, trained, tmp_path, damage,
+                                                                                   cause):
+    """The version loaded before keeps answering (a load balancer should keep routing: 200),
+    but neither /health nor the answers claim it is the champion any more."""
+    served = request(api.base + "/health")[1]["model_version"]
+    broken = copied_version_of_the_champion(trained, tmp_path, damage)
+    trained.client.set_registered_model_alias("heart-disease", "champion", broken)
+    try:
+        status, health = request(api.base + "/reload", method="POST", raw=b"")
+        assert status == 200 and health == degraded(broken, served, health["reason"])
+        assert health["reason"].startswith(f"heart-disease@champion names version {broken}, which failed to load: ")
+        assert cause in health["reason"]
+        assert request(api.base + "/health") == (200, health)
+        assert_answers_as(api, served, None)
+    finally:
+        trained.client.set_registered_model_alias("heart-disease", "champion", served)
+        trained.client.delete_model_version("heart-disease", broken)
+    assert request(api.base + "/reload", method="POST", raw=b"") == (200, healthy(served))
+    assert_answers_as(api, served, "champion")
+
+
+def test_while_the_new_champion_loads_the_app_says_which_version_answers(api, trained, tmp_path):
+    """The new champion's fitted pipeline is a named pipe: loading it waits in open() until
+    the test opens the other end, so /health is asked while the load is under way."""
+    served = request(api.base + "/health")[1]["model_version"]
+    pipes = []
+
+    def wait_for_the_test(model: Path) -> None:
+        pipes.append(model / "artifacts" / "pipeline" / "model.skops")
+        pipes[0].unlink()
+        os.mkfifo(pipes[0])
+
+    loading = copied_version_of_the_champion(trained, tmp_path, wait_for_the_test)
+    trained.client.set_registered_model_alias("heart-disease", "champion", loading)
+    reloaded = []
+    reload = threading.Thread(target=lambda: reloaded.append(request(api.base + "/reload", method="POST", raw=b"")))
+    reload.start()
+    try:
+        deadline = time.time() + 20
+        while (health := request(api.base + "/health"))[1]["status"] == "ok" and time.time() < deadline:
+            time.sleep(0.05)
+        assert health == (200, degraded(loading, served, f"heart-disease@champion names version {loading}, "
+                                                         "which is loading"))
+        assert_answers_as(api, served, None)
+    finally:
+        # The other end, opened and closed: the loader reads an empty file, and fails.
+        deadline = time.time() + 20
+        while reload.is_alive() and time.time() < deadline:
+            try:
+                os.close(os.open(pipes[0], os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # ENXIO: the loader has not opened it (yet)
+                time.sleep(0.05)
+        reload.join(20)
+        trained.client.set_registered_model_alias("heart-disease", "champion", served)
+        trained.client.delete_model_version("heart-disease", loading)
+    assert reloaded[0][1]["status"] == "degraded" and "failed to load" in reloaded[0][1]["reason"]
+    assert request(api.base + "/reload", method="POST", raw=b"") == (200, healthy(served))
 
 
 def test_workers_follow_the_alias_by_polling(trained, tmp_path):

@@ -25,7 +25,9 @@ from serving.webhooks import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     WEBHOOK_PATH,
+    Limits,
     ReloadSignal,
+    SeenDeliveries,
     router,
     sign,
     subscribe,
@@ -34,6 +36,7 @@ from serving.webhooks import (
 from tests.conftest import BIN, REPO
 
 SECRET = "test-webhook-secret"
+LIMITS = Limits()
 ALIAS_SET = {"entity": "model_version_alias", "action": "created", "timestamp": "2026-01-01T00:00:00+00:00",
              "data": {"name": "heart-disease", "alias": "champion", "version": "2"}}
 
@@ -74,9 +77,21 @@ def test_verify_accepts_a_fresh_signed_delivery_and_names_what_is_wrong_otherwis
     assert verify(SECRET, rotating, body) is None
 
 
-def test_router_needs_a_secret():
+def test_router_needs_a_secret(tmp_path):
     with pytest.raises(ValueError, match="secret"):
-        router("", lambda name, alias: None)
+        router("", lambda name, alias: None, Limits(), SeenDeliveries(tmp_path))
+
+
+def test_a_delivery_id_is_refused_by_every_worker_until_its_timestamp_is_stale(tmp_path):
+    """Two workers' views of one shared folder: an id one of them accepted, the other
+    refuses; once the delivery's timestamp has left the window it is forgotten."""
+    first_worker, second_worker = SeenDeliveries(tmp_path), SeenDeliveries(tmp_path)
+    now = time.time()
+    assert first_worker.first_time("d-1", forget_at=now + 300, now=now)
+    assert not second_worker.first_time("d-1", forget_at=now + 300, now=now + 1)
+    assert second_worker.first_time("d-2", forget_at=now + 300, now=now + 1)
+    assert first_worker.first_time("d-1", forget_at=now + 700, now=now + 301)  # forgotten: verify refuses it anyway
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []  # no scratch left
 
 
 # --------------------------------------------------------------------------- real servers
@@ -94,7 +109,7 @@ class Receiver:
             self.calls.append((name, alias))
             self.signal.bump()
 
-        app.include_router(router(SECRET, changed))
+        app.include_router(router(SECRET, changed, LIMITS, SeenDeliveries(folder / "deliveries")))
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}{WEBHOOK_PATH}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
@@ -142,6 +157,54 @@ def test_signed_bodies_the_router_cannot_use_get_400_or_are_ignored(receiver):
         assert answer.status_code == 400 and field in answer.json()["detail"]
     other = json.dumps({"entity": "model_version", "action": "created", "data": {}}).encode()
     assert _post(receiver.url, other, _signed(other)).json()["status"] == "ignored"
+
+
+def test_a_timestamp_too_long_to_be_seconds_is_refused_not_a_server_error(receiver):
+    body = json.dumps(ALIAS_SET).encode()
+    headers = _signed(body)
+    stamp = "9" * 400  # int() reads it; the age arithmetic overflowed a float (500)
+    headers.update({TIMESTAMP_HEADER: stamp,
+                    SIGNATURE_HEADER: sign(SECRET, headers[DELIVERY_ID_HEADER], stamp, body)})
+    answer = _post(receiver.url, body, headers)
+    assert answer.status_code == 401 and "Unix seconds" in answer.json()["detail"]
+
+
+def test_a_signed_body_nested_too_deep_is_refused_before_parsing(receiver):
+    deep = b"[" * 10_000 + b"]" * 10_000  # under the size limit; json.loads raised RecursionError (500)
+    answer = _post(receiver.url, deep, _signed(deep))
+    assert answer.status_code == 400 and "nested deeper than" in answer.json()["detail"]
+    deeper = b"[" * 100_000 + b"]" * 100_000
+    assert _post(receiver.url, deeper, _signed(deeper)).status_code == 413
+
+
+def _status_before_the_body_ends(port: int, head: bytes, body_start: bytes) -> int:
+    """Send a request's head and the start of its body, never the rest; the HTTP status the
+    server answers with (the test fails on the timeout if it waits for the whole body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head + b"\r\n" + body_start)
+        status_line = conn.makefile("rb").readline()
+    return int(status_line.split()[1])
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read_whole(receiver):
+    head = f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n".encode()
+    # Declared: refused from Content-Length alone, unsigned or not.
+    assert _status_before_the_body_ends(receiver.port, head + b"Content-Length: 20000000\r\n", b"{") == 413
+    # Chunked (no length declared): refused once the limit is passed, the rest never sent.
+    chunk = b"a" * 16384
+    chunks = (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * (LIMITS.max_body_bytes // len(chunk) + 1)
+    assert _status_before_the_body_ends(receiver.port, head + b"Transfer-Encoding: chunked\r\n", chunks) == 413
+    assert _post(receiver.url, b"{}", _signed(b"{}")).json()["status"] == "ignored"  # the server is still up
+
+
+def test_a_replayed_delivery_is_refused_within_the_window(receiver):
+    body = json.dumps(ALIAS_SET).encode()
+    headers = _signed(body)
+    calls_before = len(receiver.calls)
+    assert _post(receiver.url, body, headers).status_code == 200
+    again = _post(receiver.url, body, headers)
+    assert again.status_code == 409 and DELIVERY_ID_HEADER in again.json()["detail"]
+    assert len(receiver.calls) == calls_before + 1  # acted on once
 
 
 def _line_within(process: subprocess.Popen, seconds: float) -> str:
