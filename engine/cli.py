@@ -15,7 +15,7 @@ import shlex
 import signal
 import sys
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 from omegaconf import DictConfig
 
@@ -128,18 +128,19 @@ def run_link(tracking: Tracking, run_id: str) -> Optional[str]:
 def run_command(cfg: DictConfig, body: Callable[[Tracking], Any], steps: tuple[str, ...] = STEP_NAMES) -> Any:
     """Check the config (for the `steps` this command may run), connect, mark runs of dead
     processes KILLED, then run `body`. Every failure the user can act on ends in one
-    message and its exit code."""
+    message and its exit code. `body` may raise ConfigError too, before it creates a run:
+    a command's checks of what the config points at (score's and monitor's files)."""
     try:
         check_config(cfg, steps)
     except ConfigError as err:
-        for problem in err.problems:
-            print(f"config error: {problem}", file=sys.stderr)
-        sys.exit(CONFIG_ERROR_EXIT)
+        refuse_config(err)
     try:
         tracking = connect(cfg.profile)
         for run_id in reap_dead_runs(tracking):
             print(f"marked run {run_id} KILLED: its process is gone", file=sys.stderr)
         return body(tracking)
+    except ConfigError as err:
+        refuse_config(err)
     except Exception as err:
         if not explains_itself(err):
             raise
@@ -147,6 +148,12 @@ def run_command(cfg: DictConfig, body: Callable[[Tracking], Any], steps: tuple[s
         sys.exit(1)
     except Interrupted as err:
         stop_on_signal(err)
+
+
+def refuse_config(err: ConfigError) -> NoReturn:
+    for problem in err.problems:
+        print(f"config error: {redact(problem)}", file=sys.stderr)
+    sys.exit(CONFIG_ERROR_EXIT)
 
 
 def stop_on_signal(err: Interrupted) -> None:

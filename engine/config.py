@@ -174,6 +174,8 @@ class PipelineConfig:
     force: list[str] = field(default_factory=list)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    # Upper bounds: {section: {setting: largest value}} (conf/limits), checked at start-up.
+    limits: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def register_configs() -> None:

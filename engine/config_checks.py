@@ -87,6 +87,7 @@ def check_config(cfg: DictConfig, steps: tuple[str, ...] = STEP_NAMES) -> None:
     rules.count("eda.plot_rows", 100)
     rules.require("force", lambda v: set(v) <= set(STEP_NAMES) | {"all"},
                   "a list of step names (" + ", ".join(STEP_NAMES) + ") or [all]")
+    _check_limits(rules, cfg)
     if rules.problems:
         raise ConfigError(rules.problems)
 
@@ -105,6 +106,22 @@ def _check_data(rules: _Rules) -> None:
     rules.require("data.external_sites",
                   lambda v: set(v) <= set(UCI_SITES) and not set(v) & set(rules.value("data.sites")),
                   "UCI sites (" + ", ".join(UCI_SITES) + ") not in data.sites")
+
+
+def _check_limits(rules: _Rules, cfg: DictConfig) -> None:
+    """Each size-like setting at most its bound in `limits` (conf/limits): a typo of a few
+    zeros is refused here, not found out by the machine running out of memory. A bound on
+    a section this command does not have (score's, monitor's) waits for the command that has it."""
+    for section, bounds in cfg.limits.items():
+        if rules.value(section) is None:
+            continue
+        for name, limit in bounds.items():
+            key = f"{section}.{name}"
+            if name not in rules.value(section):
+                rules.problems.append(f"limits.{key}={limit}: {section} has no setting {name!r}")
+            elif rules.value(key) is not None:
+                rules.require(key, lambda v, limit=limit: v <= limit,
+                              f"at most {limit} (limits.{key}; raise that limit if this machine can hold it)")
 
 
 def _check_split(rules: _Rules) -> None:

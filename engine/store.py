@@ -146,7 +146,7 @@ def connect(profile: DictConfig) -> Tracking:
         mlflow.set_registry_uri(registry_uri)
 
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or profile.experiment_name
-    with store_lock(tracking_uri):
+    with _sqlite_problems_in_one_line(tracking_uri), store_lock(tracking_uri):
         # The client opens the store, and MLflow creates a SQLite store's tables right there.
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
         experiment = _chosen_experiment(client) or client.get_experiment_by_name(name)
@@ -164,6 +164,23 @@ def connect(profile: DictConfig) -> Tracking:
             ensure_experiment_tags(client, experiment)
     mlflow.set_experiment(experiment_id=experiment_id)
     return Tracking(client, experiment_id, tracking_uri)
+
+
+@contextlib.contextmanager
+def _sqlite_problems_in_one_line(tracking_uri: str):
+    """A SQLite store that cannot be opened (a file that is not a database, a read-only
+    folder that cannot hold its lock) is one line naming the store, not a traceback."""
+    if not tracking_uri.startswith(_SQLITE):
+        yield
+        return
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (OSError, SQLAlchemyError) as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise PipelineError(f"tracking store {redact(tracking_uri)} cannot be used: {reason} (it comes from "
+                            "MLFLOW_TRACKING_URI or profile.tracking_uri)") from None
 
 
 # Read once, at start: mlflow.set_experiment (which connect calls) rewrites the variable,

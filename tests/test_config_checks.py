@@ -8,17 +8,21 @@ from hydra import compose, initialize_config_dir
 from engine.config import register_configs
 from engine.config_checks import ConfigError, check_config
 from tests.conftest import REPO
+from tools.monitor import register_schema as register_monitor_schema
+from tools.score_config import register_score_config
 
 
-def compose_with(*overrides):
+def compose_with(*overrides, config_name="config"):
     register_configs()
+    register_score_config()
+    register_monitor_schema()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose(config_name, overrides=list(overrides))
 
 
-def problems(*overrides):
+def problems(*overrides, config_name="config"):
     try:
-        check_config(compose_with(*overrides))
+        check_config(compose_with(*overrides, config_name=config_name))
     except ConfigError as err:
         return err.problems
     return []
@@ -62,6 +66,29 @@ def test_each_broken_rule_is_one_line_naming_key_value_and_rule(override, expect
     assert len(found) == 1, found
     assert expected in found[0]
     assert "\n" not in found[0]
+
+
+@pytest.mark.parametrize("config_name, overrides, expected", [
+    ("config", ["data=synthetic", "data.rows=100000000000"], "data.rows=100000000000: at most 10000000 "
+                                                             "(limits.data.rows; raise that limit"),
+    ("config", ["data.rows=20000000"], "data.rows=20000000: at most 10000000 (limits.data.rows"),
+    ("config", ["eda.dpi=100000"], "eda.dpi=100000: at most 600 (limits.eda.dpi"),
+    ("config", ["evaluate.cv_repeats=1000000"], "evaluate.cv_repeats=1000000: at most 100 (limits.evaluate.cv_repeats"),
+    ("config", ["+limits.data.rowz=5"], "limits.data.rowz=5: data has no setting 'rowz'"),
+    ("score", ["score.input=x.parquet", "score.output=y.parquet", "score.batch_rows=1000000000"],
+     "score.batch_rows=1000000000: at most 1000000 (limits.score.batch_rows"),
+    ("monitor", ["monitor.psi_bins=1000000"], "monitor.psi_bins=1000000: at most 1000 (limits.monitor.psi_bins"),
+])
+def test_size_like_settings_are_bounded_by_the_limits_config(config_name, overrides, expected):
+    found = problems(*overrides, config_name=config_name)
+    assert len(found) == 1, found
+    assert found[0].startswith(expected) and "\n" not in found[0]
+
+
+def test_a_limit_is_raised_in_config_and_applies_only_where_its_section_is():
+    assert problems("data=synthetic", "data.rows=20000000", "limits.data.rows=20000000") == []
+    assert problems("limits.score.batch_rows=1") == []  # the pipeline has no score section
+    assert problems("score.input=x", "score.output=y", config_name="score") == []
 
 
 def test_criteria_may_gate_on_calibration_and_on_the_subgroups_config_names():

@@ -5,6 +5,7 @@ with a trained model and a log written by the real InferenceLog."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -149,15 +150,22 @@ def test_a_window_reads_only_its_rows(tmp_path):
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A store with a trained and registered champion."""
+    store = make_store(tmp_path_factory.mktemp("monitor"))
+    store.steps("main", "evaluate.cv_repeats=1")
+    return store
+
+
 @pytest.mark.e2e
-def test_monitor_command_flags_a_shifted_log_and_passes_an_unshifted_one(tmp_path_factory):
+def test_monitor_command_flags_a_shifted_log_and_passes_an_unshifted_one(trained):
     """A trained champion, a log the real InferenceLog wrote from its real answers, then
     `python -m tools.monitor` against the store: DRIFT (exit 3) for older patients, OK for
     patients like those it was trained on; a run linked to the model with a drift card."""
     import mlflow
 
-    store = make_store(tmp_path_factory.mktemp("monitor"))
-    store.steps("main", "evaluate.cv_repeats=1")
+    store = trained
     mlflow.set_tracking_uri(store.tracking_uri)
     mlflow.set_registry_uri(store.tracking_uri)  # an earlier test in this process may have set another
     version = store.client.get_model_version_by_alias("heart-disease", "champion")
@@ -203,3 +211,76 @@ def test_monitor_command_flags_a_shifted_log_and_passes_an_unshifted_one(tmp_pat
     assert any(m.key == "drift_age_p_adjusted" and m.run_id == first.info.run_id for m in linked)
     card = store.card(first.info.run_id)
     assert "Drift card: DRIFT" in card and "age" in card
+
+
+# --------------------------------------------------------------------------- inputs and stores it cannot use
+
+
+def monitor_runs(store) -> int:
+    return len(store.client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'monitor'"))
+
+
+# What monitor.input is (written into a fresh folder), and what its one line says.
+UNUSABLE_INPUTS = {
+    "no such file": (None, "no such file"),
+    "a folder": ("folder", "is a folder; name a Parquet or CSV file"),
+    "empty csv": (b"", "holds no rows"),
+    "0-byte parquet": (b"", "cannot be read: Parquet file size is 0 bytes"),
+    "garbage parquet": (b"these patients were lost in a copy\n" * 20, "cannot be read: Parquet magic bytes not found"),
+}
+
+
+@pytest.mark.parametrize("case", UNUSABLE_INPUTS)
+def test_an_input_it_cannot_use_is_one_config_error_line(tmp_path, case):
+    """Found before the model is loaded: an empty store will do. Exit 2, one line naming
+    the file, no traceback, no run."""
+    store = make_store(tmp_path / "store")
+    content, said = UNUSABLE_INPUTS[case]
+    path = tmp_path / ("patients.csv" if case == "empty csv" else "patients.parquet")
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    refused = store.tool("monitor", f"monitor.input={path}", check=False)
+    assert refused.returncode == 2, refused.stderr
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith(f"config error: monitor.input={path}: ") and said in line, line
+    assert monitor_runs(store) == 0
+
+
+@pytest.mark.e2e
+def test_a_table_missing_a_column_is_one_config_error_line(trained, tmp_path):
+    """The model's own features are the ones it needs (it is loaded to know them); no run."""
+    path = tmp_path / "no_thal.parquet"
+    patients(100, 5).drop(columns=["thal"]).to_parquet(path)
+    runs = monitor_runs(trained)
+    refused = trained.tool("monitor", f"monitor.input={path}", check=False)
+    assert refused.returncode == 2, refused.stderr
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith(f"config error: monitor.input={path}: no column ['thal']; the model needs ["), line
+    assert monitor_runs(trained) == runs
+
+
+def test_a_store_that_is_not_a_database_is_one_line(tmp_path):
+    store = make_store(tmp_path / "store")
+    (store.root / "mlflow.db").write_bytes(b"not a database, whatever it was\n" * 200)
+    failed = store.tool("monitor", f"monitor.input={tmp_path / 'patients.parquet'}", check=False)
+    assert failed.returncode == 1, failed.stderr
+    assert failed.stderr.splitlines() == [f"error: tracking store {store.tracking_uri} cannot be used: file is not a "
+                                          "database (it comes from MLFLOW_TRACKING_URI or profile.tracking_uri)"]
+
+
+def test_a_store_on_a_read_only_mount_is_one_line(tmp_path):
+    """Mounted read-only, which stops root too; skipped, saying why, where mounting is not allowed."""
+    store = make_store(tmp_path / "store")
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(store.root), str(store.root)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount read-only here ({mounted.stderr.strip()}): needs root with CAP_SYS_ADMIN")
+    try:
+        failed = store.tool("monitor", f"monitor.input={tmp_path / 'patients.parquet'}", check=False)
+    finally:
+        subprocess.run(["umount", str(store.root)], check=True)
+    assert failed.returncode == 1, failed.stderr
+    (line,) = failed.stderr.splitlines()
+    assert line.startswith(f"error: tracking store {store.tracking_uri} cannot be used: ") and "Read-only" in line

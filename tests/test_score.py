@@ -6,7 +6,10 @@ in-process where the command line is not what is tested, and once through
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -17,6 +20,7 @@ from hydra import compose, initialize_config_dir
 
 from domain.synthetic import generate
 from engine import names
+from engine.config_checks import ConfigError
 from engine.errors import PipelineError
 from engine.store import connect
 from tests.conftest import REPO
@@ -236,3 +240,118 @@ def test_spark_engine_gives_the_same_answer_for_every_row(store, patients, tmp_p
         by_pandas = pd.read_parquet(pandas_file).sort_values("patient_id").reset_index(drop=True)
         by_spark = pd.read_parquet(spark_file).sort_values("patient_id").reset_index(drop=True)
         pd.testing.assert_frame_equal(by_pandas, by_spark[list(by_pandas.columns)], check_dtype=False)
+
+
+# --------------------------------------------------------------------------- files refused before anything is written
+
+
+@pytest.fixture
+def files(patients, tmp_path) -> Path:
+    """A folder of inputs good and bad, and things an output may not be written over."""
+    few = patients.head(50)
+    few.to_parquet(tmp_path / "in.parquet", index=False)
+    (tmp_path / "batch").mkdir()
+    few.to_parquet(tmp_path / "batch" / "part-0.parquet", index=False)
+    (tmp_path / "empty.csv").write_bytes(b"")
+    few.head(0).to_csv(tmp_path / "header_only.csv", index=False)
+    (tmp_path / "zero.parquet").write_bytes(b"")
+    (tmp_path / "garbage.parquet").write_bytes(b"these patients were lost in a copy\n" * 20)
+    few.drop(columns=["thal"]).to_parquet(tmp_path / "no_thal.parquet", index=False)
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "a_folder").mkdir()
+    return tmp_path
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def score_runs(store) -> int:
+    return len(store.client.search_runs([store.experiment_id], f"tags.`{names.ROLE}` = 'score'", max_results=1000))
+
+
+# score.input, score.output, score.rejects (None: the default, beside the output), the one line's start and
+# what it says. Paths are relative to the `files` folder.
+REFUSED = {
+    "output is the input": ("in.parquet", "in.parquet", None, "score.output={}/in.parquet: ", "that is score.input"),
+    "rejects is the input": ("in.parquet", "out.parquet", "in.parquet", "score.rejects={}/in.parquet: ",
+                             "that is score.input"),
+    "output is the rejects": ("in.parquet", "out.parquet", "out.parquet", "score.rejects={}/out.parquet: ",
+                              "the same file as score.output"),
+    "output inside the input folder": ("batch", "batch/scored.parquet", None, "score.output={}/batch/scored.parquet: ",
+                                       "inside score.input="),
+    "empty csv": ("empty.csv", "out.parquet", None, "score.input={}/empty.csv: ", "Empty CSV file"),
+    "csv without rows": ("header_only.csv", "out.parquet", None, "score.input={}/header_only.csv: ", "holds no rows"),
+    "0-byte parquet": ("zero.parquet", "out.parquet", None, "score.input={}/zero.parquet: ", "size is 0 bytes"),
+    "garbage parquet": ("garbage.parquet", "out.parquet", None, "score.input={}/garbage.parquet: ",
+                        "magic bytes not found"),
+    "no such input": ("nowhere.parquet", "out.parquet", None, "score.input={}/nowhere.parquet: ", "no such file"),
+    "a column missing": ("no_thal.parquet", "out.parquet", None, "score.input={}/no_thal.parquet: ",
+                         "no column ['thal']"),
+    "output under a file": ("in.parquet", "a_file/out.parquet", None, "score.output={}/a_file/out.parquet: ",
+                            "a_file is a file, not a folder"),
+    "output is a folder": ("in.parquet", "a_folder", None, "score.output={}/a_folder: ", "is a folder; name a file"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_what_cannot_be_read_or_would_overwrite_an_input_is_refused_before_any_write(store, files, case):
+    """One problem line naming the key, the path and what is wrong; every file as it was,
+    none added, no run."""
+    source, output, rejects, start, said = REFUSED[case]
+    before, runs = contents(files), score_runs(store)
+    overrides = [f"score.input={files / source}", f"score.output={files / output}"]
+    with pytest.raises(ConfigError) as refused:
+        score(store, *overrides, *([f"score.rejects={files / rejects}"] if rejects else []))
+    (problem,) = refused.value.problems
+    assert problem.startswith(start.format(files)) and said in problem and "\n" not in problem, problem
+    assert contents(files) == before and not [p for p in files.rglob(".*")]
+    assert score_runs(store) == runs
+
+
+def test_the_command_line_says_it_in_one_line_and_exits_2(store, files):
+    before, runs = contents(files), score_runs(store)
+    refused = store.tool("score", f"score.input={files / 'in.parquet'}", f"score.output={files / 'in.parquet'}",
+                         check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.splitlines() == [f"config error: score.output={files / 'in.parquet'}: that is score.input; "
+                                           "writing it would destroy the input"]
+    assert contents(files) == before and score_runs(store) == runs
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str):
+    """A tmpfs mounted on `folder` for the test (root with CAP_SYS_ADMIN, as in CI's
+    container); the test is skipped, saying why, where mounting is not allowed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): needs root with CAP_SYS_ADMIN")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_output_folder_is_refused_before_any_write(store, files):
+    """A read-only mount stops root too (file permissions would not)."""
+    with tmpfs(files / "read_only", "ro,size=64k") as folder:
+        with pytest.raises(ConfigError) as refused:
+            score(store, f"score.input={files / 'in.parquet'}", f"score.output={folder / 'out' / 'scored.parquet'}")
+    assert refused.value.problems == [f"score.output={folder / 'out' / 'scored.parquet'}: the folder {folder} "
+                                      "cannot be written (read-only)"]
+
+
+def test_a_disk_that_fills_up_while_writing_is_one_line_and_leaves_no_file(store, patients, tmp_path):
+    """Found only while writing, after the run began: the run FAILED, the message names
+    the file and the reason, and no partial file stays behind."""
+    runs = score_runs(store)
+    with tmpfs(tmp_path / "full", "size=8k") as folder:
+        output = folder / "scored.parquet"
+        with pytest.raises(PipelineError, match=rf"^cannot write {output}: .*No space left on device$"):
+            score(store, f"score.input={store.root / 'patients.parquet'}", f"score.output={output}")
+        assert list(folder.iterdir()) == []
+    (failed, *_) = store.client.search_runs([store.experiment_id], f"tags.`{names.ROLE}` = 'score'",
+                                            order_by=["attributes.start_time DESC"], max_results=1)
+    assert score_runs(store) == runs + 1 and failed.info.status == "FAILED"

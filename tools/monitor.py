@@ -41,8 +41,10 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from engine import names
+from engine.config_checks import ConfigError
 from engine.errors import PipelineError
 from engine.redaction import redact
+from tools.file_checks import read_error_reason
 
 DRIFT_EXIT_CODE = 3
 PROBABILITY = "probability"  # the model's output, tested beside the features
@@ -230,8 +232,11 @@ def read_log_window(log_dir: Path, since: datetime, until: datetime) -> pd.DataF
         raise PipelineError(f"monitor.log_dir={log_dir}: no inference log files there (inferences-*.parquet); "
                             "start the app with --log-inputs DIR and send it requests first")
     stamp = ds.field(TIMESTAMP)
-    table = ds.dataset([str(f) for f in files], format="parquet").to_table(
-        filter=(stamp >= pd.Timestamp(since)) & (stamp < pd.Timestamp(until)))
+    try:
+        table = ds.dataset([str(f) for f in files], format="parquet").to_table(
+            filter=(stamp >= pd.Timestamp(since)) & (stamp < pd.Timestamp(until)))
+    except (ValueError, OSError) as err:  # the reader names the file
+        raise ConfigError([f"monitor.log_dir={log_dir}: cannot be read: {str(err).strip().splitlines()[0]}"]) from None
     return table.to_pandas()
 
 
@@ -352,10 +357,17 @@ def current_rows(cfg: DictConfig, now: datetime) -> tuple[pd.DataFrame, Optional
         raise PipelineError("set exactly one of monitor.log_dir (the app's --log-inputs folder) and "
                             "monitor.input (a Parquet/CSV table of patients)")
     if monitor.input:
-        path = Path(monitor.input)
+        path = Path(monitor.input).expanduser()
         if not path.is_file():
-            raise PipelineError(f"monitor.input={monitor.input}: no such file")
-        return read_table(path, [str(c) for c in cfg.schema.columns]), None, {"source": str(path)}
+            raise ConfigError([f"monitor.input={monitor.input}: " + ("is a folder; name a Parquet or CSV file"
+                                                                     if path.is_dir() else "no such file")])
+        try:
+            rows = read_table(path, [str(c) for c in cfg.schema.columns])
+        except (ValueError, OSError) as err:  # Arrow's and pandas' read errors are ValueErrors
+            raise ConfigError([f"monitor.input={monitor.input}: cannot be read: {read_error_reason(err)}"]) from None
+        if len(rows) == 0:
+            raise ConfigError([f"monitor.input={monitor.input}: holds no rows"])
+        return rows, None, {"source": str(path)}
     since, until = window(monitor, now)
     rows = read_log_window(Path(monitor.log_dir), since, until)
     facts = {"source": str(monitor.log_dir), "since": since.isoformat(), "until": until.isoformat()}
@@ -387,6 +399,11 @@ def run_monitor(cfg: DictConfig, tracking) -> str:
     uri = monitor.model_uri or served_uri or f"models:/{cfg.register.model_name}@{cfg.register.champion_alias}"
     model = load_model(client, uri)
     book = model.pyfunc.unwrap_python_model().codebook  # the model's own features and rules
+    absent = [c for c in book.features if c not in rows]
+    if absent:
+        given = f"monitor.input={monitor.input}" if monitor.input else f"monitor.log_dir={monitor.log_dir}"
+        raise ConfigError([f"{given}: no column {absent}; the model needs {book.features} "
+                           f"(found {list(map(str, rows.columns))})"])
     with TrackedRun(tracking, "monitor", "monitor", own_run_id=adopt_launcher_run(tracking)) as run:
         run_id = run.run_id
         with tempfile.TemporaryDirectory(prefix="monitor-") as workdir:

@@ -26,6 +26,7 @@ output datasets, row counts, rejects and throughput.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -42,9 +43,11 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from engine import faults
+from engine.config_checks import ConfigError
 from engine.errors import PipelineError
 from engine.liveness import HOST, PID_NAMESPACE, gone
 from engine.redaction import redact
+from tools.file_checks import overlap_problems, read_error_reason, resolved_path, target_problem
 
 if TYPE_CHECKING:  # pyarrow is imported where a batch is read: a config error need not wait for it
     import pyarrow as pa
@@ -231,7 +234,7 @@ def resolve_input(score: DictConfig, workdir: Path) -> Input:
         path = Path(urllib.request.url2pathname(urllib.parse.urlparse(location).path)) if scheme == "file" \
             else Path(location).expanduser()
         if not path.exists():
-            raise PipelineError(f"score.input={location}: no such file or folder ({path.resolve()})")
+            raise ConfigError([f"score.input={location}: no such file or folder ({path.resolve()})"])
     return Input(path, _format_of(path, score.input_format, location), location, digest)
 
 
@@ -245,46 +248,71 @@ def _format_of(path: Path, wanted: str, location: str) -> str:
         return "parquet"
     if suffixes and suffixes <= {".csv"}:
         return "csv"
-    raise PipelineError(f"score.input={location}: cannot tell the format from the file names "
-                        f"{sorted(suffixes) or '(no files)'}; set score.input_format=parquet or csv")
+    raise ConfigError([f"score.input={location}: cannot tell the format from the file names "
+                       f"{sorted(suffixes) or '(no files)'}; set score.input_format=parquet or csv"])
 
 
 def input_dataset(source: Input, book, id_columns: list[str]):
+    """`source` as an Arrow dataset, checked before anything is written: readable as its
+    format, holding every feature and id column, and at least one row. Each problem is a
+    ConfigError naming score.input and what is wrong with it."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.dataset as ds
 
-    if source.format == "csv":
-        # Everything as text: a stray word must reject its row, not stop the read mid-file,
-        # and an id column must not change type between blocks.
-        with open(next(iter([source.path] if source.path.is_file() else sorted(source.path.rglob("*.csv")))),
-                  encoding="utf-8", errors="replace") as handle:
-            header = [cell.strip().strip('"') for cell in handle.readline().strip().split(",")]
-        convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in header}, null_values=MISSING_MARKERS,
-                                       strings_can_be_null=True)
-        fmt = ds.CsvFileFormat(convert_options=convert)
-    else:
-        fmt = "parquet"
-    dataset = ds.dataset(str(source.path), format=fmt)
-    missing_ids = [c for c in id_columns if c not in dataset.schema.names]
-    if missing_ids:
-        raise PipelineError(f"score.id_columns={list(id_columns)}: {missing_ids} not in the input "
-                            f"(it has {dataset.schema.names})")
+    try:
+        if source.format == "csv":
+            # Everything as text: a stray word must reject its row, not stop the read mid-file,
+            # and an id column must not change type between blocks.
+            first = source.path if source.path.is_file() else sorted(source.path.rglob("*.csv"))[0]
+            with open(first, encoding="utf-8", errors="replace") as handle:
+                header = [cell.strip().strip('"') for cell in handle.readline().strip().split(",")]
+            convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in header},
+                                           null_values=MISSING_MARKERS, strings_can_be_null=True)
+            fmt = ds.CsvFileFormat(convert_options=convert)
+        else:
+            fmt = "parquet"
+        dataset = ds.dataset(str(source.path), format=fmt)
+        problem = _column_problem(dataset.schema.names, book.features, id_columns)
+        if problem is None and dataset.head(1, columns=[book.features[0]]).num_rows == 0:
+            problem = "holds no rows"
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as err:
+        problem = f"cannot be read as {source.format}: {_unreadable(source, err)}"
+    if problem:
+        raise ConfigError([f"score.input={source.source}: {problem}"])
     return dataset
+
+
+def _column_problem(found: list[str], features: list[str], id_columns: list[str]) -> Optional[str]:
+    absent = [c for c in features if c not in found]
+    if absent:
+        return f"no column {absent}; the model needs {features} (found {found})"
+    absent_ids = [c for c in id_columns if c not in found]
+    if absent_ids:
+        return f"no column {absent_ids} of score.id_columns={list(id_columns)} (found {found})"
+    return None
+
+
+def _unreadable(source: Input, error: BaseException) -> str:
+    """The reader's reason; for a folder, with the file it names."""
+    return read_error_reason(error) if source.path.is_file() else str(error).strip().splitlines()[0]
 
 
 def read_batches(dataset, source: Input, book, id_columns: list[str],
                  batch_rows: int) -> Iterator["pa.RecordBatch"]:
     """The id and feature columns of `dataset` (input_dataset of `source`) as Arrow record batches
-    of `batch_rows` rows at most."""
-    wanted = list(dict.fromkeys([*id_columns, *[c for c in book.features if c in dataset.schema.names]]))
-    absent = [c for c in book.features if c not in dataset.schema.names]
-    if absent:
-        raise PipelineError(f"score.input={source.source}: no column {absent}; the model needs {book.features} "
-                            f"(found {dataset.schema.names})")
-    for batch in dataset.to_batches(columns=wanted, batch_size=batch_rows):
-        if batch.num_rows:
-            yield batch
+    of `batch_rows` rows at most. A file of a folder input that cannot be read stops the job
+    with one line."""
+    import pyarrow as pa
+
+    wanted = list(dict.fromkeys([*id_columns, *book.features]))
+    try:
+        for batch in dataset.to_batches(columns=wanted, batch_size=batch_rows):
+            if batch.num_rows:
+                yield batch
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as err:
+        raise PipelineError(f"score.input={source.source}: cannot be read as {source.format}: "
+                            f"{_unreadable(source, err)}") from None
 
 
 # --------------------------------------------------------------------------- output
@@ -337,17 +365,28 @@ class AtomicParquet:
         import pyarrow.parquet as pq
 
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(rows, preserve_index=False)
-        if self.writer is None:
-            self.target.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = pq.ParquetWriter(str(self.partial), self.schema or table.schema)
-        self.writer.write_table(table.cast(self.writer.schema))
+        with self._said_in_one_line():
+            if self.writer is None:
+                self.target.parent.mkdir(parents=True, exist_ok=True)
+                self.writer = pq.ParquetWriter(str(self.partial), self.schema or table.schema)
+            self.writer.write_table(table.cast(self.writer.schema))
         self.rows += len(table)
 
     def commit(self, empty: "pd.DataFrame | pa.Table") -> None:
         if self.writer is None:
             self.write(empty)
-        self.writer.close()
-        os.replace(self.partial, self.target)
+        with self._said_in_one_line():
+            self.writer.close()
+            os.replace(self.partial, self.target)
+
+    @contextlib.contextmanager
+    def _said_in_one_line(self) -> Iterator[None]:
+        """A disk that fills up (or any other refusal to write) while the file is written:
+        the reason and the file, not a traceback."""
+        try:
+            yield
+        except OSError as err:
+            raise PipelineError(f"cannot write {self.target}: {err.strerror or read_error_reason(err)}") from None
 
     def abandon(self) -> None:
         if self.writer is not None:
@@ -375,6 +414,20 @@ def rejects_path(score: DictConfig) -> Path:
     return output.with_name(f"{output.stem}.rejects.parquet")
 
 
+def file_problems(score: DictConfig, source: Input) -> list[str]:
+    """Why the output or rejects cannot be written without harm (tools/file_checks.py): on
+    the input or in its folder, on each other, a folder for the pandas engine's file, or
+    somewhere that cannot be written. Spark writes folders, replacing an older one."""
+    outputs = {"score.output": output_path(score), "score.rejects": rejects_path(score)}
+    folder_ok = score.engine == "spark"
+    problems = [problem for key, path in outputs.items() if (problem := target_problem(key, path, folder_ok))]
+    problems += overlap_problems({"score.input": resolved_path(source.path)},
+                                 {key: resolved_path(path) for key, path in outputs.items()})
+    if not score.rejects:  # the default rejects file is beside the output: its problems repeat the output's
+        problems = [problem for problem in problems if not problem.startswith("score.rejects=")] or problems
+    return problems
+
+
 # --------------------------------------------------------------------------- engines
 
 
@@ -384,9 +437,9 @@ class Counts:
     rejected: int
 
 
-def score_pandas(python_model, answer: list, source: Input, score: DictConfig) -> Counts:
+def score_pandas(python_model, answer: list, source: Input, dataset, score: DictConfig) -> Counts:
+    """Score `dataset` (input_dataset of `source`) batch by batch into the output and rejects files."""
     ids = list(score.id_columns)
-    dataset = input_dataset(source, python_model.codebook, ids)
     input_schema = dataset.schema
     if score.explain:
         answer = [*answer, *explanation_fields(list(python_model.codebook.features))]
@@ -526,42 +579,46 @@ def run_score(cfg: DictConfig, tracking, own_run_id: Optional[str]) -> dict:
         raise PipelineError("score.explain=true works with score.engine=pandas only (spark_udf returns the "
                             "answer's columns); score without explanations or use the pandas engine")
     client = tracking.client
-    with TrackedRun(tracking, "score", "score", own_run_id=own_run_id) as run:
-        run_id = run.run_id
-        model_uri = resolve_model_uri(client, str(score.model_uri))
-        client.log_batch(run_id, params=[_param(k, v) for k, v in {
-            "score.input": score.input, "score.output": score.output, "score.rejects": str(rejects_path(score)),
-            "score.model_uri": score.model_uri, "score.model_version_uri": model_uri, "score.engine": score.engine,
-            "score.batch_rows": score.batch_rows, "score.id_columns": ",".join(score.id_columns),
-            "score.explain": score.explain,
-            **({"score.spark.master": score.spark.master} if score.engine == "spark" else {})}.items()])
-        with tempfile.TemporaryDirectory(prefix="heart-score-") as workdir:
-            source = resolve_input(score, Path(workdir))
-            loaded = mlflow.pyfunc.load_model(model_uri)
-            python_model = loaded.unwrap_python_model()
-            why_not = cannot_explain(python_model) if score.explain else None
-            if why_not:
-                raise PipelineError(f"score.explain=true: {model_uri} cannot explain its answers exactly: {why_not}. "
-                                    "Score without score.explain, or with a model that can.")
+    model_uri = resolve_model_uri(client, str(score.model_uri))
+    with tempfile.TemporaryDirectory(prefix="heart-score-") as workdir:
+        # Everything that can be found wrong without writing is, before the run exists.
+        source = resolve_input(score, Path(workdir))
+        problems = file_problems(score, source)
+        if problems:
+            raise ConfigError(problems)
+        loaded = mlflow.pyfunc.load_model(model_uri)
+        python_model = loaded.unwrap_python_model()
+        why_not = cannot_explain(python_model) if score.explain else None
+        if why_not:
+            raise PipelineError(f"score.explain=true: {model_uri} cannot explain its answers exactly: {why_not}. "
+                                "Score without score.explain, or with a model that can.")
+        dataset = input_dataset(source, python_model.codebook, list(score.id_columns))
+        with TrackedRun(tracking, "score", "score", own_run_id=own_run_id) as run:
+            run_id = run.run_id
+            client.log_batch(run_id, params=[_param(k, v) for k, v in {
+                "score.input": score.input, "score.output": score.output, "score.rejects": str(rejects_path(score)),
+                "score.model_uri": score.model_uri, "score.model_version_uri": model_uri,
+                "score.engine": score.engine, "score.batch_rows": score.batch_rows,
+                "score.id_columns": ",".join(score.id_columns), "score.explain": score.explain,
+                **({"score.spark.master": score.spark.master} if score.engine == "spark" else {})}.items()])
             for target in (output_path(score), rejects_path(score)):
                 remove_abandoned_partials(target)
             started = time.perf_counter()
             if score.engine == "pandas":
-                counts = score_pandas(python_model, answer_fields(loaded), source, score)
+                counts = score_pandas(python_model, answer_fields(loaded), source, dataset, score)
             else:
                 counts = score_spark(python_model, answer_fields(loaded), model_uri, source, score)
             seconds = time.perf_counter() - started
             _log_datasets(client, run_id, source, score)  # while a downloaded input is still here
-        identity = python_model.identity
-        rows = counts.scored + counts.rejected
-        metrics = {"rows_in": rows, "rows_scored": counts.scored, "rows_rejected": counts.rejected,
-                   "score_seconds": seconds, "rows_per_second": rows / seconds if seconds > 0 else 0.0}
-        from mlflow.entities import Metric, RunTag
+            rows = counts.scored + counts.rejected
+            metrics = {"rows_in": rows, "rows_scored": counts.scored, "rows_rejected": counts.rejected,
+                       "score_seconds": seconds, "rows_per_second": rows / seconds if seconds > 0 else 0.0}
+            from mlflow.entities import Metric, RunTag
 
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                         tags=[RunTag(f"score.{k}", str(v)) for k, v in identity.items()]
-                         + [RunTag("score.scoring_path", python_model.scoring_path)])
+            now = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                             tags=[RunTag(f"score.{k}", str(v)) for k, v in python_model.identity.items()]
+                             + [RunTag("score.scoring_path", python_model.scoring_path)])
     return {"run_id": run_id, "model_uri": model_uri, **metrics}
 
 
