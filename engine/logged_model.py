@@ -81,9 +81,18 @@ def signature_of(example_output: pd.DataFrame) -> ModelSignature:
                           params=ParamSchema([ParamSpec(EXPLAIN, "boolean", False)]))
 
 
+def load_pyfunc(uri: str) -> Any:
+    """The logged model as MLflow loads it, with its own code: how every consumer (app,
+    score, monitor, evaluate) loads it. Without MLflow's requirements check, which reads
+    every installed distribution's metadata on each load (about a third of
+    `import mlflow`) only to warn: the requirements are pinned when train logs the model,
+    and `mlflow models serve` checks them itself."""
+    return mlflow.pyfunc.load_model(uri, suppress_warnings=True)
+
+
 def load(uri: str) -> Any:
     """The logged model's Python object (its HeartDiseaseModel), loaded with its own code."""
-    return mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    return load_pyfunc(uri).unwrap_python_model()
 
 
 def file_sizes(uri: str) -> dict[str, int]:

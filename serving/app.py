@@ -31,7 +31,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-import mlflow
 import numpy as np
 import pandas as pd
 from fastapi import FastAPI, Query, Request
@@ -43,6 +42,7 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from engine import names
+from engine.logged_model import load_pyfunc
 from engine.redaction import redact
 from engine.store import Tracking, connect, latest_complete, load_profile
 from serving import metrics, webhooks
@@ -139,7 +139,7 @@ def _from_registry(settings: Settings, tracking: Tracking) -> LoadedModel:
         raise NotServable(f"{settings.model_name} version {version.version} (@{settings.alias}) is "
                           f"{status or 'not validated'}; only VALIDATED versions are served")
     uri = f"models:/{settings.model_name}/{version.version}"
-    model = mlflow.pyfunc.load_model(uri)
+    model = load_pyfunc(uri)
     return LoadedModel(model, "registry", uri, settings.model_name, str(version.version), settings.alias,
                        version.run_id, model.metadata.model_id)
 
@@ -149,12 +149,12 @@ def _from_latest_run(settings: Settings, tracking: Tracking) -> LoadedModel:
     if train is None:
         raise LookupError("no complete train run in the experiment")
     uri = train.data.tags[names.MODEL_URI]
-    model = mlflow.pyfunc.load_model(uri)
+    model = load_pyfunc(uri)
     return LoadedModel(model, "run", uri, None, None, None, train.info.run_id, model.metadata.model_id)
 
 
 def _from_directory(settings: Settings, tracking: Optional[Tracking]) -> LoadedModel:
-    model = mlflow.pyfunc.load_model(settings.local_model_dir)
+    model = load_pyfunc(settings.local_model_dir)
     return LoadedModel(model, "dir", settings.local_model_dir, None, None, None, model.metadata.run_id,
                        model.metadata.model_id)
 

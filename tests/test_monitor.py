@@ -150,14 +150,6 @@ def test_a_window_reads_only_its_rows(tmp_path):
 # --------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A store with a trained and registered champion."""
-    store = make_store(tmp_path_factory.mktemp("monitor"))
-    store.steps("main", "evaluate.cv_repeats=1")
-    return store
-
-
 @pytest.mark.e2e
 def test_monitor_command_flags_a_shifted_log_and_passes_an_unshifted_one(trained):
     """A trained champion, a log the real InferenceLog wrote from its real answers, then

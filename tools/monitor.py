@@ -263,10 +263,10 @@ class ServedModel:
 
 
 def load_model(client, uri: str) -> ServedModel:
-    import mlflow
+    from engine.logged_model import load_pyfunc
 
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        model = load_pyfunc(uri)
     except Exception as err:  # an unknown alias, version or id: MLflow says which
         raise PipelineError(f"monitor.model_uri={uri}: cannot load it ({str(err).splitlines()[0]})") from None
     run_id, model_id = model.metadata.run_id, model.metadata.model_id

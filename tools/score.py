@@ -566,8 +566,8 @@ def resolve_model_uri(client, uri: str) -> str:
 
 
 def run_score(cfg: DictConfig, tracking, own_run_id: Optional[str]) -> dict:
-    import mlflow
 
+    from engine.logged_model import load_pyfunc
     from engine.runner import TrackedRun
 
     score = cfg.score
@@ -586,7 +586,7 @@ def run_score(cfg: DictConfig, tracking, own_run_id: Optional[str]) -> dict:
         problems = file_problems(score, source)
         if problems:
             raise ConfigError(problems)
-        loaded = mlflow.pyfunc.load_model(model_uri)
+        loaded = load_pyfunc(model_uri)
         python_model = loaded.unwrap_python_model()
         why_not = cannot_explain(python_model) if score.explain else None
         if why_not:
