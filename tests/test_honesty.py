@@ -15,8 +15,13 @@ def metrics_of(store, step):
     return {k: v for k, v in run.data.metrics.items()}
 
 
+@pytest.fixture(scope="module")
+def store(trained):
+    """The trained store: its runs are the first of the two identical runs."""
+    return trained
+
+
 def test_same_config_and_data_give_identical_metrics(store):
-    store.steps("main", QUICK_EVALUATE)
     first = {step: metrics_of(store, step) for step in ("ingest", "split", "train", "evaluate")}
     store.steps("main", QUICK_EVALUATE, "force=[all]")
     second = {step: metrics_of(store, step) for step in ("ingest", "split", "train", "evaluate")}

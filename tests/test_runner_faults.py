@@ -174,18 +174,21 @@ def test_an_override_that_reads_the_environment_is_refused_without_printing_it(t
     assert store.client.search_runs([store.experiment_id]) == []
 
 
-def test_two_identical_mains_at_once_train_and_register_once(tmp_path):
-    store = make_store(tmp_path / "store")
-    command = [sys.executable, "-m", "steps.main", QUICK_EVALUATE]
+def test_two_identical_mains_at_once_train_and_register_once(store):
+    """A config no run has had yet, on the trained store: both reuse the upstream steps and
+    reach train together."""
+    runs_before = {step: len(store.runs(step)) for step in ("train", "evaluate", "register")}
+    versions_before = len(store.client.search_model_versions("name = 'heart-disease'"))
+    command = [sys.executable, "-m", "steps.main", QUICK_EVALUATE, "model.C=0.05"]
     both = [subprocess.Popen(command, cwd=REPO, env=store.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True) for _ in range(2)]
     outputs = [process.communicate(timeout=600) for process in both]
     assert [process.returncode for process in both] == [0, 0], outputs
-    for step in ("train", "evaluate", "register"):
-        assert len(store.runs(step)) == 1, (step, [out + err[-3000:] for out, err in outputs],
-                                            [(r.info.status, r.data.tags.get(names.CACHE_KEY))
-                                             for r in store.runs(step)])
-    assert [str(v.version) for v in store.client.search_model_versions("name = 'heart-disease'")] == ["1"]
+    for step, before in runs_before.items():
+        assert len(store.runs(step)) == before + 1, (step, [out + err[-3000:] for out, err in outputs],
+                                                     [(r.info.status, r.data.tags.get(names.CACHE_KEY))
+                                                      for r in store.runs(step)])
+    assert len(store.client.search_model_versions("name = 'heart-disease'")) == versions_before + 1
     assert any("waiting for run" in err for _, err in outputs)  # the second waited for the first's claim
 
 

@@ -15,8 +15,8 @@ from tests.conftest import QUICK_EVALUATE, REPO, make_store
 pytestmark = pytest.mark.e2e
 
 
-def test_sweep_runs_trials_under_one_parent_on_cached_upstream(store):
-    store.steps("main", QUICK_EVALUATE)  # upstream steps are cached now
+def test_sweep_runs_trials_under_one_parent_on_cached_upstream(trained):
+    store = trained  # main ran there: the upstream steps are cached
     upstream_before = {s: len(store.runs(s)) for s in ("ingest", "split", "transform")}
 
     result = store.mlflow_run("sweep", f"model.C=0.03,0.1,0.3 {QUICK_EVALUATE} "
@@ -67,9 +67,10 @@ def test_sweep_runs_trials_under_one_parent_on_cached_upstream(store):
     assert scores == sorted(scores, reverse=True)
 
 
-def test_parallel_sweep_on_sqlite_records_every_trial(store):
+def test_parallel_sweep_on_sqlite_records_every_trial(trained):
     """6 trials on 2 joblib worker processes writing to one SQLite store: none may be lost
     to "database is locked"."""
+    store = trained
     values = "0.01,0.02,0.04,0.08,0.25,0.5"
     result = store.mlflow_run("sweep", f"hydra/launcher=joblib hydra.launcher.n_jobs=2 model.C={values} "
                                        "evaluate.cv_repeats=2")
@@ -84,9 +85,10 @@ def test_parallel_sweep_on_sqlite_records_every_trial(store):
     assert len(store.runs("ingest")) == 1  # the trials shared one upstream run, however parallel
 
 
-def test_optuna_search_from_conf_records_its_trials_and_space(store):
+def test_optuna_search_from_conf_records_its_trials_and_space(trained):
     """`search=logreg`: Optuna's TPE sampler draws model.C from the space in
     conf/search/logreg.yaml; trials run two at a time on the joblib launcher."""
+    store = trained
     result = store.mlflow_run("sweep", "search=logreg hydra.sweeper.n_trials=4 evaluate.cv_repeats=2 "
                                        "sweep.register_best=true")
     assert "4 of 4 trial(s) finished" in result.stdout
@@ -111,17 +113,19 @@ def test_optuna_search_from_conf_records_its_trials_and_space(store):
     assert sorted(int(t.data.tags["sweep.trial_number"]) for t in trials) == [0, 1, 2, 3]
     assert len({t.data.tags["sweep.study"] for t in trials}) == 1
 
-    # The best trial went through register, and its model card rebuilds that trial's model.
-    version = client.get_model_version_by_alias("heart-disease", "champion")
+    # The best trial went through register (the challenger now; champion only if it beats
+    # main's model), and its model card rebuilds that trial's model.
+    version = client.get_model_version_by_alias("heart-disease", "challenger")
     assert version.run_id == best.data.tags["pipeline.train.run_id"]
     register = client.search_runs([store.experiment_id], "tags.`pipeline.step` = 'register'")[0]
     model_card = open(client.download_artifacts(register.info.run_id, "model_card.md", str(store.root))).read()
     assert f"-P overrides='model=logreg model.C={best.data.params['model.C']} evaluate.cv_repeats=2'" in model_card
 
 
-def test_a_failing_trial_costs_the_others_nothing_and_fails_the_sweep(store):
+def test_a_failing_trial_costs_the_others_nothing_and_fails_the_sweep(trained):
     """`python -m` (not `mlflow run`, which would mark its own launcher run FAILED anyway)."""
-    result = store.tool("sweep", "model.C=-1,0.1", check=False)
+    store = trained
+    result = store.tool("sweep", "model.C=-1,0.1", QUICK_EVALUATE, check=False)
     assert result.returncode == 1 and "trial logreg C=-1 FAILED" in result.stderr
     client = store.client
     sweep = client.search_runs([store.experiment_id], "tags.`pipeline.role` = 'sweep'")[0]
