@@ -8,12 +8,15 @@ proxy, and basic-auth.
         --auth-database-uri postgresql+psycopg2://mlflow@db.internal:5432/mlflow_auth
     python scripts/team_server.py -- --expose-prometheus /srv/metrics   # after --: more mlflow server options
 
-In --dir (default .server/ in the project) it keeps:
-    postgres/   the cluster (initdb on first use), owned by the user `postgres` when run as root
+In --dir (default .server/ in the project) it keeps, readable by their owner only (folders 0700,
+files 0600; the processes it starts run with umask 077):
+    postgres/   the cluster (initdb on first use), owned by the user `postgres` when run as root,
+                like postgres-socket/ and postgres.log; then --dir is 0710, group `postgres`, so that
+                PostgreSQL can reach them and list nothing
     artifacts/  the artifact proxy's destination, unless --artifacts-destination says otherwise
-    secrets/    (0700) one 0600 file per secret it generated: the admin password, the Flask secret
-                key, the webhook-secret encryption key, the database passwords and their pgpass files
-    basic_auth.ini, postgres.log
+    secrets/    one file per secret it generated: the admin password, the Flask secret key, the
+                webhook-secret encryption key, the database passwords and their pgpass files
+    basic_auth.ini, postgres.log (no statement text: conf/server/postgres.yaml)
 
 Secrets come from the environment when set (MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY,
 MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY), else from their file, generated on first start. They travel to
@@ -29,6 +32,7 @@ import base64
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -42,6 +46,8 @@ from pathlib import Path
 from typing import Callable, Optional
 from urllib.parse import urlsplit, urlunsplit
 
+import yaml
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's mlflow sits beside its python
 PG_USER = "postgres"  # the unprivileged account PostgreSQL runs as when this runs as root
@@ -53,10 +59,42 @@ STUDY_ROLE = STUDY_DB = "optuna"
 ADMIN_USERNAME = "admin"
 AUTH_CACHE_SECONDS = 60
 PG_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin", "/usr/pgsql-15/bin", "/usr/local/pgsql/bin")
+POSTGRES_CONF = PROJECT_ROOT / "conf" / "server" / "postgres.yaml"
+# What the server keeps (a user's password hash in a log line, other people's artifacts) is
+# its owner's: every file and folder it or its processes create is 0600 / 0700.
+PRIVATE_UMASK = 0o077
 
 
 class TeamServerError(RuntimeError):
     """Something the person starting the server must fix; the message says what."""
+
+
+# --------------------------------------------------------------------------- private files
+
+def private_dir(path: Path, mode: int = 0o700) -> Path:
+    """`path` as a folder only its owner may open; an existing one (made by an older version,
+    0755) is tightened too."""
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    os.chmod(path, mode)
+    return path
+
+
+def write_private(path: Path, text: str, exclusive: bool = False) -> Path:
+    """Write `text` to a file only its owner may read (0600, an existing file's mode included).
+    exclusive: fail if it exists (a generated secret is written once)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    descriptor = os.open(path, flags, 0o600)
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    return path
+
+
+def private_log(path: Path) -> int:
+    """A descriptor appending to `path`, which is made 0600 (an older 0644 one too)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(descriptor, 0o600)
+    return descriptor
 
 
 # --------------------------------------------------------------------------- secrets
@@ -73,10 +111,8 @@ class Secret:
             return os.environ[self.env]
         path = secrets_dir / self.file
         if not path.exists():
-            secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(self.generate())
+            private_dir(secrets_dir)
+            write_private(path, self.generate(), exclusive=True)
         return path.read_text().strip()
 
 
@@ -122,6 +158,21 @@ def _give_to_pg_user(path: Path) -> None:
         os.chown(path, account.pw_uid, account.pw_gid)
 
 
+def postgres_settings(path: Path = POSTGRES_CONF) -> dict[str, str]:
+    """conf/server/postgres.yaml's settings as PostgreSQL spells them (YAML's booleans: on/off)."""
+    settings = yaml.safe_load(path.read_text())["settings"]
+    return {name: ("on" if value else "off") if isinstance(value, bool) else str(value)
+            for name, value in settings.items()}
+
+
+def postgres_options(port: int, socket_dir: Path, settings: dict[str, str]) -> str:
+    """`pg_ctl -o`: a line pg_ctl's shell splits, hence the quoting."""
+    options = ["-p", str(port), "-c", "listen_addresses=127.0.0.1", "-k", str(socket_dir)]
+    for name, value in settings.items():
+        options += ["-c", f"{name}={value}"]
+    return " ".join(shlex.quote(option) for option in options)
+
+
 @dataclass
 class Postgres:
     """A cluster of our own in `data_dir`, listening on 127.0.0.1:`port` only, password
@@ -132,6 +183,7 @@ class Postgres:
     port: int
     log_file: Path
     socket_dir: Path
+    settings: dict[str, str] = field(default_factory=postgres_settings)
 
     def initdb(self, superuser_password: str) -> bool:
         """Create the cluster unless it exists; True when it was created now."""
@@ -142,10 +194,7 @@ class Postgres:
             _give_to_pg_user(folder)
         # initdb reads the password from a file: one in the socket folder, which only the cluster's
         # owner may enter, removed as soon as initdb is done.
-        password_file = self.socket_dir / "initdb-password"
-        descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(superuser_password + "\n")
+        password_file = write_private(self.socket_dir / "initdb-password", superuser_password + "\n")
         _give_to_pg_user(password_file)
         try:
             result = subprocess.run(
@@ -160,13 +209,11 @@ class Postgres:
         return True
 
     def start(self) -> None:
-        if not self.log_file.exists():  # pg_ctl appends to it as the cluster's owner
-            self.log_file.touch()
-            _give_to_pg_user(self.log_file)
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.socket_dir}"
+        os.close(private_log(self.log_file))
+        _give_to_pg_user(self.log_file)  # pg_ctl appends to it as the cluster's owner
         result = subprocess.run(
             _as_pg_user([str(self.bin_dir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data_dir),
-                         "-l", str(self.log_file), "-o", options]),
+                         "-l", str(self.log_file), "-o", postgres_options(self.port, self.socket_dir, self.settings)]),
             capture_output=True, text=True, start_new_session=True)  # Ctrl-C reaches us, not postgres
         if result.returncode != 0:
             tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
@@ -211,10 +258,7 @@ def _ensure_databases(port: int, password: str, study_password: str) -> None:
 
 def _pgpass(path: Path, port: int, role: str, password: str) -> Path:
     """libpq's password file (0600): the database URIs then carry no password."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(f"127.0.0.1:{port}:*:{role}:{password}\n")
-    return path
+    return write_private(path, f"127.0.0.1:{port}:*:{role}:{password}\n")
 
 
 # --------------------------------------------------------------------------- mlflow server
@@ -231,7 +275,8 @@ def redacted(uri: str) -> str:
 def write_auth_config(path: Path, database_uri: str, default_permission: str) -> None:
     """basic-auth's ini. The admin password is not in it: it reaches mlflow through the
     environment (MLFLOW_AUTH_ADMIN_PASSWORD), and only matters when the admin is first created."""
-    path.write_text(
+    write_private(
+        path,
         "[mlflow]\n"
         f"default_permission = {default_permission}\n"
         f"database_uri = {database_uri}\n"
@@ -298,10 +343,20 @@ class TeamServer:
             return None
         return f"postgresql+psycopg2://{STUDY_ROLE}@127.0.0.1:{self.settings.pg_port}/{STUDY_DB}"
 
+    @property
+    def artifacts(self) -> str:
+        return self.settings.artifacts_destination or str(self.dir / "artifacts")
+
     def _prepare_dir(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.secrets_dir.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(self.secrets_dir, 0o700)
+        private_dir(self.dir)
+        if os.geteuid() == 0 and not self.settings.backend_store_uri:
+            # PostgreSQL runs as `postgres` and must reach its folders in here: its group may pass
+            # through (x), never list or read.
+            os.chown(self.dir, -1, pwd.getpwnam(PG_USER).pw_gid)
+            private_dir(self.dir, 0o710)
+        private_dir(self.secrets_dir)
+        if not self.settings.artifacts_destination:
+            private_dir(self.dir / "artifacts")  # before mlflow makes it; an older 0755 one too
 
     def _database_uris(self, env: dict[str, str]) -> tuple[str, str]:
         """(tracking store URI, auth store URI); starts our PostgreSQL when none was given."""
@@ -342,7 +397,7 @@ class TeamServer:
         env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_TRACKING_")}
         try:
             backend_uri, auth_uri = self._database_uris(env)
-            artifacts = s.artifacts_destination or str(self.dir / "artifacts")
+            artifacts = self.artifacts
             auth_ini = self.dir / "basic_auth.ini"
             write_auth_config(auth_ini, auth_uri, s.default_permission)
             env.update({
@@ -359,9 +414,14 @@ class TeamServer:
                 command += ["--workers", str(s.workers)]
             command += s.extra_server_args
             # Its own session: a Ctrl-C reaches this process, which then stops mlflow before PostgreSQL.
-            output = open(s.log_file, "ab") if s.log_file else None
-            self.mlflow = subprocess.Popen(command, env=env, cwd=self.dir, start_new_session=True,
-                                           stdout=output, stderr=subprocess.STDOUT if output else None)
+            output = private_log(s.log_file) if s.log_file else None
+            try:
+                self.mlflow = subprocess.Popen(command, env=env, cwd=self.dir, start_new_session=True,
+                                               umask=PRIVATE_UMASK, stdout=output,
+                                               stderr=subprocess.STDOUT if output else None)
+            finally:
+                if output is not None:
+                    os.close(output)  # the child holds its own copy
             self._wait_until_ready(timeout)
         except BaseException:
             self.stop()
@@ -406,7 +466,7 @@ class TeamServer:
         where = (f"in {self.admin_password_file} (readable by its owner only)" if self.admin_password_file
                  else f"the one you set in {ADMIN_PASSWORD.env}")
         return (f"MLflow tracking server: {self.tracking_uri}  (UI and REST API, basic auth)\n"
-                f"  artifacts: {redacted(self.settings.artifacts_destination or str(self.dir / 'artifacts'))}\n"
+                f"  artifacts: {redacted(self.artifacts)}\n"
                 f"  admin user: {ADMIN_USERNAME}; password: {where}\n"
                 f"  point the project at it:\n"
                 f"    export MLFLOW_TRACKING_URI={self.tracking_uri}   # or MLFLOW_SERVER_URI=... with profile=server\n"

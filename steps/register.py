@@ -165,7 +165,7 @@ def run(ctx: StepContext) -> None:
         faults.point("register.version_created")
         card, sections = write_model_card(ctx, facts, str(version.version))
         aliases = [reg.challenger_alias] + ([reg.champion_alias] if becomes_champion else [])
-        registry.publish(client, reg.model_name, str(version.version), {**tags, "model_card": card},
+        registry.publish(client, reg.model_name, str(version.version), model_uri, {**tags, "model_card": card},
                          summary_markdown(sections, f"{tags['decision']}: {reason}", card), aliases)
         faults.point("register.version_published")
     decision = f"v{version.version} " + ("champion" if becomes_champion else "challenger")

@@ -9,6 +9,7 @@ explicitly, so the order of the tests does not matter.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -232,6 +233,46 @@ def test_a_worse_model_becomes_challenger_and_the_champion_stays(store, base, wo
     assert aliases(store, "heart-disease") == {"champion": str(champion_before.version),
                                                "challenger": str(version.version)}
     assert version.tags["decision"] == "challenger" and "does not beat champion" in version.tags["decision_reason"]
+
+
+# --------------------------------------------------------------------------- versions and their logged models
+
+
+def listed_versions(store, model_id: str) -> list[tuple[str, str]]:
+    """(name, version) of each version the logged model's page shows: its `mlflow.modelVersions` tag."""
+    tag = store.client.get_logged_model(model_id).tags.get("mlflow.modelVersions", "[]")
+    return [(entry["name"], str(entry["version"])) for entry in json.loads(tag)]
+
+
+def test_the_champion_is_its_train_runs_logged_model_with_evaluates_metrics(store, base):
+    champion = store.client.get_model_version_by_alias("heart-disease", "champion")
+    model_id = store.client.get_run(base["train"]).data.tags[names.MODEL_URI].removeprefix("models:/")
+    assert model_id.startswith("m-")
+    # MLflow's version page links "Source Model" from the source; its SQL registry keeps no
+    # model_id (engine/registry.py), a registry that does must name the same model.
+    assert (champion.source, champion.run_id) == (f"models:/{model_id}", base["train"])
+    assert champion.model_id in (None, model_id)
+    assert ("heart-disease", str(champion.version)) in listed_versions(store, model_id)
+    logged = {(m.key, m.run_id): m.value for m in store.client.get_logged_model(model_id).metrics}
+    evaluation = store.client.get_run(base["evaluate"]).data.metrics
+    assert logged[("cv_roc_auc_mean", base["evaluate"])] == evaluation["cv_roc_auc_mean"]
+    assert logged[("test_roc_auc", base["evaluate"])] == evaluation["test_roc_auc"]
+
+
+def test_a_version_an_interrupted_register_left_unlinked_is_linked_when_completed(store, base):
+    """mlflow.register_model creates the version, then lists it on the logged model: a register
+    killed in between leaves this. The next register completes that version, link included."""
+    name = "heart-disease-interrupted"
+    model_uri = store.client.get_run(base["train"]).data.tags[names.MODEL_URI]
+    store.client.create_registered_model(name)
+    left = store.client.create_model_version(name, model_uri, run_id=base["train"])
+    model_id = model_uri.removeprefix("models:/")
+    assert (name, str(left.version)) not in listed_versions(store, model_id)
+
+    step("register", f"upstream.evaluate={base['evaluate']}", f"register.model_name={name}")
+    assert [v.version for v in versions(store, name)] == [left.version]  # completed, not duplicated
+    assert aliases(store, name) == {"champion": str(left.version), "challenger": str(left.version)}
+    assert (name, str(left.version)) in listed_versions(store, model_id)
 
 
 # --------------------------------------------------------------------------- upstream pins

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import re
+import secrets
+import stat
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +20,7 @@ import requests
 from mlflow.exceptions import MlflowException
 
 from tests.conftest import BIN, QUICK_EVALUATE
-from tests.team_server import MODEL_NAME, team_server  # noqa: F401  (module-scoped fixture)
+from tests.team_server import MODEL_NAME, team_server, team_server_script  # noqa: F401  (module-scoped fixture)
 from tests.test_serving import PATIENT, Server, request
 
 pytestmark = pytest.mark.e2e
@@ -179,3 +183,75 @@ def test_no_credential_in_outputs_params_tags_artifacts_or_logs(team_server, edi
         scan(f"model version {version.version}", json.dumps([version.source, version.tags, version.description]))
     assert not found, found
     assert os.stat(team_server.server.admin_password_file).st_mode & 0o777 == 0o600
+
+
+# --------------------------------------------------------------------------- private files
+
+# What the cluster's owner holds when the tests run as root and PostgreSQL as `postgres`.
+POSTGRES_OWNED = ("postgres", "postgres-socket", "postgres.log")
+
+
+def test_the_servers_folder_logs_and_artifacts_are_readable_by_their_owner_only(team_server, tmp_path):  # noqa: F811
+    """Walks the whole folder after an artifact went through the proxy: folders 0700, files
+    0600 (or tighter), each owned by us or, in PostgreSQL's own corner, by PostgreSQL's user;
+    the folder itself lets PostgreSQL's group pass (0710) when that user is another."""
+    client = team_server.store(team_server.admin, tmp_path / "admin").client
+    run = client.create_run(team_server.experiment_id)
+    client.log_text(run.info.run_id, "only its owner reads this", "private/check.txt")
+    client.set_terminated(run.info.run_id)
+    folder = team_server.server.dir
+    assert list((folder / "artifacts").rglob("check.txt")), "the artifact did not reach the proxy's folder"
+
+    postgres_apart = os.geteuid() == 0
+    top = os.stat(folder)
+    assert stat.S_IMODE(top.st_mode) == (0o710 if postgres_apart else 0o700)
+    if postgres_apart:
+        assert top.st_gid == pwd.getpwnam(team_server_script.PG_USER).pw_gid
+    wrong = []
+    for path in folder.rglob("*"):
+        info = path.lstat()
+        mode, relative = stat.S_IMODE(info.st_mode), path.relative_to(folder)
+        if stat.S_ISSOCK(info.st_mode):  # PostgreSQL's socket: 0777 by design, inside a 0700 folder
+            continue
+        if (mode != 0o700) if stat.S_ISDIR(info.st_mode) else (mode & 0o077 != 0):
+            wrong.append(f"{relative}: {oct(mode)}")
+        owner = (pwd.getpwnam(team_server_script.PG_USER).pw_uid if postgres_apart
+                 and relative.parts[0] in POSTGRES_OWNED else os.geteuid())
+        if info.st_uid != owner:
+            wrong.append(f"{relative}: owned by uid {info.st_uid}")
+    assert not wrong, wrong
+    assert stat.S_IMODE(os.stat(team_server.log_file).st_mode) == 0o600  # mlflow server's output
+
+
+def test_postgresql_logs_no_statement_text(team_server):  # noqa: F811
+    """Failed statements holding a secret, sent as MLflow sends them (a user created twice: an
+    INSERT with the password hash) and straight to PostgreSQL (a password for a missing role,
+    a secret in a broken statement): none of their text reaches postgres.log."""
+    import psycopg2
+
+    marker = "Secret-" + secrets.token_hex(12)
+    again = team_server.session(team_server.admin).post(team_server.uri + "/api/2.0/mlflow/users/create",
+                                                        json={"username": team_server.editor.name,
+                                                              "password": marker}, timeout=60)
+    assert again.status_code != 200 and "already exists" in again.text, again.text  # the INSERT failed
+    # basic-auth's error names the failed INSERT, parameters included: the hash to look for.
+    hashes = re.findall(r"(?:scrypt|pbkdf2)[:$][^'\s,)]+", again.text)
+
+    password = team_server_script.DB_PASSWORD.value(team_server.server.secrets_dir)
+    connection = psycopg2.connect(host="127.0.0.1", port=team_server.server.settings.pg_port,
+                                  user=team_server_script.DB_ROLE, password=password,
+                                  dbname=team_server_script.TRACKING_DB)
+    try:
+        for statement in (f"ALTER ROLE no_such_role PASSWORD '{marker}'",
+                          f"SELECT '{marker}' FROM",  # syntax error: the statement follows the error
+                          f"SELECT 'x' || '{marker}"):  # unterminated literal: the message quotes it
+            with pytest.raises(psycopg2.Error), connection.cursor() as cursor:
+                cursor.execute(statement)
+            connection.rollback()
+    finally:
+        connection.close()
+
+    log = (team_server.server.dir / "postgres.log").read_text()
+    assert "database system is ready to accept connections" in log  # the live log, written to
+    for secret in (marker, "password_hash", "INSERT INTO users", *hashes):
+        assert secret not in log, f"{secret!r} in postgres.log"
