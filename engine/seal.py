@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -95,15 +96,18 @@ def ensure_key_pair(private_key: Path, create: bool) -> None:
 
     key = ec.generate_private_key(ec.SECP256R1())
     private_key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # Created 0600 from the first byte (O_EXCL: two registers starting at once do not both
-    # write a key; the loser reads the winner's).
+    # Written whole to a 0600 file of its own, then linked into place, which fails if a key
+    # is there: of two registers starting at once, one key wins and the other uses it.
+    fd, staged = tempfile.mkstemp(dir=private_key.parent, prefix=".seal-key-")
     try:
-        fd = os.open(private_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+        os.link(staged, private_key)
     except FileExistsError:
         return
-    with os.fdopen(fd, "wb") as out:
-        out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
+    finally:
+        os.unlink(staged)
     private_key.with_name(PUBLIC_KEY).write_bytes(key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
