@@ -177,9 +177,12 @@ def describe(model_dir: Path, uri: str) -> str:
     through the registry (MLflow notes the version it resolved), else its URI."""
     try:
         note = yaml.safe_load((model_dir / DOWNLOAD_NOTE).read_text())
-        return f"{note['model_name']} version {note['model_version']}"
-    except (OSError, yaml.YAMLError, TypeError, KeyError):
+    except (OSError, yaml.YAMLError):
         return uri
+    # Loaded by logged-model id (models:/m-...), MLflow writes the note with empty values.
+    if isinstance(note, dict) and note.get("model_name") and note.get("model_version") is not None:
+        return f"{note['model_name']} version {note['model_version']}"
+    return uri
 
 
 def verify(model_dir: Path, public_key: Path, what: str) -> None:
