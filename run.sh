@@ -6,7 +6,7 @@
 #   ./run.sh score [overrides...]       batch scoring with the champion: mlflow run . -e score
 #   ./run.sh monitor [overrides...]     drift of served or given patients: mlflow run . -e monitor
 #   ./run.sh leaderboard [args...]      rank trials and runs: python -m tools.leaderboard
-#   ./run.sh serve [args...]            REST endpoint of the champion: mlflow models serve
+#   ./run.sh serve [args...]            REST endpoint of the champion: mlflow models serve, seal verified first
 #   ./run.sh app [args...]              the FastAPI app: python -m serving
 #   ./run.sh ui [args...]               MLflow's UI on the project's store (prints the runs' address): mlflow ui
 #   ./run.sh server [args...]           a team tracking server (PostgreSQL, artifacts, auth)
@@ -67,7 +67,10 @@ case "$command" in
     serve)
         ensure_venv requirements.txt
         export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"
-        exec mlflow models serve -m models:/heart-disease@champion --env-manager local "$@"
+        # mlflow models serve checks no seal: serve a copy whose seal verified (engine/seal.py).
+        checked="$(mktemp -d)/champion"
+        python -m tools.seal verify models:/heart-disease@champion --into "$checked" || exit $?
+        exec mlflow models serve -m "$checked" --env-manager local "$@"
         ;;
     app)
         ensure_venv requirements.txt

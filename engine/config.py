@@ -130,6 +130,7 @@ class RegisterConfig:
     challenger_alias: str = "challenger"
     primary_metric: str = "cv_roc_auc_mean"
     allow_unvalidated: bool = False
+    seal_key: Optional[str] = None  # the private key versions are sealed with (engine/seal.py); None: beside the store
 
 
 @dataclass
@@ -148,6 +149,7 @@ class ProfileConfig:
     registry_uri: Optional[str] = None  # None: the tracking store
     artifact_location: Optional[str] = None  # for a new experiment; relative to the project
     experiment_name: str = "heart-disease"
+    seal_public_key: Optional[str] = None  # what seals are verified with (engine/seal.py); None: beside the store
 
 
 @dataclass

@@ -8,6 +8,7 @@ Only `log` touches the project's copy of that package; loading uses the model's 
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from importlib.metadata import version
 from pathlib import Path
@@ -81,18 +82,44 @@ def signature_of(example_output: pd.DataFrame) -> ModelSignature:
                           params=ParamSchema([ParamSpec(EXPLAIN, "boolean", False)]))
 
 
-def load_pyfunc(uri: str) -> Any:
-    """The logged model as MLflow loads it, with its own code: how every consumer (app,
-    score, monitor, evaluate) loads it. Without MLflow's requirements check, which reads
-    every installed distribution's metadata on each load (about a third of
-    `import mlflow`) only to warn: the requirements are pinned when train logs the model,
-    and `mlflow models serve` checks them itself."""
-    return mlflow.pyfunc.load_model(uri, suppress_warnings=True)
+def load_pyfunc(uri: str, public_key: Path) -> Any:
+    """The logged model as MLflow loads it, with its own code, once its seal checks out:
+    how the app, score and monitor load it. Its files are copied here first and checked
+    (engine/seal.py: the project's kind, every file under a signature that verifies with
+    public_key); MLflow then loads that very copy, so no file of it runs unchecked and
+    nothing changed in the store after the check is loaded. A refused model raises
+    SealRefused naming the version and why.
+
+    Without MLflow's requirements check, which reads every installed distribution's
+    metadata on each load (about a third of `import mlflow`) only to warn: the
+    requirements are pinned when train logs the model, and `mlflow models serve` checks
+    them itself."""
+    return load_copy(verified_copy(uri, public_key))
+
+
+def load_copy(copy: Path) -> Any:
+    """Load a copy that verified_copy returned (for a caller that also hands the folder
+    on, e.g. to Spark, so that the same checked files are loaded everywhere)."""
+    return mlflow.pyfunc.load_model(str(copy), suppress_warnings=True)
+
+
+def verified_copy(uri: str, public_key: Path) -> Path:
+    """A local copy of the model at `uri`, checked by engine.seal.verify (raises SealRefused).
+    It stays for the life of the process, as MLflow's own downloads do: a loaded model may
+    import more of its code from it later."""
+    from engine import seal
+
+    folder = Path(tempfile.mkdtemp(prefix="heart-model-"))
+    copy = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
+    seal.verify(copy, public_key, seal.describe(copy, uri))
+    return copy
 
 
 def load(uri: str) -> Any:
-    """The logged model's Python object (its HeartDiseaseModel), loaded with its own code."""
-    return load_pyfunc(uri).unwrap_python_model()
+    """The logged model's Python object (its HeartDiseaseModel), loaded with its own code:
+    the pipeline's model between train and register (evaluate, register), before it has a
+    seal; the step context checks its files against the sizes train recorded first."""
+    return mlflow.pyfunc.load_model(uri, suppress_warnings=True).unwrap_python_model()
 
 
 def file_sizes(uri: str) -> dict[str, int]:

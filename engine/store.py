@@ -131,12 +131,17 @@ def store_lock(tracking_uri: str) -> contextlib.AbstractContextManager[None]:
     return file_lock(_lock_path(tracking_uri))
 
 
+def tracking_uri_of(profile: DictConfig) -> str:
+    """The store runs go to: MLFLOW_TRACKING_URI when set, else the profile's."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or _absolute_sqlite(profile.tracking_uri)
+
+
 def connect(profile: DictConfig) -> Tracking:
     """Point MLflow at the profile's store and make sure the experiment exists. Many
     processes may start on a store that does not exist yet: the first creates it
     (tables and experiment), the others wait for it."""
     explicit_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    tracking_uri = explicit_uri or _absolute_sqlite(profile.tracking_uri)
+    tracking_uri = tracking_uri_of(profile)
     registry_uri: Optional[str] = os.environ.get("MLFLOW_REGISTRY_URI") or (
         None if explicit_uri or not profile.registry_uri else _absolute_sqlite(profile.registry_uri)
     )

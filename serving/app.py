@@ -41,10 +41,10 @@ from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from engine import names
+from engine import names, seal
 from engine.logged_model import load_pyfunc
 from engine.redaction import redact
-from engine.store import Tracking, connect, latest_complete, load_profile
+from engine.store import Tracking, connect, latest_complete, load_profile, tracking_uri_of
 from serving import metrics, webhooks
 from serving.inference_log import InferenceLog
 
@@ -129,7 +129,7 @@ class NotServable(Exception):
     """The alias's version exists but must not be served."""
 
 
-def _from_registry(settings: Settings, tracking: Tracking) -> LoadedModel:
+def _from_registry(settings: Settings, tracking: Tracking, public_key: Path) -> LoadedModel:
     try:
         version = tracking.client.get_model_version_by_alias(settings.model_name, settings.alias)
     except MlflowException as err:
@@ -139,31 +139,34 @@ def _from_registry(settings: Settings, tracking: Tracking) -> LoadedModel:
         raise NotServable(f"{settings.model_name} version {version.version} (@{settings.alias}) is "
                           f"{status or 'not validated'}; only VALIDATED versions are served")
     uri = f"models:/{settings.model_name}/{version.version}"
-    model = load_pyfunc(uri)
+    model = load_pyfunc(uri, public_key)
     return LoadedModel(model, "registry", uri, settings.model_name, str(version.version), settings.alias,
                        version.run_id, model.metadata.model_id)
 
 
-def _from_latest_run(settings: Settings, tracking: Tracking) -> LoadedModel:
+def _from_latest_run(settings: Settings, tracking: Tracking, public_key: Path) -> LoadedModel:
     train = latest_complete(tracking, f"tags.`{names.STEP}` = 'train'")
     if train is None:
         raise LookupError("no complete train run in the experiment")
     uri = train.data.tags[names.MODEL_URI]
-    model = load_pyfunc(uri)
+    model = load_pyfunc(uri, public_key)
     return LoadedModel(model, "run", uri, None, None, None, train.info.run_id, model.metadata.model_id)
 
 
-def _from_directory(settings: Settings, tracking: Optional[Tracking]) -> LoadedModel:
-    model = load_pyfunc(settings.local_model_dir)
+def _from_directory(settings: Settings, tracking: Optional[Tracking], public_key: Path) -> LoadedModel:
+    model = load_pyfunc(settings.local_model_dir, public_key)
     return LoadedModel(model, "dir", settings.local_model_dir, None, None, None, model.metadata.run_id,
                        model.metadata.model_id)
 
 
-def load_model(settings: Settings, tracking: Optional[Tracking]) -> tuple[Optional[LoadedModel], list[str], bool]:
-    """The registry alias, else the fallbacks asked for, in order. Returns the first that
-    loads (marked with why the alias was not served), why each earlier one did not, and
-    whether the registry refused (the alias is gone or its version not VALIDATED) rather
-    than failed to answer."""
+def load_model(settings: Settings, tracking: Optional[Tracking],
+               public_key: Path) -> tuple[Optional[LoadedModel], list[str], bool]:
+    """The registry alias, else the fallbacks asked for, in order, each loaded only if its
+    seal verifies with public_key (engine/seal.py). Returns the first that loads (marked
+    with why the alias was not served), why each earlier one did not, and whether the
+    registry refused (the alias is gone or its version not VALIDATED) rather than failed
+    to answer. A version whose seal fails is one that fails to load: what answers now
+    keeps answering, and /health says degraded with the reason."""
     sources = [("registry", _from_registry), *[(name, {"run": _from_latest_run, "dir": _from_directory}[name])
                                                for name in settings.fallbacks()]]
     failures: list[str] = []
@@ -173,7 +176,7 @@ def load_model(settings: Settings, tracking: Optional[Tracking]) -> tuple[Option
             failures.append(f"{name}: the tracking store is unreachable")
             continue
         try:
-            loaded = load(settings, tracking)
+            loaded = load(settings, tracking, public_key)
         except Exception as err:
             refused = refused or isinstance(err, NotServable)
             failures.append(f"{name}: {redact(str(err))}")
@@ -234,6 +237,9 @@ class ModelHolder:
         self.state = Serving()
         self._lock = threading.Lock()
         self.tracking: Optional[Tracking] = None
+        profile = load_profile(settings.profile)
+        # What every model's seal must verify with: the profile's public key (engine/seal.py).
+        self.public_key = seal.public_key_path(profile, tracking_uri_of(profile))
 
     def reload(self, event: str = "reload") -> None:
         with self._lock:
@@ -250,7 +256,7 @@ class ModelHolder:
                 # version loaded before answers, and says it no longer holds the alias.
                 self.state = replace(before, alias_version=named,
                                      problem=f"{alias} names version {named}, which is loading")
-            loaded, failures, refused = load_model(self.settings, self.tracking)
+            loaded, failures, refused = load_model(self.settings, self.tracking, self.public_key)
             if loaded is None:
                 reasons = " | ".join(failures)
                 if refused or before.model is None:  # what was served is no longer what was asked for

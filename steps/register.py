@@ -16,7 +16,7 @@ import shlex
 import subprocess
 from typing import Optional
 
-from engine import faults, names, registry
+from engine import faults, names, registry, seal
 from engine.context import StepContext
 from engine.errors import PipelineError
 from engine.model_card import card_sections, contributions_figure, summary_markdown, to_html, to_markdown
@@ -140,6 +140,10 @@ def run(ctx: StepContext) -> None:
 
     client = ctx.client
     facts = card_facts(ctx, reg.model_name)  # every read before the registry changes
+    # The sealing key before anything is registered: a configured key that is missing
+    # stops here, and the embedded default makes its pair on first use.
+    private_key = seal.private_key_path(reg.seal_key, ctx.tracking.tracking_uri)
+    seal.ensure_key_pair(private_key, create=not reg.seal_key)
     model_uri = training.data.tags[names.MODEL_URI]
     with ctx.exclusive():
         existing = registry.version_of(client, reg.model_name, training.info.run_id, model_uri)
@@ -163,6 +167,8 @@ def run(ctx: StepContext) -> None:
         }
         version = existing or registry.create_version(reg.model_name, model_uri, tags)
         faults.point("register.version_created")
+        # Sealed before any alias names it: a version consumers may load is always sealed.
+        sealed = seal.seal_version(client, reg.model_name, str(version.version), private_key, ctx.workdir)
         card, sections = write_model_card(ctx, facts, str(version.version))
         aliases = [reg.challenger_alias] + ([reg.champion_alias] if becomes_champion else [])
         registry.publish(client, reg.model_name, str(version.version), model_uri, {**tags, "model_card": card},
@@ -171,7 +177,7 @@ def run(ctx: StepContext) -> None:
     decision = f"v{version.version} " + ("champion" if becomes_champion else "challenger")
     ctx.set_tags({names.REGISTER_DECISION: decision, "register.reason": reason,
                   "register.model_version": version.version})
-    ctx.summary.update(decision=decision, reason=reason)
+    ctx.summary.update(decision=decision, reason=reason, sealed_with=str(sealed.private_key))
     completed = " (completing the version an interrupted register created)" if existing else ""
     print(f"register: {reg.model_name} {decision}: {reason}{completed}")
 

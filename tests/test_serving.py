@@ -3,9 +3,9 @@ each a subprocess on a free loopback port, on a model trained in this test sessi
 Every endpoint, and a corpus of bad requests that must get a 4xx naming the problem
 while the server stays up."""
 
+import http.server
 import json
 import math
-import os
 import re
 import shutil
 import socket
@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -364,7 +365,7 @@ def assert_answers_as(api, version: str, alias) -> None:
 
 
 @pytest.mark.parametrize("damage, cause", [(truncate_the_fitted_pipeline, "registry: "),
-                                           (ask_for_pickle, "asks for serialization_format 'pickle'")],
+                                           (ask_for_pickle, "artifacts/pipeline is saved as 'pickle'")],
                          ids=["broken files", "refused by the loader"])
 def test_a_new_champion_that_fails_to_load_leaves_the_app_degraded_and_saying_so(api, trained, tmp_path, damage,
                                                                                    cause):
@@ -387,18 +388,52 @@ def test_a_new_champion_that_fails_to_load_leaves_the_app_degraded_and_saying_so
     assert_answers_as(api, served, "champion")
 
 
+class HeldBackArtifacts(http.server.BaseHTTPRequestHandler):
+    """An MLflow artifact proxy (the mlflow-artifacts API: a JSON listing and file reads)
+    serving one model folder, that holds back one file until `release` is set."""
+
+    folder: Path
+    held: str
+    release: threading.Event
+    PREFIX = "/mlflow-artifacts/artifacts"
+
+    def do_GET(self):
+        url = urllib.parse.urlsplit(self.path)
+        if url.path == self.PREFIX:
+            inside = self.folder / "/".join(urllib.parse.parse_qs(url.query)["path"][0].split("/")[1:])
+            files = [{"path": child.name, "is_dir": child.is_dir(), "file_size": child.stat().st_size}
+                     for child in sorted(inside.iterdir())]
+            body = json.dumps({"files": files}).encode()
+        else:
+            relative = url.path[len(self.PREFIX) + 1:].split("/", 1)[1]
+            if relative == self.held:
+                self.release.wait(30)
+            body = (self.folder / relative).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
 def test_while_the_new_champion_loads_the_app_says_which_version_answers(api, trained, tmp_path):
-    """The new champion's fitted pipeline is a named pipe: loading it waits in open() until
-    the test opens the other end, so /health is asked while the load is under way."""
+    """The new champion's files come from an artifact proxy that holds its fitted pipeline
+    back until the test releases it, so /health is asked while the load is under way."""
     served = request(api.base + "/health")[1]["model_version"]
-    pipes = []
-
-    def wait_for_the_test(model: Path) -> None:
-        pipes.append(model / "artifacts" / "pipeline" / "model.skops")
-        pipes[0].unlink()
-        os.mkfifo(pipes[0])
-
-    loading = copied_version_of_the_champion(trained, tmp_path, wait_for_the_test)
+    mlflow.set_tracking_uri(trained.tracking_uri)
+    champion = trained.client.get_model_version_by_alias("heart-disease", "champion")
+    copy = Path(mlflow.artifacts.download_artifacts(f"models:/heart-disease/{champion.version}",
+                                                    dst_path=str(tmp_path / "copy")))
+    release = threading.Event()
+    handler = type("Handler", (HeldBackArtifacts,), {"folder": copy, "held": "artifacts/pipeline/model.skops",
+                                                     "release": release})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    source = f"http://127.0.0.1:{proxy.server_address[1]}{HeldBackArtifacts.PREFIX}/model"
+    loading = str(trained.client.create_model_version("heart-disease", source, run_id=champion.run_id,
+                                                      tags=champion.tags).version)
     trained.client.set_registered_model_alias("heart-disease", "champion", loading)
     reloaded = []
     reload = threading.Thread(target=lambda: reloaded.append(request(api.base + "/reload", method="POST", raw=b"")))
@@ -411,17 +446,14 @@ def test_while_the_new_champion_loads_the_app_says_which_version_answers(api, tr
                                                          "which is loading"))
         assert_answers_as(api, served, None)
     finally:
-        # The other end, opened and closed: the loader reads an empty file, and fails.
-        deadline = time.time() + 20
-        while reload.is_alive() and time.time() < deadline:
-            try:
-                os.close(os.open(pipes[0], os.O_WRONLY | os.O_NONBLOCK))
-            except OSError:  # ENXIO: the loader has not opened it (yet)
-                time.sleep(0.05)
-        reload.join(20)
+        release.set()
+        reload.join(60)
+        proxy.shutdown()
+        proxy.server_close()
         trained.client.set_registered_model_alias("heart-disease", "champion", served)
         trained.client.delete_model_version("heart-disease", loading)
-    assert reloaded[0][1]["status"] == "degraded" and "failed to load" in reloaded[0][1]["reason"]
+    # Released, the files are whole and sealed: the new version loads.
+    assert reloaded[0][1]["status"] == "ok" and reloaded[0][1]["model_version"] == loading
     assert request(api.base + "/reload", method="POST", raw=b"") == (200, healthy(served))
 
 
@@ -499,6 +531,9 @@ def test_fallback_to_a_local_directory_only_when_asked(trained, tmp_path):
     mlflow.set_tracking_uri(trained.tracking_uri)
     mlflow.artifacts.download_artifacts("models:/heart-disease@champion", dst_path=str(exported))
     empty = make_store(tmp_path / "empty")
+    # The app beside the empty store gets the team's public key there (engine/seal.py).
+    (empty.root / "keys").mkdir()
+    shutil.copy(trained.root / "keys" / "seal.pub", empty.root / "keys")
     assert_serves_fallback("dir", ["--fallback", "run,dir", "--model-dir", str(exported)], empty.env, tmp_path)
 
     server = started(["--fallback", "dir", "--model-dir", str(tmp_path / "nothing")], empty.env, tmp_path, "none")
@@ -737,6 +772,13 @@ def test_a_champion_logged_before_the_sealed_package_still_answers_alike(trained
                       "--env-manager", "local", "--host", "127.0.0.1"], trained.env, "/ping", tmp_path,
                      "legacy-serve")
     try:
+        # Registered before seals existed, it has none: refused until someone with the key seals it.
+        status, health = request(app.base + "/health")
+        assert status == 503 and f"heart-disease-legacy version {version.version} refused: it has no seal" \
+            in health["reason"]
+        subprocess.run([sys.executable, "-m", "tools.seal", "sign", "heart-disease-legacy", str(version.version)],
+                       env=trained.env, cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+        assert request(app.base + "/reload", method="POST", raw=b"")[0] == 200
         assert request(app.base + "/health")[1]["status"] == "ok"
         assert_same_answers(served_answers(app, "/predict"), PATIENTS["answers"])
         assert_same_answers(served_answers(scoring, "/invocations"), PATIENTS["answers"])

@@ -262,11 +262,15 @@ class ServedModel:
     version: Optional[str]
 
 
-def load_model(client, uri: str) -> ServedModel:
+def load_model(client, uri: str, public_key: Path) -> ServedModel:
+    """The model at `uri`, once its seal verifies with public_key (engine/seal.py)."""
     from engine.logged_model import load_pyfunc
+    from engine.seal import SealRefused
 
     try:
-        model = load_pyfunc(uri)
+        model = load_pyfunc(uri, public_key)
+    except SealRefused:  # its message names the version and why
+        raise
     except Exception as err:  # an unknown alias, version or id: MLflow says which
         raise PipelineError(f"monitor.model_uri={uri}: cannot load it ({str(err).splitlines()[0]})") from None
     run_id, model_id = model.metadata.run_id, model.metadata.model_id
@@ -397,7 +401,9 @@ def run_monitor(cfg: DictConfig, tracking) -> str:
         raise PipelineError(f"{len(rows)} row(s) to compare, fewer than monitor.min_rows={monitor.min_rows}: "
                             "widen the window (monitor.last_hours, monitor.since) or wait for more requests")
     uri = monitor.model_uri or served_uri or f"models:/{cfg.register.model_name}@{cfg.register.champion_alias}"
-    model = load_model(client, uri)
+    from engine.seal import public_key_path
+
+    model = load_model(client, uri, public_key_path(cfg.profile, tracking.tracking_uri))
     book = model.pyfunc.unwrap_python_model().codebook  # the model's own features and rules
     absent = [c for c in book.features if c not in rows]
     if absent:

@@ -567,7 +567,8 @@ def resolve_model_uri(client, uri: str) -> str:
 
 def run_score(cfg: DictConfig, tracking, own_run_id: Optional[str]) -> dict:
 
-    from engine.logged_model import load_pyfunc
+    from engine import seal
+    from engine.logged_model import load_copy, verified_copy
     from engine.runner import TrackedRun
 
     score = cfg.score
@@ -586,7 +587,9 @@ def run_score(cfg: DictConfig, tracking, own_run_id: Optional[str]) -> dict:
         problems = file_problems(score, source)
         if problems:
             raise ConfigError(problems)
-        loaded = load_pyfunc(model_uri)
+        # The checked copy is what both engines load (Spark's executors too), not the store's files.
+        model_copy = verified_copy(model_uri, seal.public_key_path(cfg.profile, tracking.tracking_uri))
+        loaded = load_copy(model_copy)
         python_model = loaded.unwrap_python_model()
         why_not = cannot_explain(python_model) if score.explain else None
         if why_not:
@@ -607,7 +610,7 @@ def run_score(cfg: DictConfig, tracking, own_run_id: Optional[str]) -> dict:
             if score.engine == "pandas":
                 counts = score_pandas(python_model, answer_fields(loaded), source, dataset, score)
             else:
-                counts = score_spark(python_model, answer_fields(loaded), model_uri, source, score)
+                counts = score_spark(python_model, answer_fields(loaded), str(model_copy), source, score)
             seconds = time.perf_counter() - started
             _log_datasets(client, run_id, source, score)  # while a downloaded input is still here
             rows = counts.scored + counts.rejected
