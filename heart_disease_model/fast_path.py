@@ -31,7 +31,7 @@ Part of the sealed model package: every logged model carries this file.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import IO, Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -491,6 +491,24 @@ class FastScorer:
     def probability(self, rows: np.ndarray) -> np.ndarray:
         return self.estimator.probability(self.transform(rows))
 
+    def taking(self, features: Sequence[str]) -> "FastScorer":
+        """The same scorer, taking its input columns (and giving contributions) in the order
+        of `features`, which must name the same fields."""
+        features = tuple(str(f) for f in features)
+        if features == self.features:
+            return self
+        if sorted(features) != sorted(self.features):
+            raise UntrustedModel(f"the stored fast path takes {sorted(self.features)}, the model's codebook "
+                                 f"{sorted(features)}")
+        position = np.array([features.index(name) for name in self.features], dtype=np.intp)  # old -> new
+        blocks = tuple(replace(block, columns=position[block.columns]) for block in self.blocks)
+        additive = None
+        if self.additive is not None:
+            membership = np.zeros_like(self.additive.membership)
+            membership[:, position] = self.additive.membership
+            additive = replace(self.additive, membership=membership)
+        return replace(self, features=features, blocks=blocks, additive=additive)
+
     def contributions(self, rows: np.ndarray) -> np.ndarray:
         """(rows, fields in `features` order) contributions to the log-odds; with
         `additive.base` they sum to the log-odds of `probability(rows)`."""
@@ -574,7 +592,9 @@ def _describe(value: Any, arrays: dict[str, np.ndarray]) -> Any:
         arrays[key] = value
         return {"array": key}
     if is_dataclass(value):
-        if _PARTS.get(type(value).__name__) is not type(value):
+        # By name: a process that loaded a model holds another copy of this module, whose
+        # classes built the scorer; what is stored is data either way.
+        if type(value).__name__ not in _PARTS:
             raise NotCompilable(f"{type(value).__name__} cannot be stored")
         return {"part": type(value).__name__,
                 "fields": {field.name: _describe(getattr(value, field.name), arrays) for field in fields(value)}}

@@ -45,7 +45,7 @@ from mlflow.store.artifact.models_artifact_repo import REGISTERED_MODEL_META_FIL
 
 from . import fast_path
 from .codebook import Codebook, check_feature_matrix, check_numbers
-from .serialization import load_sklearn_model
+from .serialization import check_sklearn_model, load_sklearn_model
 
 PIPELINE_ARTIFACT = "pipeline"  # the model's artifact holding the fitted sklearn pipeline
 SCORER_ARTIFACT = "scorer"  # ... and the one holding its compiled fast path (fast_path.save)
@@ -196,9 +196,11 @@ class HeartDiseaseModel(PythonModel):
         self.bands = {str(k): float(v) for k, v in config["risk_levels"].items()}
         pipeline_path = Path(context.artifacts[PIPELINE_ARTIFACT])
         self._pipeline_path, self._pipeline = pipeline_path, None
+        check_sklearn_model(pipeline_path)  # a model whose files ask for more trust is refused, loaded or not
         if SCORER_ARTIFACT in context.artifacts:
             # What train verified against the pipeline and stored: scoring needs no sklearn.
-            self.scorer = fast_path.load(context.artifacts[SCORER_ARTIFACT])
+            # The stored config may list the features in another order than train compiled for.
+            self.scorer = fast_path.load(context.artifacts[SCORER_ARTIFACT]).taking(self.codebook.features)
             self.scoring_path = f"fast path: {self.scorer.kind}"
         else:
             # Models logged before the scorer was stored, or whose estimator is not compiled.

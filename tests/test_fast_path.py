@@ -107,6 +107,12 @@ def test_columns_in_another_order_are_mapped_by_name(fitted_transform):
     rows = edge_rows()
     np.testing.assert_allclose(scorer.probability(rows[shuffled].to_numpy(dtype=np.float64)),
                                pipeline.predict_proba(rows[BOOK.features])[:, 1], rtol=0, atol=1e-12)
+    # A stored scorer, compiled in train's order, taking the order a loaded model's config lists.
+    stored = stored_and_read(fast_path.for_pipeline(pipeline, BOOK.features)[0]).taking(shuffled)
+    np.testing.assert_allclose(stored.probability(rows[shuffled].to_numpy(dtype=np.float64)),
+                               pipeline.predict_proba(rows[BOOK.features])[:, 1], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(stored.contributions(rows[shuffled].to_numpy(dtype=np.float64)),
+                               scorer.contributions(rows[shuffled].to_numpy(dtype=np.float64)), rtol=0, atol=1e-12)
 
 
 def test_estimators_not_covered_fall_back_to_the_pipeline(fitted_transform):
