@@ -1,5 +1,6 @@
 """The model train logs, as MLflow stores it: one pyfunc "from code" wrapping the fitted
-sklearn pipeline, saved with skops and an explicit list of trusted types, with signature,
+sklearn pipeline, saved with skops and an explicit list of trusted types, and its
+compiled fast path (plain arrays), with signature,
 input example and pinned requirements. Its code is the sealed package heart_disease_model
 and nothing else.
 
@@ -26,11 +27,13 @@ from engine.errors import PipelineError
 MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
 
 
-def log(run_id: str, workdir: Path, *, name: str, pipeline, config: dict, features: pd.DataFrame,
+def log(run_id: str, workdir: Path, *, name: str, pipeline, scorer, config: dict, features: pd.DataFrame,
         example_output: pd.DataFrame, input_example_rows: int) -> str:
-    """Log the model to `run_id`; return its URI (models:/m-...)."""
+    """Log the model to `run_id`; return its URI (models:/m-...). `scorer` is the pipeline's
+    compiled fast path (None where the estimator is not compiled)."""
     import heart_disease_model
-    from heart_disease_model.model import PIPELINE_ARTIFACT
+    from heart_disease_model import fast_path
+    from heart_disease_model.model import PIPELINE_ARTIFACT, SCORER_ARTIFACT
     from heart_disease_model.serialization import SERIALIZATION_FORMAT, TRUSTED_TYPES
 
     package_dir = Path(heart_disease_model.__file__).resolve().parent
@@ -44,6 +47,10 @@ def log(run_id: str, workdir: Path, *, name: str, pipeline, config: dict, featur
             raise
         raise PipelineError(f"{err.message.split('Root error: ')[-1]} Review them and add them to "
                             "TRUSTED_TYPES (heart_disease_model.serialization).") from None
+    artifacts = {PIPELINE_ARTIFACT: str(pipeline_dir)}
+    if scorer is not None:
+        artifacts[SCORER_ARTIFACT] = str(workdir / "scorer.npz")
+        fast_path.save(scorer, artifacts[SCORER_ARTIFACT])
     # log_model logs to the fluent active run only. Leaving it with status RUNNING, not
     # FINISHED: the runner finishes the run once every output is recorded.
     mlflow.start_run(run_id=run_id)
@@ -54,7 +61,7 @@ def log(run_id: str, workdir: Path, *, name: str, pipeline, config: dict, featur
             info = mlflow.pyfunc.log_model(
                 name=name,
                 python_model=str(package_dir / "entry.py"),
-                artifacts={PIPELINE_ARTIFACT: str(pipeline_dir)},
+                artifacts=artifacts,
                 model_config=config,
                 code_paths=[str(package_dir)],
                 signature=signature_of(example_output),

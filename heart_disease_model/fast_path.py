@@ -3,13 +3,15 @@ arrays, so that scoring one patient costs microseconds instead of the millisecon
 scikit-learn spends per call validating input and dispatching through the
 ColumnTransformer.
 
-Compiled from the fitted attributes of the loaded pipeline (imputer statistics,
-scaler means and scales, one-hot categories, coefficients, tree nodes, calibrators)
-each time the model is loaded: nothing new is stored, so the arrays that serve are
-derived from exactly the pipeline that train verified. The sklearn pipeline stays the
-reference: train refuses to log a model whose compiled form differs from it by more
-than a tolerance (the train step), and the served model falls back to it for anything
-this module does not cover (compile_pipeline raises NotCompilable saying what).
+Compiled by train from the fitted attributes of the pipeline (imputer statistics,
+scaler means and scales, one-hot categories, coefficients, tree nodes, calibrators) and
+stored beside it in the logged model as plain arrays (`save`: a NumPy .npz file, no
+pickle), so loading a model to score needs neither scikit-learn nor skops: `load` builds
+only the parts this module defines. Train stores the scorer it has read back from those
+bytes, after comparing it with the pipeline: the sklearn pipeline stays the reference,
+train refuses to log a model whose compiled form differs from it by more than a
+tolerance, and the served model falls back to it for anything this module does not
+cover (compile_pipeline raises NotCompilable saying what).
 
 Covered: a ColumnTransformer of SimpleImputer / StandardScaler / OneHotEncoder
 pipelines (plus drop and passthrough); LogisticRegression, RandomForest / ExtraTrees /
@@ -28,11 +30,14 @@ Part of the sealed model package: every logged model carries this file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+import json
+from dataclasses import dataclass, fields, is_dataclass, replace
+from typing import IO, Any, Callable, Iterable, Sequence
 
 import numpy as np
 from scipy.special import expit
+
+from .errors import UntrustedModel
 
 # The contract with the reference, not a tuning knob: train refuses a model whose fast
 # path differs from its sklearn pipeline by more than this in probability, on its own
@@ -188,14 +193,18 @@ def _column_indices(columns, features: Sequence[str], position: dict[str, int]) 
 # --------------------------------------------------------------------------- estimators
 
 
+@dataclass(frozen=True)
 class _Linear:
     """LogisticRegression, binary: P = expit(X·w + b), as its predict_proba computes it."""
 
-    def __init__(self, model):
+    weights: np.ndarray
+    intercept: float
+
+    @classmethod
+    def of(cls, model) -> "_Linear":
         if model.coef_.shape[0] != 1:
             raise NotCompilable("LogisticRegression with more than two classes")
-        self.weights = np.ascontiguousarray(model.coef_[0], dtype=np.float64)
-        self.intercept = float(model.intercept_[0])
+        return cls(np.ascontiguousarray(model.coef_[0], dtype=np.float64), float(model.intercept_[0]))
 
     def response(self, rows: np.ndarray) -> np.ndarray:  # decision_function
         return rows @ self.weights + self.intercept
@@ -204,16 +213,22 @@ class _Linear:
         return expit(self.response(rows))
 
 
+@dataclass(frozen=True)
 class _Trees:
     """Many binary trees walked at once: every node of every tree in flat arrays, a leaf
     pointing to itself, so `depth` steps take each (row, tree) from its root to its leaf.
     Each step goes left where the value is <= the threshold, or is missing and the node
     sends missing values left: scikit-learn's rule for both tree kinds."""
 
-    def __init__(self, feature, threshold, left, right, missing_left, leaf_value, roots, depth, float32):
-        self.feature, self.threshold = feature, threshold
-        self.left, self.right, self.missing_left = left, right, missing_left
-        self.leaf_value, self.roots, self.depth, self.float32 = leaf_value, roots, depth, float32
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    missing_left: np.ndarray
+    leaf_value: np.ndarray
+    roots: np.ndarray
+    depth: int
+    float32: bool  # compare float32 copies of the input, as scikit-learn's forests do
 
     @classmethod
     def from_nodes(cls, trees: Iterable[dict], float32: bool) -> "_Trees":
@@ -235,11 +250,11 @@ class _Trees:
         joined = {key: np.concatenate(values) for key, values in parts.items()}
         return cls(joined["feature"].astype(np.intp), joined["threshold"].astype(np.float64),
                    joined["left"].astype(np.intp), joined["right"].astype(np.intp), joined["missing_left"],
-                   joined["value"].astype(np.float64), np.asarray(roots, dtype=np.intp), depth, float32)
+                   joined["value"].astype(np.float64), np.asarray(roots, dtype=np.intp), int(depth), float32)
 
     def leaf_values(self, rows: np.ndarray) -> np.ndarray:
         """(rows, trees) value of the leaf each row reaches in each tree."""
-        if self.float32:  # scikit-learn's forests compare float32 copies of the input
+        if self.float32:
             rows = rows.astype(np.float32)
         trees = len(self.roots)
         per_slice = max(1, TREE_CELLS_PER_SLICE // trees)
@@ -260,11 +275,15 @@ class _Trees:
         return out
 
 
+@dataclass(frozen=True)
 class _Forest:
     """RandomForest / ExtraTrees / DecisionTree classifiers: the mean of the trees'
     leaf class-1 fractions (scikit-learn 1.4+ stores fractions in tree_.value)."""
 
-    def __init__(self, model):
+    trees: _Trees
+
+    @classmethod
+    def of(cls, model) -> "_Forest":
         from sklearn.tree import BaseDecisionTree
 
         trees = [model] if isinstance(model, BaseDecisionTree) else list(model.estimators_)
@@ -279,18 +298,24 @@ class _Forest:
                           "right": tree.children_right, "leaf": tree.children_left == -1,
                           "missing_left": tree.missing_go_to_left.astype(bool),
                           "value": fractions[:, 1] / np.where(totals == 0, 1.0, totals), "depth": tree.max_depth})
-        self.trees = _Trees.from_nodes(nodes, float32=True)
+        return cls(_Trees.from_nodes(nodes, float32=True))
 
     def probability(self, rows: np.ndarray) -> np.ndarray:
         return self.trees.leaf_values(rows).mean(axis=1)
 
-    response = probability  # no decision_function: calibration sees predict_proba[:, 1]
+    def response(self, rows: np.ndarray) -> np.ndarray:  # no decision_function: calibration sees predict_proba[:, 1]
+        return self.probability(rows)
 
 
+@dataclass(frozen=True)
 class _Boosting:
     """HistGradientBoostingClassifier, binary, numeric splits: P = expit(baseline + sum of leaves)."""
 
-    def __init__(self, model):
+    baseline: float
+    trees: _Trees
+
+    @classmethod
+    def of(cls, model) -> "_Boosting":
         if model.n_trees_per_iteration_ != 1:
             raise NotCompilable("HistGradientBoostingClassifier with more than two classes")
         if getattr(model, "_preprocessor", None) is not None:
@@ -304,8 +329,7 @@ class _Boosting:
                           "left": table["left"], "right": table["right"], "leaf": table["is_leaf"].astype(bool),
                           "missing_left": table["missing_go_to_left"].astype(bool), "value": table["value"],
                           "depth": int(table["depth"].max())})
-        self.baseline = float(np.ravel(model._baseline_prediction)[0])
-        self.trees = _Trees.from_nodes(nodes, float32=False)
+        return cls(float(np.ravel(model._baseline_prediction)[0]), _Trees.from_nodes(nodes, float32=False))
 
     def response(self, rows: np.ndarray) -> np.ndarray:  # decision_function: the raw score
         return self.baseline + self.trees.leaf_values(rows).sum(axis=1)
@@ -314,31 +338,55 @@ class _Boosting:
         return expit(self.response(rows))
 
 
+@dataclass(frozen=True)
+class _Sigmoid:
+    """A sigmoid calibrator (_SigmoidCalibration): P = expit(-(a t + b))."""
+
+    a: float
+    b: float
+
+    def __call__(self, score: np.ndarray) -> np.ndarray:
+        return expit(-(self.a * score + self.b))
+
+
+@dataclass(frozen=True)
+class _Isotonic:
+    """An isotonic calibrator with out_of_bounds='clip': the step function through its thresholds."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __call__(self, score: np.ndarray) -> np.ndarray:
+        return np.interp(np.clip(score, self.x[0], self.x[-1]), self.x, self.y)
+
+
+@dataclass(frozen=True)
 class _Calibrated:
     """CalibratedClassifierCV (sigmoid or isotonic): the mean over its fold members of
     the calibrator applied to the member's decision_function (or class-1 probability)."""
 
-    def __init__(self, model):
+    members: tuple[tuple[object, _Sigmoid | _Isotonic], ...]  # (compiled estimator, its calibrator)
+
+    @classmethod
+    def of(cls, model) -> "_Calibrated":
         from sklearn.isotonic import IsotonicRegression
 
         if len(model.classes_) != 2:
             raise NotCompilable("CalibratedClassifierCV with more than two classes")
-        self.members = []
-        self.sigmoids = []  # (a, b) of each member's sigmoid calibrator, None for isotonic
+        members = []
         for member in model.calibrated_classifiers_:
             (calibrator,) = member.calibrators
             if isinstance(calibrator, IsotonicRegression):
-                x, y = np.asarray(calibrator.X_thresholds_), np.asarray(calibrator.y_thresholds_)
                 if calibrator.out_of_bounds != "clip":
                     raise NotCompilable("isotonic calibration without out_of_bounds='clip'")
-                calibrate, sigmoid = _isotonic(x, y), None
+                calibrate = _Isotonic(np.asarray(calibrator.X_thresholds_, dtype=np.float64),
+                                      np.asarray(calibrator.y_thresholds_, dtype=np.float64))
             elif type(calibrator).__name__ == "_SigmoidCalibration":
-                sigmoid = (float(calibrator.a_), float(calibrator.b_))
-                calibrate = _sigmoid(*sigmoid)
+                calibrate = _Sigmoid(float(calibrator.a_), float(calibrator.b_))
             else:
                 raise NotCompilable(f"calibration by {type(calibrator).__name__}")
-            self.members.append((estimator_scorer(member.estimator), calibrate))
-            self.sigmoids.append(sigmoid)
+            members.append((estimator_scorer(member.estimator), calibrate))
+        return cls(tuple(members))
 
     def probability(self, rows: np.ndarray) -> np.ndarray:
         total = np.zeros(len(rows))
@@ -348,15 +396,8 @@ class _Calibrated:
             total += p
         return total / len(self.members)
 
-    response = probability
-
-
-def _sigmoid(a: float, b: float) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda t: expit(-(a * t + b))
-
-
-def _isotonic(x: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda t: np.interp(np.clip(t, x[0], x[-1]), x, y)
+    def response(self, rows: np.ndarray) -> np.ndarray:
+        return self.probability(rows)
 
 
 # --------------------------------------------------------------------------- explanations
@@ -379,12 +420,11 @@ def additive_form(estimator) -> tuple[np.ndarray, float]:
         if len(estimator.members) != 1:
             raise NotAdditive(f"the answer is the mean probability of {len(estimator.members)} calibrated models "
                               "(CalibratedClassifierCV with ensemble=True), which is not a sum on the log-odds")
-        (inner, _), sigmoid = estimator.members[0], estimator.sigmoids[0]
-        if sigmoid is None:
+        ((inner, calibrator),) = estimator.members
+        if not isinstance(calibrator, _Sigmoid):
             raise NotAdditive("isotonic calibration is a step function of the score, not a sum on the log-odds")
         weights, intercept = additive_form(inner)
-        a, b = sigmoid
-        return -a * weights, -a * intercept - b
+        return -calibrator.a * weights, -calibrator.a * intercept - calibrator.b
     if isinstance(estimator, _Forest):
         raise NotAdditive("a forest averages its trees' class fractions: its log-odds is not a sum over the inputs")
     if isinstance(estimator, _Boosting):
@@ -419,13 +459,13 @@ def estimator_scorer(model):
     from sklearn.tree import DecisionTreeClassifier
 
     if isinstance(model, LogisticRegression):
-        return _Linear(model)
+        return _Linear.of(model)
     if isinstance(model, (ForestClassifier, DecisionTreeClassifier)):
-        return _Forest(model)
+        return _Forest.of(model)
     if isinstance(model, HistGradientBoostingClassifier):
-        return _Boosting(model)
+        return _Boosting.of(model)
     if isinstance(model, CalibratedClassifierCV):
-        return _Calibrated(model)
+        return _Calibrated.of(model)
     raise NotCompilable(f"estimator {type(model).__name__} is not compiled")
 
 
@@ -450,6 +490,24 @@ class FastScorer:
 
     def probability(self, rows: np.ndarray) -> np.ndarray:
         return self.estimator.probability(self.transform(rows))
+
+    def taking(self, features: Sequence[str]) -> "FastScorer":
+        """The same scorer, taking its input columns (and giving contributions) in the order
+        of `features`, which must name the same fields."""
+        features = tuple(str(f) for f in features)
+        if features == self.features:
+            return self
+        if sorted(features) != sorted(self.features):
+            raise UntrustedModel(f"the stored fast path takes {sorted(self.features)}, the model's codebook "
+                                 f"{sorted(features)}")
+        position = np.array([features.index(name) for name in self.features], dtype=np.intp)  # old -> new
+        blocks = tuple(replace(block, columns=position[block.columns]) for block in self.blocks)
+        additive = None
+        if self.additive is not None:
+            membership = np.zeros_like(self.additive.membership)
+            membership[:, position] = self.additive.membership
+            additive = replace(self.additive, membership=membership)
+        return replace(self, features=features, blocks=blocks, additive=additive)
 
     def contributions(self, rows: np.ndarray) -> np.ndarray:
         """(rows, fields in `features` order) contributions to the log-odds; with
@@ -499,3 +557,67 @@ def for_pipeline(pipeline, features: Sequence[str]) -> tuple[FastScorer | None, 
     except NotCompilable as err:
         return None, f"reference sklearn pipeline: {err}"
     return scorer, f"fast path: {scorer.kind}"
+
+
+# --------------------------------------------------------------------------- storage
+
+STRUCTURE = "structure"  # the .npz entry describing how the other entries (arrays) fit together
+
+
+def save(scorer: FastScorer, file: str | IO[bytes]) -> None:
+    """Write `scorer` as an .npz file: its arrays, plus a JSON description of the parts
+    that hold them (part names and plain values, no code)."""
+    arrays: dict[str, np.ndarray] = {}
+    structure = _describe(scorer, arrays)
+    np.savez(file, **{STRUCTURE: np.array(json.dumps(structure))}, **arrays)
+
+
+def load(file: str | IO[bytes]) -> FastScorer:
+    """The scorer `save` wrote. NumPy reads it without unpickling, and only the parts this
+    module defines are built: a file naming anything else is refused."""
+    try:
+        with np.load(file, allow_pickle=False) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+        scorer = _build(json.loads(str(arrays.pop(STRUCTURE))), arrays)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UntrustedModel(f"the stored fast path is not one this code wrote: {err}") from None
+    if not isinstance(scorer, FastScorer):
+        raise UntrustedModel(f"the stored fast path holds a {type(scorer).__name__}, not a FastScorer")
+    return scorer
+
+
+def _describe(value: Any, arrays: dict[str, np.ndarray]) -> Any:
+    if isinstance(value, np.ndarray):
+        key = f"array{len(arrays)}"
+        arrays[key] = value
+        return {"array": key}
+    if is_dataclass(value):
+        # By name: a process that loaded a model holds another copy of this module, whose
+        # classes built the scorer; what is stored is data either way.
+        if type(value).__name__ not in _PARTS:
+            raise NotCompilable(f"{type(value).__name__} cannot be stored")
+        return {"part": type(value).__name__,
+                "fields": {field.name: _describe(getattr(value, field.name), arrays) for field in fields(value)}}
+    if isinstance(value, (tuple, list)):
+        return [_describe(item, arrays) for item in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise NotCompilable(f"{type(value).__name__} cannot be stored")
+
+
+def _build(description: Any, arrays: dict[str, np.ndarray]) -> Any:
+    if isinstance(description, list):
+        return tuple(_build(item, arrays) for item in description)
+    if isinstance(description, dict) and set(description) == {"array"}:
+        return arrays[description["array"]]
+    if isinstance(description, dict) and set(description) == {"part", "fields"}:
+        part = _PARTS[description["part"]]
+        return part(**{name: _build(value, arrays) for name, value in description["fields"].items()})
+    if description is None or isinstance(description, (bool, int, float, str)):
+        return description
+    raise ValueError(f"unexpected entry {str(description)[:80]}")
+
+
+# Every kind of part a stored scorer holds: what `load` may build.
+_PARTS = {part.__name__: part for part in (FastScorer, Additive, _Block, _Impute, _Scale, _OneHot, _Trees,
+                                           _Linear, _Forest, _Boosting, _Calibrated, _Sigmoid, _Isotonic)}

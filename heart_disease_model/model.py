@@ -2,7 +2,8 @@
 package is stored with the model and runs wherever the model is loaded (`mlflow models serve`, the FastAPI app in
 serving/, `mlflow.pyfunc.load_model`). Nothing is pickled: the fitted sklearn pipeline
 is an artifact saved by mlflow.sklearn with skops, and loaded trusting only the types
-serialization.py lists, whatever the stored MLmodel says.
+serialization.py lists, whatever the stored MLmodel says; its compiled fast path is
+another artifact, plain arrays (fast_path.save), and is what answers.
 
 Per input row it answers:
     prediction   0/1 at the decision threshold
@@ -44,9 +45,10 @@ from mlflow.store.artifact.models_artifact_repo import REGISTERED_MODEL_META_FIL
 
 from . import fast_path
 from .codebook import Codebook, check_feature_matrix, check_numbers
-from .serialization import load_sklearn_model
+from .serialization import check_sklearn_model, load_sklearn_model
 
 PIPELINE_ARTIFACT = "pipeline"  # the model's artifact holding the fitted sklearn pipeline
+SCORER_ARTIFACT = "scorer"  # ... and the one holding its compiled fast path (fast_path.save)
 
 IDENTITY_COLUMNS = ["model_name", "model_version", "run_id", "model_id"]
 OUTPUT_COLUMNS = ["prediction", "probability", "confidence", "risk_level", *IDENTITY_COLUMNS]
@@ -193,9 +195,16 @@ class HeartDiseaseModel(PythonModel):
         self.threshold = float(config["decision_threshold"])
         self.bands = {str(k): float(v) for k, v in config["risk_levels"].items()}
         pipeline_path = Path(context.artifacts[PIPELINE_ARTIFACT])
-        self.pipeline = load_sklearn_model(pipeline_path)
-        # Compiled from the pipeline just loaded, so what serves is what train verified.
-        self.scorer, self.scoring_path = fast_path.for_pipeline(self.pipeline, self.codebook.features)
+        self._pipeline_path, self._pipeline = pipeline_path, None
+        check_sklearn_model(pipeline_path)  # a model whose files ask for more trust is refused, loaded or not
+        if SCORER_ARTIFACT in context.artifacts:
+            # What train verified against the pipeline and stored: scoring needs no sklearn.
+            # The stored config may list the features in another order than train compiled for.
+            self.scorer = fast_path.load(context.artifacts[SCORER_ARTIFACT]).taking(self.codebook.features)
+            self.scoring_path = f"fast path: {self.scorer.kind}"
+        else:
+            # Models logged before the scorer was stored, or whose estimator is not compiled.
+            self.scorer, self.scoring_path = fast_path.for_pipeline(self.pipeline, self.codebook.features)
         if self.scorer is None:
             logging.getLogger(__name__).warning("scoring with the %s", self.scoring_path)
         # Why answers cannot be explained exactly (None: they can). Consumers read this
@@ -208,6 +217,14 @@ class HeartDiseaseModel(PythonModel):
         run_id, model_id = logged.run_id, getattr(logged, "model_id", None)
         name, version = registered_identity(model_dir, run_id, model_id)
         self.identity = {"model_name": name, "model_version": version, "run_id": run_id, "model_id": model_id}
+
+    @property
+    def pipeline(self):
+        """The fitted sklearn pipeline, loaded on first use: scoring uses the stored fast
+        path where there is one, so most loads never import scikit-learn or skops."""
+        if self._pipeline is None:
+            self._pipeline = load_sklearn_model(self._pipeline_path)
+        return self._pipeline
 
     def features(self, model_input: Any) -> np.ndarray:
         """The request as codebook-checked float64 features (columns in codebook order), or

@@ -37,9 +37,10 @@ def load_skops(path: Path) -> Any:
         return skops.io.load(path, trusted=list(TRUSTED_TYPES))
 
 
-def load_sklearn_model(model_dir: Path) -> Any:
-    """The estimator of an `mlflow.sklearn` model directory, refusing a directory whose
-    MLmodel asks for another serialization format or for types outside TRUSTED_TYPES."""
+def check_sklearn_model(model_dir: Path) -> Path:
+    """The skops file of an `mlflow.sklearn` model directory, after refusing a directory
+    whose MLmodel asks for another serialization format or for types outside TRUSTED_TYPES.
+    Reads only the MLmodel: a model can be refused without importing scikit-learn."""
     flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"].get("sklearn") or {}
     asked_format = flavor.get("serialization_format")
     if asked_format != SERIALIZATION_FORMAT:
@@ -50,4 +51,9 @@ def load_sklearn_model(model_dir: Path) -> Any:
     if extra:
         raise UntrustedModel(f"refusing to load {model_dir.name}: its MLmodel asks to trust {extra}, which are not "
                              "in the project's TRUSTED_TYPES (heart_disease_model.serialization)")
-    return load_skops(model_dir / Path(flavor["pickled_model"]).name)
+    return model_dir / Path(flavor["pickled_model"]).name
+
+
+def load_sklearn_model(model_dir: Path) -> Any:
+    """The estimator of an `mlflow.sklearn` model directory (check_sklearn_model first)."""
+    return load_skops(check_sklearn_model(model_dir))

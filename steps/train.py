@@ -12,6 +12,9 @@ to log a model whose probabilities differ by more than fast_path.TOLERANCE.
 
 from __future__ import annotations
 
+import io
+from typing import Optional
+
 import numpy as np
 import pandas as pd
 from hydra.utils import instantiate
@@ -113,16 +116,21 @@ def model_config(book: Codebook, train: pd.DataFrame, threshold: float, bands: d
 
 
 def verify_fast_path(pipeline, features: list[str], tables: dict[str, pd.DataFrame],
-                     reference: dict[str, np.ndarray]) -> tuple[str, dict[str, float]]:
-    """Compile the fast path and compare it with the sklearn pipeline on every table's
-    rows; return (what will serve, {table: max |difference| in probability}). The
-    pipeline's probabilities are computed here for tables missing from `reference`.
+                     reference: dict[str, np.ndarray]) -> tuple[Optional[fast_path.FastScorer], str, dict[str, float]]:
+    """Compile the fast path, store it and read it back as the model will, and compare
+    what was read with the sklearn pipeline on every table's rows; return (that scorer,
+    what will serve, {table: max |difference| in probability}). The pipeline's
+    probabilities are computed here for tables missing from `reference`.
     Raises PipelineError when any difference exceeds fast_path.TOLERANCE: the model
     would answer otherwise than the pipeline that was validated. Without a fast path
     (estimator not covered) the model serves the pipeline itself: nothing to compare."""
-    scorer, scoring_path = fast_path.for_pipeline(pipeline, features)
-    if scorer is None:
-        return scoring_path, {}
+    compiled, scoring_path = fast_path.for_pipeline(pipeline, features)
+    if compiled is None:
+        return None, scoring_path, {}
+    stored = io.BytesIO()
+    fast_path.save(compiled, stored)
+    stored.seek(0)
+    scorer = fast_path.load(stored)
     differences = {}
     for name, table in tables.items():
         rows = table[features]
@@ -136,7 +144,7 @@ def verify_fast_path(pipeline, features: list[str], tables: dict[str, pd.DataFra
             f"probability on the {worst} rows (allowed {fast_path.TOLERANCE:g}): not logging a model that would "
             "answer otherwise than the pipeline validated. heart_disease_model/fast_path.py compiles this estimator "
             "wrongly; fix it or add the case to its NotCompilable checks so the model serves the pipeline itself.")
-    return scoring_path, differences
+    return scorer, scoring_path, differences
 
 
 def run(ctx: StepContext) -> None:
@@ -159,7 +167,7 @@ def run(ctx: StepContext) -> None:
 
     checked = {"train": raw_train, "val": val, "test": ctx.read("test"),
                "synthetic": generate(fast_path.SYNTHETIC_ROWS, fast_path.SYNTHETIC_SEED)}
-    scoring_path, differences = verify_fast_path(pipeline, book.features, checked,
+    scorer, scoring_path, differences = verify_fast_path(pipeline, book.features, checked,
                                                  {"train": p_train, "val": p_val})
     ctx.log_params({"fast_path": scoring_path[:500]})
     if differences:
@@ -172,7 +180,7 @@ def run(ctx: StepContext) -> None:
     example_output = answer(pipeline.predict_proba(features.head(2))[:, 1], config["decision_threshold"],
                             config["risk_levels"], example_identity)
     uri = ctx.write_model("model", name=cfg.train.model_name or model_family(cfg.model), pipeline=pipeline,
-                          config=config, features=features, example_output=example_output,
+                          scorer=scorer, config=config, features=features, example_output=example_output,
                           input_example_rows=cfg.train.input_example_rows)
     ctx.set_tags({names.MODEL_URI: uri, names.MODEL_CLASS: cfg.model._target_})
     ctx.summary.update(model=model_description(cfg.model), calibration=calibration_description(cfg.train),

@@ -4,6 +4,11 @@ the pipeline; train refuses a fast path that disagrees. Pure: real fitted pipeli
 
 from __future__ import annotations
 
+import io
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -53,9 +58,20 @@ def pipeline_for(fitted_transform, family: str, calibration: str = "none", ensem
                      calibration_ensemble=ensemble)
 
 
+def stored_and_read(scorer: fast_path.FastScorer) -> fast_path.FastScorer:
+    """The scorer as a logged model has it: saved to .npz bytes and loaded back."""
+    stored = io.BytesIO()
+    fast_path.save(scorer, stored)
+    stored.seek(0)
+    return fast_path.load(stored)
+
+
 def assert_same(pipeline, rows: pd.DataFrame) -> str:
-    scorer, path = fast_path.for_pipeline(pipeline, BOOK.features)
-    assert scorer is not None, path
+    """The stored and read-back fast path answers as the pipeline, batch and row by row."""
+    compiled, path = fast_path.for_pipeline(pipeline, BOOK.features)
+    assert compiled is not None, path
+    scorer = stored_and_read(compiled)
+    assert scorer.kind == compiled.kind and (scorer.additive is None) == (compiled.additive is None)
     reference = pipeline.predict_proba(rows[BOOK.features])[:, 1]
     fast = scorer.probability(rows[BOOK.features].to_numpy(dtype=np.float64))
     assert np.max(np.abs(fast - reference)) <= fast_path.TOLERANCE
@@ -91,6 +107,12 @@ def test_columns_in_another_order_are_mapped_by_name(fitted_transform):
     rows = edge_rows()
     np.testing.assert_allclose(scorer.probability(rows[shuffled].to_numpy(dtype=np.float64)),
                                pipeline.predict_proba(rows[BOOK.features])[:, 1], rtol=0, atol=1e-12)
+    # A stored scorer, compiled in train's order, taking the order a loaded model's config lists.
+    stored = stored_and_read(fast_path.for_pipeline(pipeline, BOOK.features)[0]).taking(shuffled)
+    np.testing.assert_allclose(stored.probability(rows[shuffled].to_numpy(dtype=np.float64)),
+                               pipeline.predict_proba(rows[BOOK.features])[:, 1], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(stored.contributions(rows[shuffled].to_numpy(dtype=np.float64)),
+                               scorer.contributions(rows[shuffled].to_numpy(dtype=np.float64)), rtol=0, atol=1e-12)
 
 
 def test_estimators_not_covered_fall_back_to_the_pipeline(fitted_transform):
@@ -109,8 +131,9 @@ def test_train_refuses_a_fast_path_that_disagrees(fitted_transform):
     pipeline = pipeline_for(fitted_transform, "logreg")
     rows = edge_rows()
     truth = pipeline.predict_proba(rows)[:, 1]
-    path, differences = verify_fast_path(pipeline, BOOK.features, {"val": rows}, {"val": truth})
+    scorer, path, differences = verify_fast_path(pipeline, BOOK.features, {"val": rows}, {"val": truth})
     assert path.startswith("fast path") and differences["val"] <= fast_path.TOLERANCE
+    assert path == f"fast path: {scorer.kind}"
     with pytest.raises(PipelineError, match=r"differs from the sklearn pipeline by 2e-09 .* on the val rows"):
         verify_fast_path(pipeline, BOOK.features, {"val": rows}, {"val": truth + 2e-9})
 
@@ -242,3 +265,38 @@ def test_the_explanation_lists_every_field_once_largest_first(cleveland):
             value = patient[entry["feature"]]
             assert entry["value"] == (None if np.isnan(value) else value)
     assert any(e["value"] is None for e in explanations(parts, features)[2]["contributions"])  # ca, thal missing
+
+
+def test_a_stored_scorer_builds_only_the_parts_fast_path_defines(fitted_transform):
+    """A stored fast path is data: NumPy reads it without unpickling (an object array is
+    refused), and a structure naming any class other than fast_path's own parts is refused."""
+    stored = io.BytesIO()
+    fast_path.save(fast_path.for_pipeline(pipeline_for(fitted_transform, "logreg"), BOOK.features)[0], stored)
+    with np.load(io.BytesIO(stored.getvalue())) as archive:
+        entries = {key: archive[key] for key in archive.files}
+    structure = json.loads(str(entries[fast_path.STRUCTURE]))
+    structure["fields"]["estimator"]["part"] = "Popen"
+    for tampered in ({**entries, fast_path.STRUCTURE: np.array(json.dumps(structure))},
+                     {**entries, "array0": np.array([print], dtype=object)}):
+        file = io.BytesIO()
+        np.savez(file, **tampered)
+        file.seek(0)
+        with pytest.raises(Exception, match="the stored fast path is not one this code wrote") as refused:
+            fast_path.load(file)
+        assert refused.type.__name__ == "UntrustedModel"
+
+
+def test_scoring_with_a_logged_model_imports_neither_sklearn_nor_skops(trained, tmp_path):
+    """The logged model answers from its stored fast path: loading and predicting costs no
+    scikit-learn or skops import (each about as long as importing MLflow)."""
+    version = trained.client.get_model_version_by_alias("heart-disease", "champion")
+    generate(3, seed=5)[BOOK.features].to_parquet(tmp_path / "patients.parquet")
+    program = (
+        "import sys, mlflow, pandas as pd\n"
+        f"model = mlflow.pyfunc.load_model({version.source!r}, suppress_warnings=True)\n"
+        f"rows = pd.read_parquet({str(tmp_path / 'patients.parquet')!r})\n"
+        "answer = model.predict(rows)\n"
+        "print(len(answer), sorted(m for m in ('sklearn', 'skops') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", program], env=trained.env, capture_output=True, text=True,
+                            check=True, timeout=300)
+    assert result.stdout.split("\n")[-2] == "3 []", result.stdout + result.stderr

@@ -334,9 +334,10 @@ def copied_version_of_the_champion(store, tmp_path, damage) -> str:
                                                  tags=champion.tags).version)
 
 
-def truncate_the_fitted_pipeline(model: Path) -> None:
-    fitted = model / "artifacts" / "pipeline" / "model.skops"
-    fitted.write_bytes(fitted.read_bytes()[:1000])
+def truncate_the_stored_scorer(model: Path) -> None:
+    """The file a load reads to answer (the fitted pipeline is read only when asked for)."""
+    stored = model / "artifacts" / "scorer.npz"
+    stored.write_bytes(stored.read_bytes()[:1000])
 
 
 def ask_for_pickle(model: Path) -> None:
@@ -364,7 +365,7 @@ def assert_answers_as(api, version: str, alias) -> None:
     assert request(api.base + "/model-info")[1]["alias"] == alias
 
 
-@pytest.mark.parametrize("damage, cause", [(truncate_the_fitted_pipeline, "registry: "),
+@pytest.mark.parametrize("damage, cause", [(truncate_the_stored_scorer, "registry: "),
                                            (ask_for_pickle, "artifacts/pipeline is saved as 'pickle'")],
                          ids=["broken files", "refused by the loader"])
 def test_a_new_champion_that_fails_to_load_leaves_the_app_degraded_and_saying_so(api, trained, tmp_path, damage,
