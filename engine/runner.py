@@ -409,7 +409,7 @@ def execute(
     run_id = found
     print(f"{name}: running (run {run_id})", flush=True)
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as workdir:
-        ctx = StepContext(tracking, run_id, step, view, lineage, Path(workdir), cache)
+        ctx = StepContext(tracking, run_id, step, view, lineage, Path(workdir), cache, cfg.liveness)
         try:
             _run_step(ctx, key)
         except BaseException as err:
