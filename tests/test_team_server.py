@@ -192,7 +192,8 @@ def test_no_credential_in_outputs_params_tags_artifacts_or_logs(team_server, edi
 def test_a_machine_killed_mid_evaluate_holds_it_on_the_server_for_the_grace_period_only(editor_store, tmp_path):
     overrides = (QUICK_EVALUATE, "model.C=0.0555", *machines.FAST_LIVENESS)
     killed = machines.on_machine_b(editor_store, *overrides, fault="evaluate.started", tmp=tmp_path)
-    assert killed.wait(timeout=600) == 128 + 9, killed.communicate()[1][-3000:]
+    _, err = killed.communicate(timeout=600)
+    assert killed.returncode == 128 + 9, err[-3000:]
     dead = machines.step_runs(editor_store, "evaluate", "machine-b")[0]
 
     again = machines.here(editor_store, *overrides)
