@@ -14,7 +14,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 TAG_PRIMARY_VALUE = "primary_metric_value"
-TAG_TRAIN_KEY = "train_cache_key"  # the cache key of the train run whose model a version holds
 
 
 def version_by_alias(client: MlflowClient, name: str, alias: str):
@@ -33,23 +32,6 @@ def version_of(client: MlflowClient, name: str, train_run_id: str, model_uri: st
     model_id = model_uri.rsplit("/", 1)[-1]
     mine = [v for v in versions if getattr(v, "model_id", None) in (None, model_id)]
     return min(mine, key=lambda v: int(v.version)) if mine else None
-
-
-def twin_of(client: MlflowClient, name: str, train_key: Optional[str]):
-    """The version of another train run with the same cache key (an identical pipeline run
-    on another machine at the same time), or None."""
-    if not train_key:
-        return None
-    try:
-        versions = client.search_model_versions(f"name = '{name}' and tags.`{TAG_TRAIN_KEY}` = '{train_key}'")
-    except MlflowException:  # no such registered model yet
-        return None
-    return min(versions, key=lambda v: int(v.version)) if versions else None
-
-
-def published(version) -> bool:
-    """Whether publish() got as far as the version's card (written with its last tags)."""
-    return "model_card" in version.tags
 
 
 def create_version(name: str, model_uri: str, tags: dict[str, str]):

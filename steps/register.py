@@ -5,10 +5,9 @@ into the version's tags. Aliases and tags only: no stages.
 
 Deciding and moving aliases happen under a lease on the store (and, on one machine, its
 lock), so two registers never both crown a model against the same old champion, even
-from two machines. A register killed after creating the version is completed by the next
-one: it finds that version (one logged model is one version) and publishes it, instead
-of creating another. A model whose train run has the cache key of a registered one (one
-config run on two machines at once, both training it) is that version, not a new one.
+from two machines. A register killed after creating
+the version is completed by the next one: it finds that version (one logged model is
+one version) and publishes it, instead of creating another.
 """
 
 from __future__ import annotations
@@ -145,13 +144,6 @@ def run(ctx: StepContext) -> None:
     model_uri = training.data.tags[names.MODEL_URI]
     with ctx.exclusive(f"{reg.model_name}.register"):
         existing = registry.version_of(client, reg.model_name, training.info.run_id, model_uri)
-        if existing is None:
-            # Two machines that ran one new config at once may both have trained it: one version.
-            twin = registry.twin_of(client, reg.model_name, training.data.tags.get(names.CACHE_KEY))
-            if twin is not None and registry.published(twin):
-                _identical(ctx, twin)
-                return
-            existing = twin
         champion = registry.version_by_alias(client, reg.model_name, reg.champion_alias)
         if existing is not None and champion is not None and champion.version == existing.version:
             becomes_champion, reason = True, existing.tags.get("decision_reason", "champion")
@@ -165,7 +157,6 @@ def run(ctx: StepContext) -> None:
             names.VALIDATION_STATUS: status,
             "primary_metric": reg.primary_metric,
             registry.TAG_PRIMARY_VALUE: f"{new_value:.6f}",
-            registry.TAG_TRAIN_KEY: training.data.tags.get(names.CACHE_KEY, ""),
             "train_run_id": training.info.run_id,
             "evaluate_run_id": evaluation.info.run_id,
             "decision": "champion" if becomes_champion else "challenger",
@@ -184,17 +175,6 @@ def run(ctx: StepContext) -> None:
     ctx.summary.update(decision=decision, reason=reason)
     completed = " (completing the version an interrupted register created)" if existing else ""
     print(f"register: {reg.model_name} {decision}: {reason}{completed}")
-
-
-def _identical(ctx: StepContext, twin) -> None:
-    """Nothing to register: an identical train run's model is version `twin`, decided and
-    published by its own register."""
-    decision = f"v{twin.version} {twin.tags.get('decision', '')}".strip()
-    reason = f"the same model as train run {twin.run_id} (same cache key), registered as v{twin.version}"
-    ctx.set_tags({names.REGISTER_DECISION: decision, "register.reason": reason,
-                  "register.model_version": twin.version})
-    ctx.summary.update(decision=decision, reason=reason)
-    print(f"register: {ctx.cfg.register.model_name} {decision}: {reason}")
 
 
 if __name__ == "__main__":
