@@ -153,6 +153,14 @@ class ProfileConfig:
 
 
 @dataclass
+class LivenessConfig:
+    """Heartbeats of claims and of register's lease (conf/liveness/default.yaml)."""
+
+    heartbeat_seconds: float = 5.0
+    grace_seconds: float = 60.0
+
+
+@dataclass
 class UpstreamConfig:
     ingest: Optional[str] = None
     split: Optional[str] = None
@@ -173,6 +181,7 @@ class PipelineConfig:
     evaluate: EvaluateConfig = MISSING
     register: RegisterConfig = MISSING
     profile: ProfileConfig = MISSING
+    liveness: LivenessConfig = MISSING
     force: list[str] = field(default_factory=list)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)

@@ -87,9 +87,17 @@ def check_config(cfg: DictConfig, steps: tuple[str, ...] = STEP_NAMES) -> None:
     rules.count("eda.plot_rows", 100)
     rules.require("force", lambda v: set(v) <= set(STEP_NAMES) | {"all"},
                   "a list of step names (" + ", ".join(STEP_NAMES) + ") or [all]")
+    _check_liveness(rules)
     _check_limits(rules, cfg)
     if rules.problems:
         raise ConfigError(rules.problems)
+
+
+def _check_liveness(rules: _Rules) -> None:
+    rules.require("liveness.heartbeat_seconds", lambda v: v > 0, "a positive number of seconds")
+    # A grace period of a single heartbeat would take a slow request for a lost machine.
+    rules.require("liveness.grace_seconds", lambda v: v >= 2 * rules.value("liveness.heartbeat_seconds"),
+                  "at least twice liveness.heartbeat_seconds")
 
 
 def _check_data(rules: _Rules) -> None:

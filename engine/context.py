@@ -9,6 +9,7 @@ at most once), else downloaded and checked against the producing run's manifest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import threading
@@ -16,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -26,6 +27,7 @@ from omegaconf import DictConfig
 from domain.sources import sha256_of
 from engine import logged_model, names
 from engine.errors import PipelineError
+from engine.lease import lease
 from engine.redaction import redact
 from engine.store import Tracking, store_lock
 from steps.pipeline import Step
@@ -153,6 +155,7 @@ class StepContext:
     lineage: dict[str, str]  # {upstream step: run id}
     workdir: Path
     cache: ArtifactCache
+    liveness: Optional[DictConfig] = None  # heartbeats of the shared lease (exclusive); not the step's config
     summary: dict[str, Any] = field(default_factory=dict)
     # What the step wrote, for the manifest and its card.
     outputs: dict[str, Any] = field(default_factory=dict)
@@ -325,9 +328,13 @@ class StepContext:
         run = self.input_run(step) if step != self.step.name else self.client.get_run(self.run_id)
         return f"{run.info.artifact_uri}/{artifact}"
 
-    def exclusive(self):
-        """The store's lock (engine/store.py), for a read-decide-write of shared state."""
-        return store_lock(self.tracking.tracking_uri)
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """For a read-decide-write of shared state: the store's lock (engine/store.py), which
+        orders this machine's processes cheaply, then the lease `name` on the store itself
+        (engine/lease.py), which orders every machine's."""
+        with store_lock(self.tracking.tracking_uri), lease(self.client, name, self.liveness):
+            yield
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         """Logged to the run; also to the logged model this step read, if any, each metric

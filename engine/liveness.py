@@ -4,7 +4,9 @@ runs whose process died (SIGKILL, a crashed machine): mark them KILLED, saying w
 Every run this project opens carries its owner: host, PID namespace, pid and the
 process's start time (so a recycled pid is not mistaken for the owner). A run owned by
 another host, or by another container of this host (another PID namespace), is assumed
-alive: from here there is no way to tell.
+alive by owner_alive: from here there is no way to tell. What such an owner holds that
+others wait for (a claim, register's lease) carries its heartbeat too, and `lost`
+judges it by that (engine/heartbeat.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Optional
 from mlflow.entities import RunStatus
 
 from engine import names
+from engine.heartbeat import Watch
 from engine.store import Tracking
 
 HOST = socket.gethostname()
@@ -71,6 +74,25 @@ def owner_alive(tags: dict[str, str]) -> bool:
     if started is None:  # no such process, or one /proc does not show: its start time is unknown
         return _exists(pid)
     return started == tags.get(names.PID_STARTED)
+
+
+def on_this_machine(tags: dict[str, str]) -> bool:
+    """Whether the owner is a process this one can see: same host, same PID namespace."""
+    return (tags.get(names.HOST) == HOST and bool(tags.get(names.PID))
+            and tags.get(names.PID_NAMESPACE, PID_NAMESPACE) == PID_NAMESPACE)
+
+
+def lost(tags: dict[str, str], watch: Watch, key: str) -> Optional[str]:
+    """Why the owner of what `tags` describe is gone, or None while it may live. A process of
+    this machine is judged at once by its pid (alive is alive, however quiet: a paused
+    process too); another machine's by its heartbeat, which `watch` has seen stand still."""
+    pid, host = tags.get(names.PID, "?"), tags.get(names.HOST, "?")
+    if on_this_machine(tags):
+        return None if owner_alive(tags) else f"process {pid} on {host} ended without finishing (killed or crashed)"
+    if watch.still(key, tags.get(names.HEARTBEAT)):
+        return (f"process {pid} on {host} stopped its heartbeat (no {names.HEARTBEAT} change for "
+                f"{watch.grace_seconds:g}s: liveness.grace_seconds); its machine is taken for lost")
+    return None
 
 
 def gone(host: str, pid_namespace: str, pid: int) -> bool:

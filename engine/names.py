@@ -20,6 +20,8 @@ HOST = "pipeline.host"  # the machine and process that own a RUNNING run, so a l
 PID = "pipeline.pid"  # process can tell a live run from one whose process died
 PID_STARTED = "pipeline.pid_started"  # the process's start time, against pid reuse
 PID_NAMESPACE = "pipeline.pid_namespace"  # containers can share a host name, not their pids
+HEARTBEAT = "pipeline.heartbeat"  # rewritten by the owner while it lives (engine/heartbeat.py)
+LEASE = "pipeline.lease"  # on a lease experiment (engine/lease.py): "released" once its holder is done
 
 # --- tags that steps write and other steps or serving read
 MODEL_URI = "pipeline.model_uri"  # train: the logged model

@@ -12,8 +12,9 @@ FINISHED, and is not reused either. A reused run's outputs are checked against t
 manifest (present, same size) before reuse, and their sha256 when read.
 
 Concurrent processes that need the same key: the first claims it (its RUNNING run
-carries the key), the others wait for that run and reuse it, or take over if its
-process dies.
+carries the key and a heartbeat), the others wait for that run and reuse it, or take
+over if its process dies: on this machine when its pid is gone, on another when its
+heartbeat stands still for `liveness.grace_seconds` (engine/heartbeat.py).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from engine.cards import step_card
 from engine.context import ArtifactCache, StepContext, listing_problem, mark_damaged
 from engine.errors import PipelineError
 from engine.fingerprint import cache_key, step_view
-from engine.liveness import OPEN_RUNS, owner_alive, owner_tags
+from engine.heartbeat import HEARTBEATS, Watch, beat_value
+from engine.liveness import OPEN_RUNS, lost, owner_tags
 from engine.redaction import redact, redact_value
 from engine.store import Tracking, latest_complete, store_lock
 from steps.pipeline import STEPS, Step
@@ -131,14 +133,28 @@ def lineage_of(run) -> dict[str, str]:
 # --------------------------------------------------------------------------- claims
 
 
-def _live_claims(tracking: Tracking, key: str, mine: Optional[str]) -> list:
+def _live_claims(tracking: Tracking, key: str, mine: Optional[str], watch: Watch) -> list:
+    """The other RUNNING claims of `key` whose owners may live; those whose owners are
+    lost are marked KILLED on the way, saying why, so the step can be taken over."""
     runs = tracking.client.search_runs(
         [tracking.experiment_id], f"tags.`{names.CACHE_KEY}` = '{key}' and attributes.status = 'RUNNING'",
         order_by=["attributes.start_time ASC"], max_results=100)
-    return [r for r in runs if r.info.run_id != mine and owner_alive(r.data.tags)]
+    live = []
+    for run in runs:
+        if run.info.run_id == mine:
+            continue
+        reason = lost(run.data.tags, watch, run.info.run_id)
+        if reason is None:
+            live.append(run)
+            continue
+        end_run(tracking, run.info.run_id, KILLED, f"{reason}; marked KILLED by process {owner_tags()[names.PID]} "
+                                                   f"on {owner_tags()[names.HOST]}, which took the step over")
+        print(f"marked run {run.info.run_id} KILLED: {reason}", file=sys.stderr)
+    return live
 
 
-def claim(tracking: Tracking, name: str, key: str, tags: dict[str, str], own_run_id: Optional[str]):
+def claim(tracking: Tracking, name: str, key: str, tags: dict[str, str], own_run_id: Optional[str],
+          liveness: DictConfig):
     """("reuse", run) when a complete run with `key` exists or appears while we wait for
     the process computing it; else ("run", run id) of the run that now holds the claim.
 
@@ -146,25 +162,26 @@ def claim(tracking: Tracking, name: str, key: str, tags: dict[str, str], own_run
     machines (a shared tracking server), a claim defers to any live claim started before it."""
     run_id: Optional[str] = None
     announced = False
+    watch = Watch(liveness.grace_seconds)
     while True:
         with store_lock(tracking.tracking_uri):
             # A claimant finishes without the lock, going from RUNNING to complete and then
             # FINISHED. Read live claims first: a claim gone from them by now has already
             # ended, complete or not, when complete runs are read. (The other order can miss
             # a claim that completes between the reads in both.)
-            rivals = _live_claims(tracking, key, run_id)
+            rivals = _live_claims(tracking, key, run_id, watch)
             faults.point(f"{name}.claims_read")
             done = find_reusable(tracking, key)
             if done is not None:
                 if run_id:  # a claim that lost to another machine's
-                    OPEN_RUNS.discard(run_id)
+                    _forget(run_id)
                     if run_id != own_run_id:
                         _withdraw(tracking, run_id, done.info.run_id)
                 return "reuse", done
             if run_id is None and not rivals:
                 # Read both again with the claim in place: another machine's claim may have
                 # started, or even completed, since the reads above.
-                run_id = _open_run(tracking, tags, own_run_id)
+                run_id = _open_run(tracking, tags, own_run_id, liveness.heartbeat_seconds)
                 continue
         if run_id is not None:
             mine = tracking.client.get_run(run_id).info
@@ -174,7 +191,8 @@ def claim(tracking: Tracking, name: str, key: str, tags: dict[str, str], own_run
             rivals = earlier
         if not announced:
             print(f"{name}: waiting for run {rivals[0].info.run_id} (process {rivals[0].data.tags.get(names.PID)} "
-                  f"on {rivals[0].data.tags.get(names.HOST)}), which computes the same result", file=sys.stderr)
+                  f"on {rivals[0].data.tags.get(names.HOST)}), which computes the same result; taken over if its "
+                  f"process ends, or its heartbeat stops for {liveness.grace_seconds:g}s", file=sys.stderr)
             announced = True
         time.sleep(CLAIM_POLL_SECONDS)
 
@@ -195,15 +213,29 @@ def _withdraw(tracking: Tracking, claim_run_id: str, winner_run_id: str) -> None
         end_run(tracking, claim_run_id, KILLED, f"withdrawn: run {winner_run_id} computed the same result first")
 
 
-def _open_run(tracking: Tracking, tags: dict[str, str], own_run_id: Optional[str]) -> str:
+def _open_run(tracking: Tracking, tags: dict[str, str], own_run_id: Optional[str],
+              heartbeat_seconds: Optional[float] = None) -> str:
+    """Open (or adopt) a run with its owner recorded; with `heartbeat_seconds`, a claim that
+    other machines wait for, whose heartbeat goes on until the run ends."""
     tags = {**tags, **owner_tags()}
+    if heartbeat_seconds is not None:
+        tags[names.HEARTBEAT] = beat_value()
     if own_run_id:  # `mlflow run` made it, with the standard tags already
         tracking.client.log_batch(own_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         run_id = own_run_id
     else:
         run_id = tracking.client.create_run(tracking.experiment_id, tags={**_standard_tags(), **tags}).info.run_id
     OPEN_RUNS.add(tracking, run_id)
+    if heartbeat_seconds is not None:
+        client = tracking.client
+        HEARTBEATS.add(run_id, lambda value: client.set_tag(run_id, names.HEARTBEAT, value), heartbeat_seconds)
     return run_id
+
+
+def _forget(run_id: str) -> None:
+    """This process no longer holds the run: no signal ends it, no heartbeat keeps it."""
+    HEARTBEATS.discard(run_id)
+    OPEN_RUNS.discard(run_id)
 
 
 # The names MLflow makes up for a run created without one (`amusing-dog-295`).
@@ -240,10 +272,10 @@ def record(tracking: Tracking, run_id: str, params: Optional[dict[str, Any]] = N
 
 
 def end_run(tracking: Tracking, run_id: str, status: str, error: Optional[str] = None) -> None:
+    _forget(run_id)
     if error is not None:
         tracking.client.set_tag(run_id, names.ERROR, redact(error)[:5000])
     tracking.client.set_terminated(run_id, status)
-    OPEN_RUNS.discard(run_id)
 
 
 def end_after(tracking: Tracking, run_id: str, err: BaseException) -> None:
@@ -360,9 +392,9 @@ def execute(
     if keep_name:
         tags.pop(MLFLOW_RUN_NAME)
     if forced(cfg, name):
-        outcome, found = "run", _open_run(tracking, tags, own_run_id)
+        outcome, found = "run", _open_run(tracking, tags, own_run_id, cfg.liveness.heartbeat_seconds)
     else:
-        outcome, found = claim(tracking, name, key, tags, own_run_id)
+        outcome, found = claim(tracking, name, key, tags, own_run_id, cfg.liveness)
     if outcome == "reuse":
         if own_run_id:
             named = [] if keep_name else [RunTag(MLFLOW_RUN_NAME, f"{name} · reused")]
@@ -377,7 +409,7 @@ def execute(
     run_id = found
     print(f"{name}: running (run {run_id})", flush=True)
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as workdir:
-        ctx = StepContext(tracking, run_id, step, view, lineage, Path(workdir), cache)
+        ctx = StepContext(tracking, run_id, step, view, lineage, Path(workdir), cache, cfg.liveness)
         try:
             _run_step(ctx, key)
         except BaseException as err:

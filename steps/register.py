@@ -3,8 +3,9 @@
 on the primary metric (or there is none). The decision and its reason are written
 into the version's tags. Aliases and tags only: no stages.
 
-Deciding and moving aliases happen under the store's lock, so two registers never
-both crown a model against the same old champion. A register killed after creating
+Deciding and moving aliases happen under a lease on the store (and, on one machine, its
+lock), so two registers never both crown a model against the same old champion, even
+from two machines. A register killed after creating
 the version is completed by the next one: it finds that version (one logged model is
 one version) and publishes it, instead of creating another.
 """
@@ -145,7 +146,7 @@ def run(ctx: StepContext) -> None:
     private_key = seal.private_key_path(reg.seal_key, ctx.tracking.tracking_uri)
     seal.ensure_key_pair(private_key, create=not reg.seal_key)
     model_uri = training.data.tags[names.MODEL_URI]
-    with ctx.exclusive():
+    with ctx.exclusive(f"{reg.model_name}.register"):
         existing = registry.version_of(client, reg.model_name, training.info.run_id, model_uri)
         champion = registry.version_by_alias(client, reg.model_name, reg.champion_alias)
         if existing is not None and champion is not None and champion.version == existing.version:

@@ -53,6 +53,8 @@ def test_the_default_config_passes():
     ("register.primary_metric=accuracy", "register.primary_metric='accuracy': a metric evaluate logs"),
     ("data.sites=[mars]", "data.sites=['mars']: one or more of cleveland"),
     ("force=[trian]", "force=['trian']: a list of step names"),
+    ("liveness.heartbeat_seconds=0", "liveness.heartbeat_seconds=0.0: a positive number of seconds"),
+    ("liveness.grace_seconds=6", "liveness.grace_seconds=6.0: at least twice liveness.heartbeat_seconds"),
     ("transform.one_hot=[colour]", "transform.one_hot=['colour']: codebook features only"),
     ("evaluate.subgroups.codes=[age]", "evaluate.subgroups.codes: 'age' is not a coded column of the codebook"),
     ("evaluate.subgroups.bands={age: [60, 50]}", "evaluate.subgroups.bands.age=[60, 50]: give a numeric codebook"),

@@ -19,6 +19,8 @@ import pytest
 import requests
 from mlflow.exceptions import MlflowException
 
+from engine import names
+from tests import test_lost_machines as machines
 from tests.conftest import BIN, QUICK_EVALUATE
 from tests.team_server import MODEL_NAME, team_server, team_server_script  # noqa: F401  (module-scoped fixture)
 from tests.test_serving import PATIENT, Server, request
@@ -255,3 +257,41 @@ def test_postgresql_logs_no_statement_text(team_server):  # noqa: F811
     assert "database system is ready to accept connections" in log  # the live log, written to
     for secret in (marker, "password_hash", "INSERT INTO users", *hashes):
         assert secret not in log, f"{secret!r} in postgres.log"
+
+
+# A second machine on the team server: a process in its own UTS and PID namespaces
+# (tests/test_lost_machines.py), with a temp folder of its own, where the store's lock
+# of a tracking server lives: nothing but the server orders the two machines.
+
+
+@machines.requires_unshare
+def test_a_machine_killed_mid_evaluate_holds_it_on_the_server_for_the_grace_period_only(editor_store, tmp_path):
+    overrides = (QUICK_EVALUATE, "model.C=0.0555", *machines.FAST_LIVENESS)
+    killed = machines.on_machine_b(editor_store, *overrides, fault="evaluate.started", tmp=tmp_path)
+    _, err = killed.communicate(timeout=600)
+    assert killed.returncode == 128 + 9, err[-3000:]
+    dead = machines.step_runs(editor_store, "evaluate", "machine-b")[0]
+
+    again = machines.here(editor_store, *overrides)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    assert f"marked run {dead.info.run_id} KILLED: process" in err
+    dead = editor_store.client.get_run(dead.info.run_id)
+    assert dead.info.status == "KILLED" and "stopped its heartbeat" in dead.data.tags[names.ERROR]
+    work = float(machines.step_runs(editor_store, "evaluate")[0].data.tags[names.SECONDS])  # the taken-over run
+    waited = machines.step_seconds_in_main(out, "evaluate") - work
+    assert machines.GRACE_SECONDS <= waited <= machines.GRACE_SECONDS + 10, waited
+    machines.assert_champion_is_the_best(editor_store)
+
+
+@machines.requires_unshare
+def test_two_machines_on_the_server_add_one_version_per_config_and_crown_the_better(editor_store, tmp_path):
+    before = machines.versions(editor_store)
+    fast = (QUICK_EVALUATE, *machines.FAST_LIVENESS)
+    processes = [machines.on_machine_b(editor_store, *fast, "model.C=0.0333", tmp=tmp_path / "b1"),
+                 machines.here(editor_store, *fast, "model.C=0.0333"),
+                 machines.on_machine_b(editor_store, *fast, "model.C=2.5", tmp=tmp_path / "b2")]
+    outputs = [process.communicate(timeout=900) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], [err[-2000:] for _, err in outputs]
+    assert machines.versions(editor_store) == before + [max(before) + 1, max(before) + 2]
+    machines.assert_champion_is_the_best(editor_store)
