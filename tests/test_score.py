@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -19,7 +20,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from domain.synthetic import generate
-from engine import names
+from engine import names, seal
 from engine.config_checks import ConfigError
 from engine.errors import PipelineError
 from engine.store import connect
@@ -123,20 +124,34 @@ def test_explain_adds_the_base_and_each_fields_contribution_summing_to_the_log_o
     assert store.client.get_run(result["run_id"]).data.params["score.explain"] == "True"
 
 
+def sealed_version(store, model_uri: str) -> str:
+    """`model_uri` registered as a version of its own (no alias) and sealed with the store's
+    key, as register would: score loads sealed models only."""
+    version = str(store.client.create_model_version("heart-disease", model_uri).version)
+    with tempfile.TemporaryDirectory() as workdir:
+        seal.seal_version(store.client, "heart-disease", version, seal.private_key_path(None, store.tracking_uri),
+                          Path(workdir))
+    return version
+
+
 def test_explain_is_refused_where_it_cannot_be_exact(store, patients, tmp_path):
     """A forest has no exact additive form: score refuses to explain rather than write
     approximations, before writing anything; so does the Spark engine, which cannot."""
     store.steps("train", "model=random_forest", "model.n_estimators=20")
-    forest = store.runs("train")[0].data.tags[names.MODEL_URI]
+    version = sealed_version(store, store.runs("train")[0].data.tags[names.MODEL_URI])
+    forest = f"models:/heart-disease/{version}"
     common = [f"score.input={store.root / 'patients.parquet'}", "score.explain=true"]
-    with pytest.raises(PipelineError, match="cannot explain its answers exactly: a forest averages its trees"):
-        score(store, *common, f"score.output={tmp_path / 'forest.parquet'}", f"score.model_uri={forest}")
-    with pytest.raises(PipelineError, match="score.engine=pandas only"):
-        score(store, *common, f"score.output={tmp_path / 'spark.parquet'}", "score.engine=spark")
-    assert not list(tmp_path.iterdir())
-    # Without the flag the forest scores as any model does.
-    result = score(store, common[0], f"score.output={tmp_path / 'forest.parquet'}", f"score.model_uri={forest}")
-    assert result["rows_scored"] == ROWS - len(BROKEN)
+    try:
+        with pytest.raises(PipelineError, match="cannot explain its answers exactly: a forest averages its trees"):
+            score(store, *common, f"score.output={tmp_path / 'forest.parquet'}", f"score.model_uri={forest}")
+        with pytest.raises(PipelineError, match="score.engine=pandas only"):
+            score(store, *common, f"score.output={tmp_path / 'spark.parquet'}", "score.engine=spark")
+        assert not list(tmp_path.iterdir())
+        # Without the flag the forest scores as any model does.
+        result = score(store, common[0], f"score.output={tmp_path / 'forest.parquet'}", f"score.model_uri={forest}")
+        assert result["rows_scored"] == ROWS - len(BROKEN)
+    finally:
+        store.client.delete_model_version("heart-disease", version)
 
 
 def test_command_line_scores_a_csv_url(store, patients, http_server, tmp_path):
