@@ -395,6 +395,9 @@ class TeamServer:
         s = self.settings
         self._prepare_dir()
         env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_TRACKING_")}
+        # MLflow 3's job runner (huey consumer processes beside the server) runs GenAI jobs only
+        # (scorers, evaluations, prompt optimization): the project submits none. Off unless asked for.
+        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         try:
             backend_uri, auth_uri = self._database_uris(env)
             artifacts = self.artifacts
