@@ -49,8 +49,10 @@ def command_of(argv: list[str]) -> str:
     script = Path(argv[0])
     if script.name == "__main__.py":
         return f"python -m {script.parent.name}"
-    if script.suffix == ".py" and script.parent.parent == REPO:
-        return f"python -m {script.parent.name}.{script.stem}"
+    if script.suffix == ".py" and script.parent.parent == REPO:  # the project's: run as a module or as a file
+        if (script.parent / "__init__.py").exists():
+            return f"python -m {script.parent.name}.{script.stem}"
+        return f"python {script.parent.name}/{script.name}"
     return " ".join([script.name, *[arg for arg in argv[1:2] if not arg.startswith("-")]])
 
 
