@@ -158,8 +158,10 @@ def step_seconds_in_main(stdout: str, step: str) -> float:
 
 @requires_unshare
 def test_a_slow_machine_whose_heartbeat_goes_on_is_never_taken_over(store, tmp_path):
-    # Evaluate with more repeats than the grace period takes: slow, alive, beating.
-    overrides = ("evaluate.cv_repeats=6", "model.C=0.0666", *FAST_LIVENESS)
+    # Evaluate with repeats enough to outlast both the grace period and the waiter's own start
+    # (about 4 s): slow, alive, beating. With 6 repeats, a quiet machine finished before the
+    # waiter arrived (seen once in a fresh clone's `./run.sh test`).
+    overrides = ("evaluate.cv_repeats=20", "model.C=0.0666", *FAST_LIVENESS)
     slow = on_machine_b(store, *overrides, tmp=tmp_path)
     try:
         claim = wait_for(lambda: [r for r in step_runs(store, "evaluate", "machine-b") if r.info.status == "RUNNING"],
