@@ -3,14 +3,20 @@ the project's commands, and a real HTTP server on 127.0.0.1 serving real files."
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
+import io
+import logging
 import os
+import runpy
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import warnings
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -85,13 +91,27 @@ class Store:
             command += ["-P", f"overrides={overrides}"]
         return self._run(command, check, None, cwd=self.root)
 
+    def in_process(self, module: str, *args: str, check: bool = True,
+                   extra_env: dict | None = None) -> subprocess.CompletedProcess:
+        """`python -m <module> <args>` run in this process (as_a_command), for tests that check
+        what a command says and does, not what happens to its process: no second interpreter
+        to start (some 3 CPU s each, most of the suite's time). Faults, signals, concurrency
+        and start-up itself keep real processes (`steps`, `tool`)."""
+        return _checked(self._in_process([module, *args], {**self.env, **(extra_env or {})}), check)
+
+    def _in_process(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+        out, err = io.StringIO(), io.StringIO()
+        with as_a_command(argv, env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        return subprocess.CompletedProcess(["python", "-m", *argv], code, out.getvalue(), err.getvalue())
+
     def _run(self, command, check, extra_env, cwd=REPO):
         env = {**self.env, **(extra_env or {})}
-        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-        if check and result.returncode != 0:
-            raise AssertionError(f"{command} exited {result.returncode}\n"
-                                 f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
-        return result
+        return _checked(subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900), check)
 
     def card(self, run_id: str, name: str = "card.html") -> str:
         """A run's HTML card, checked to be well-formed and to point only at data: URLs (its
@@ -117,6 +137,50 @@ class Store:
             versions = sorted(int(v.version) for v in self.client.search_model_versions(f"name = '{model.name}'"))
             state[model.name] = {"versions": versions, "aliases": {k: str(v) for k, v in model.aliases.items()}}
         return state
+
+
+def _checked(result: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
+    if check and result.returncode != 0:
+        raise AssertionError(f"{result.args} exited {result.returncode}\n"
+                             f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+@contextlib.contextmanager
+def as_a_command(argv: list[str], env: dict[str, str]):
+    """This process, for the length of one command, set up as `python -m <argv>` started from
+    the project root with `env` would be; afterwards everything a command may change is as it
+    was: environment, arguments, working folder, signal handlers, logging, warning filters,
+    and MLflow's tracking and registry URIs and active experiment."""
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv[:], os.getcwd()
+    saved_signals = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    root = logging.getLogger()
+    saved_logging = root.handlers[:], root.level
+    saved_uris = tracking_utils._tracking_uri, registry_utils._registry_uri
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv[:] = argv  # runpy puts the module's file in place of argv[0]
+    os.chdir(REPO)
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        mlflow.set_tracking_uri(saved_uris[0])  # these write os.environ: restored next
+        mlflow.set_registry_uri(saved_uris[1])
+        fluent._active_experiment_id = None
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv[:] = saved_argv
+        os.chdir(saved_cwd)
+        for number, handler in saved_signals.items():
+            signal.signal(number, handler)
+        root.handlers[:], level = saved_logging
+        root.setLevel(level)
 
 
 def make_store(root: Path, data_url: str = str(CLEVELAND)) -> Store:

@@ -1,7 +1,8 @@
 """Bad data fails the pipeline with a message naming column, rule, rows and examples,
 and changes nothing downstream: no new split/.../register run, no model version,
 no alias moves. Each case runs `python -m steps.main` against a store that already
-holds a champion."""
+holds a champion, in the test's own process (Store.in_process): what is checked is what
+the command says and leaves, and the exit code it sets."""
 
 import shutil
 
@@ -91,7 +92,7 @@ def test_bad_data_fails_clearly_and_changes_nothing(store, tmp_path, case):
     registry_before = store.registry_state()
     downstream_before = {step: len(store.runs(step)) for step in DOWNSTREAM}
 
-    result = store.steps("main", *make_overrides(tmp_path), check=False)
+    result = store.in_process("steps.main", *make_overrides(tmp_path), check=False)
 
     assert result.returncode == 1, result.stdout + result.stderr
     for fragment in fragments:
@@ -111,8 +112,8 @@ def test_ingest_downloads_from_http_and_rereads_from_cache(store, tmp_path, http
     shutil.copy(CLEVELAND, folder / "processed.cleveland.data")
     url = http_server(folder) + "/processed.cleveland.data"
     cache = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
-    first = store.steps("ingest", f"data.url={url}", "force=[ingest]", extra_env=cache)
+    first = store.in_process("steps.ingest", f"data.url={url}", "force=[ingest]", extra_env=cache)
     assert "ingest: ran run" in first.stdout
     (folder / "processed.cleveland.data").unlink()
-    second = store.steps("ingest", f"data.url={url}", "force=[ingest]", extra_env=cache)
+    second = store.in_process("steps.ingest", f"data.url={url}", "force=[ingest]", extra_env=cache)
     assert "ingest: ran run" in second.stdout  # the server has nothing now: served from the cache

@@ -233,7 +233,7 @@ def test_an_input_it_cannot_use_is_one_config_error_line(tmp_path, case):
         path.mkdir()
     elif content is not None:
         path.write_bytes(content)
-    refused = store.tool("monitor", f"monitor.input={path}", check=False)
+    refused = store.in_process("tools.monitor", f"monitor.input={path}", check=False)
     assert refused.returncode == 2, refused.stderr
     (line,) = refused.stderr.splitlines()
     assert line.startswith(f"config error: monitor.input={path}: ") and said in line, line

@@ -254,7 +254,7 @@ def test_model_flavour_and_params_from_a_different_group(store):
 
 
 def test_leaderboard_ranks_every_trained_model(store):
-    result = store.tool("leaderboard")
+    result = store.in_process("tools.leaderboard")
     lines = result.stdout.strip().splitlines()
     assert lines[0].split()[:3] == ["train", "run", "model"]
     rows = lines[2:]
@@ -266,5 +266,5 @@ def test_leaderboard_ranks_every_trained_model(store):
     assert any("@champion" in row for row in rows) and all("LogisticRegression" in row for row in rows)
 
     parent = latest_main(store).info.run_id
-    only = store.tool("leaderboard", "--parent", parent).stdout.strip().splitlines()[2:]
+    only = store.in_process("tools.leaderboard", "--parent", parent).stdout.strip().splitlines()[2:]
     assert [row.split()[0] for row in only] == [latest_main(store).data.tags["pipeline.train.run_id"]]

@@ -149,13 +149,12 @@ def test_a_changed_artifact_of_the_same_size_is_a_clear_error_then_rebuilt(store
     assert_healthy(store)
 
 
-# Every rule is covered in-process by test_config_checks.py; these go through the command line.
-# Through the command line once per kind of check (a knob's own rule, the model's
-# parameters); every rule is checked in-process in tests/test_config_checks.py.
+# Through the command line's parsing once per kind of check (a knob's own rule, the model's
+# parameters); every rule is checked on its own in tests/test_config_checks.py.
 @pytest.mark.parametrize("override", ["split.test_fraction=2", "model.C=-1"])
 def test_a_bad_override_exits_2_with_one_line_and_creates_no_run(tmp_path, override):
     store = make_store(tmp_path / "store")
-    result = store.steps("main", override, check=False)
+    result = store.in_process("steps.main", override, check=False)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("config error: ") and override.split("=")[0] in lines[0], lines
@@ -166,8 +165,8 @@ def test_a_bad_override_exits_2_with_one_line_and_creates_no_run(tmp_path, overr
 def test_an_override_that_reads_the_environment_is_refused_without_printing_it(tmp_path):
     store = make_store(tmp_path / "store")
     secret = "hunter2-not-for-the-record"
-    result = store.steps("ingest", "data.cache_dir=cache_${oc.env:HEART_TEST_SECRET}", check=False,
-                         extra_env={"HEART_TEST_SECRET": secret})
+    result = store.in_process("steps.ingest", "data.cache_dir=cache_${oc.env:HEART_TEST_SECRET}", check=False,
+                              extra_env={"HEART_TEST_SECRET": secret})
     assert result.returncode == 2
     assert "config error: data.cache_dir: a command-line override may not call a resolver" in result.stderr
     assert secret not in result.stdout + result.stderr

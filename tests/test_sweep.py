@@ -58,10 +58,11 @@ def test_sweep_runs_trials_under_one_parent_on_cached_upstream(trained):
     assert sweep.data.metrics["best_cv_roc_auc_mean"] == best.data.metrics["cv_roc_auc_mean"]
     assert sweep.data.params["best.model.C"] == best.data.params["model.C"]
 
-    header, _, *ranked = store.tool("leaderboard", "--parent", sweep.info.run_id).stdout.strip().splitlines()
+    board = store.in_process("tools.leaderboard", "--parent", sweep.info.run_id).stdout
+    header, _, *ranked = board.strip().splitlines()
     assert len(ranked) == 3
-    assert (store.tool("leaderboard", "--sweep").stdout
-            == store.tool("leaderboard", "--sweep", sweep.info.run_id).stdout)
+    assert (store.in_process("tools.leaderboard", "--sweep").stdout
+            == store.in_process("tools.leaderboard", "--sweep", sweep.info.run_id).stdout)
     start = header.index("cv roc_auc")  # the params column holds several words
     scores = [float(line[start:].split()[0]) for line in ranked]
     assert scores == sorted(scores, reverse=True)
@@ -235,14 +236,14 @@ def test_three_workers_share_one_study_and_a_killed_worker_loses_nothing(study_s
         assert by_number[trial.number].data.metrics["cv_roc_auc_mean"] == pytest.approx(trial.value)
 
     # The leaderboard ranks the whole study, whichever worker ran each trial.
-    header, _, *ranked = store.tool("leaderboard", "--study", "s").stdout.strip().splitlines()
+    header, _, *ranked = store.in_process("tools.leaderboard", "--study", "s").stdout.strip().splitlines()
     trained = {r.data.tags["pipeline.train.run_id"] for r in finished}
     assert sorted(line.split()[0] for line in ranked) == sorted(trained)
     # The params column holds several words: the score is read where its column starts.
     start = header.index("cv roc_auc")
     scores = [float(line[start:].split()[0]) for line in ranked]
     assert scores == sorted(scores, reverse=True)
-    unknown = store.tool("leaderboard", "--study", "nope", check=False)
+    unknown = store.in_process("tools.leaderboard", "--study", "nope", check=False)
     assert unknown.returncode == 1 and "no trial runs of study 'nope'" in unknown.stderr
 
 

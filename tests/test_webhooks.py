@@ -234,7 +234,7 @@ def mlflow_server(tmp_path_factory):
     port = _free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     env.update(MLFLOW_WEBHOOK_ALLOWED_SCHEMES="http,https", MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS="true",
-               MLFLOW_WEBHOOK_CACHE_TTL="1")
+               MLFLOW_WEBHOOK_CACHE_TTL="1", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no GenAI jobs here
     log = root / "server.log"
     process = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                                 "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",

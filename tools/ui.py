@@ -96,6 +96,9 @@ def main(args: list[str]) -> None:
     else:
         print(f"The runs of experiment {name!r}, in MLflow's model-training view:")
     print(f"  {url}", flush=True)
+    # MLflow 3's job runner (huey consumer processes beside the UI) runs GenAI jobs only; the
+    # project submits none (as for the team server, docs/TEAM_SERVER.md). Off unless asked for.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
     os.execv(mlflow, [mlflow, "ui", "--backend-store-uri", tracking_uri, *args])
 
