@@ -161,7 +161,11 @@ def as_a_command(argv: list[str], env: dict[str, str]):
     saved_signals = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     root = logging.getLogger()
     saved_logging = root.handlers[:], root.level
-    saved_uris = tracking_utils._tracking_uri, registry_utils._registry_uri
+    saved_mlflow = tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id
+    # A new process starts with none set: the command's environment and profile decide.
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    fluent._active_experiment_id = None
     os.environ.clear()
     os.environ.update(env)
     sys.argv[:] = argv  # runpy puts the module's file in place of argv[0]
@@ -170,9 +174,9 @@ def as_a_command(argv: list[str], env: dict[str, str]):
         with warnings.catch_warnings():
             yield
     finally:
-        mlflow.set_tracking_uri(saved_uris[0])  # these write os.environ: restored next
-        mlflow.set_registry_uri(saved_uris[1])
-        fluent._active_experiment_id = None
+        mlflow.set_tracking_uri(saved_mlflow[0])  # these write os.environ: restored next
+        mlflow.set_registry_uri(saved_mlflow[1])
+        fluent._active_experiment_id = saved_mlflow[2]
         os.environ.clear()
         os.environ.update(saved_env)
         sys.argv[:] = saved_argv

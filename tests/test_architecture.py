@@ -61,8 +61,9 @@ def test_the_model_package_uses_relative_imports_only():
             assert project_imports(path) == set(), path.name
 
 
-def python(script: str) -> str:
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+def python(script: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -75,22 +76,43 @@ def test_the_models_consumers_do_not_import_the_projects_copy_of_its_package():
     assert loaded == []
 
 
+# Imported once, before the forks: libraries only (a project module here would hide it from
+# every step's list). What each step imports of the project is then loaded in its own fork.
+LIBRARIES = ("mlflow", "mlflow.store.tracking.sqlalchemy_store", "hydra", "omegaconf", "pandas", "pyarrow.parquet",
+             "sklearn.linear_model", "sklearn.ensemble", "sklearn.calibration", "matplotlib.figure", "seaborn",
+             "skops.io")
+FORK_EACH_STEP = """
+import importlib, json, os, sys
+for library in sys.argv[1].split(","):
+    importlib.import_module(library)
+files = {}
+for module in sys.argv[2:]:
+    reader, writer = os.pipe()
+    if os.fork() == 0:
+        importlib.import_module(module)
+        loaded = [m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)]
+        with os.fdopen(writer, "w") as out:
+            json.dump(loaded, out)
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as answer:
+        files[module] = json.load(answer)
+    assert os.wait()[1] == 0, module
+print(json.dumps(files))
+"""
+
+
 def test_every_cache_key_covers_the_project_files_its_step_loads():
-    """Each step imported in a process of its own: every project file Python ran for it is
-    in its key (which may hold more: imports inside functions, the model's whole package)."""
-    script = ("import importlib, json, sys\n"
-              "importlib.import_module(sys.argv[1])\n"
-              "print(json.dumps([m.__file__ for m in list(sys.modules.values()) if getattr(m, '__file__', None)]))")
-    processes = {name: subprocess.Popen([sys.executable, "-c", script, step.module], cwd=REPO, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                 for name, step in STEPS.items()}
+    """Each step imported in a process of its own (forked from one that has imported the
+    libraries only): every project file Python ran for it is in its key (which may hold
+    more: imports inside functions, the model's whole package)."""
+    modules = [step.module for step in STEPS.values()]
+    files = json.loads(python(FORK_EACH_STEP, ",".join(LIBRARIES), *modules))
+    assert not [name for name in LIBRARIES if name.split(".")[0] in CODE_PACKAGES]
     venv = Path(sys.prefix).resolve()
-    for name, process in processes.items():
-        out, err = process.communicate(timeout=120)
-        assert process.returncode == 0, err
-        loaded = {Path(f).resolve() for f in json.loads(out)}
+    for name, step in STEPS.items():
+        loaded = {Path(f).resolve() for f in files[step.module]}
         project = {f for f in loaded if f.is_relative_to(REPO) and not f.is_relative_to(venv)}
-        step = STEPS[name]
         covered = set(code_files(step.module)).union(*(package_files(p) for p in step.carries))
         assert project, name
         assert sorted(str(f.relative_to(REPO)) for f in project - covered) == [], name

@@ -77,9 +77,9 @@ def test_each_site_file_is_part_of_the_cache_key(folder):
 
 @pytest.mark.e2e
 def test_pipeline_trains_on_several_sites(folder, store):
-    store.steps("main", QUICK_EVALUATE, f"data.url={folder / 'processed.cleveland.data'}",
-                "data.sites=[cleveland,hungarian,va]",
-                "evaluate.criteria=[]", "evaluate.allow_no_criteria=true")
+    store.in_process("steps.main", QUICK_EVALUATE, f"data.url={folder / 'processed.cleveland.data'}",
+                     "data.sites=[cleveland,hungarian,va]",
+                     "evaluate.criteria=[]", "evaluate.allow_no_criteria=true")
     ingest = store.runs("ingest")[0]
     assert {"data.sha256.cleveland", "data.sha256.hungarian", "data.sha256.va"} <= set(ingest.data.tags)
     assert store.runs("register")[0].data.tags["register.decision"].startswith("v1")
@@ -88,8 +88,8 @@ def test_pipeline_trains_on_several_sites(folder, store):
 @pytest.mark.e2e
 def test_external_validation_scores_held_out_sites_and_explains_the_rest(folder, store):
     write_site_file(folder / "processed.switzerland.data", 123, seed=5, healthy_share=0.0)  # one class only
-    result = store.steps("main", QUICK_EVALUATE, f"data.url={folder / 'processed.cleveland.data'}",
-                         "data.external_sites=[hungarian,va,switzerland]")
+    result = store.in_process("steps.main", QUICK_EVALUATE, f"data.url={folder / 'processed.cleveland.data'}",
+                              "data.external_sites=[hungarian,va,switzerland]")
     assert "external site switzerland not scored" in result.stdout
     evaluation = store.runs("evaluate")[0]
     for site in ("hungarian", "va"):
@@ -114,7 +114,7 @@ def test_external_validation_scores_held_out_sites_and_explains_the_rest(folder,
 @pytest.mark.e2e
 def test_an_unreachable_external_site_does_not_fail_the_run(folder, store):
     (folder / "processed.va.data").unlink()
-    result = store.steps("main", QUICK_EVALUATE, f"data.url={folder / 'processed.cleveland.data'}",
-                         "data.external_sites=[va]")
+    result = store.in_process("steps.main", QUICK_EVALUATE, f"data.url={folder / 'processed.cleveland.data'}",
+                              "data.external_sites=[va]")
     assert "external site va cannot be scored: data file not found" in result.stdout
     assert store.runs("register")
