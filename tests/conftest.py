@@ -172,6 +172,9 @@ def as_a_command(argv: list[str], env: dict[str, str]):
     os.chdir(REPO)
     try:
         with warnings.catch_warnings():
+            # runpy runs the module afresh as __main__, as `python -m` does, beside the copy
+            # this process may have imported already: what it warns about is what we want.
+            warnings.filterwarnings("ignore", "'.*' found in sys.modules after import of package", RuntimeWarning)
             yield
     finally:
         mlflow.set_tracking_uri(saved_mlflow[0])  # these write os.environ: restored next

@@ -237,7 +237,7 @@ def test_standalone_step_is_reused_when_nothing_changed(store):
 
 def test_overrides_with_spaces_commas_and_quotes_arrive_intact(store):
     criteria = ["cv_roc_auc_mean >= 0.5", "test_roc_auc > 0.25"]
-    overrides = f"""evaluate.criteria='{json.dumps(criteria)}' 'force=[evaluate]'"""
+    overrides = f"""evaluate.criteria='{json.dumps(criteria)}' 'force=[evaluate]' {QUICK_EVALUATE}"""
     result = store.mlflow_run("evaluate", overrides)
     run_id = result.stdout.split("evaluate: ran run ")[1].split()[0]
     run = store.client.get_run(run_id)
