@@ -304,7 +304,7 @@ def test_api_logs_one_structured_line_per_request(api):
 
 def test_reload_switches_to_a_new_champion_without_restart(api, trained):
     # Another model (one logged model is one version): v2
-    trained.steps("main", "model.C=0.3", "evaluate.cv_repeats=1")
+    trained.in_process("steps.main", "model.C=0.3", "evaluate.cv_repeats=1")
     trained.client.set_registered_model_alias("heart-disease", "champion", "2")
     assert request(api.base + "/health")[1]["model_version"] == "1"
     status, health = request(api.base + "/reload", method="POST", raw=b"")

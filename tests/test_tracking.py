@@ -3,8 +3,7 @@ always. Real SQLite stores in a temp dir."""
 
 import json
 import socket
-import subprocess
-import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -109,9 +108,9 @@ def test_parallel_processes_log_one_new_dataset_without_losing_a_run(tmp_path):
 def test_an_unreachable_tracking_server_is_one_line_and_exit_1(tmp_path):
     """MLflow's own retries take about 4 minutes; the reachability check answers in
     seconds (measured in docs/BENCHMARKS.md), without a traceback or a run anywhere."""
-    env = {**make_store(tmp_path).env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"}
-    result = subprocess.run([sys.executable, "-m", "steps.main"], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=120)
+    store = make_store(tmp_path)
+    unreachable = replace(store, env={**store.env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"})
+    result = unreachable.in_process("steps.main", check=False)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert result.stderr.startswith("error: cannot reach the tracking server at http://127.0.0.1:")
