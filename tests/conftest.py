@@ -97,17 +97,7 @@ class Store:
         what a command says and does, not what happens to its process: no second interpreter
         to start (some 3 CPU s each, most of the suite's time). Faults, signals, concurrency
         and start-up itself keep real processes (`steps`, `tool`)."""
-        return _checked(self._in_process([module, *args], {**self.env, **(extra_env or {})}), check)
-
-    def _in_process(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-        out, err = io.StringIO(), io.StringIO()
-        with as_a_command(argv, env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
-                code = 0
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-        return subprocess.CompletedProcess(["python", "-m", *argv], code, out.getvalue(), err.getvalue())
+        return _checked(run_in_process([module, *args], {**self.env, **(extra_env or {})}), check)
 
     def _run(self, command, check, extra_env, cwd=REPO):
         env = {**self.env, **(extra_env or {})}
@@ -144,6 +134,20 @@ def _checked(result: subprocess.CompletedProcess, check: bool) -> subprocess.Com
         raise AssertionError(f"{result.args} exited {result.returncode}\n"
                              f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result
+
+
+def run_in_process(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`python -m <argv>` with `env`, run in this process: its exit code and what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    with as_a_command(argv, env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            if not isinstance(exit_.code, (int, type(None))):  # sys.exit("message"), as Python reports it
+                print(exit_.code, file=sys.stderr)
+    return subprocess.CompletedProcess(["python", "-m", *argv], code, out.getvalue(), err.getvalue())
 
 
 @contextlib.contextmanager
