@@ -29,7 +29,7 @@ from engine.cli import run_single_step
 from engine.config import register_configs
 from engine.store import complete_filter
 from heart_disease_model.codebook import Codebook
-from tests.conftest import CLEVELAND, CODE_PACKAGES, REPO, make_store
+from tests.conftest import CLEVELAND, CODE_PACKAGES, REPO, as_a_command, make_store
 from tools.leaderboard import main as leaderboard_main
 
 CLEVELAND_SHA256 = "a74b7efa387bc9d108d7d0115d831fe9b414b29ae7124f331b622b4efa0427c8"
@@ -50,17 +50,13 @@ def step(name: str, *overrides: str) -> str:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """The module's store, with this process pointed at it (as make_store points commands)."""
+    """The module's store, with this process pointed at it as a command of it would be
+    (as_a_command), and everything that changes restored after the module."""
     store = make_store(tmp_path_factory.mktemp("promises"))
-    saved = dict(os.environ)
-    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
-        del os.environ[key]
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # as engine.cli.launch sets it
-    os.environ.update({k: store.env[k] for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "XDG_CACHE_HOME")})
-    register_configs()
-    yield store
-    os.environ.clear()
-    os.environ.update(saved)
+    # As engine.cli.launch sets it for every command.
+    with as_a_command(sys.argv[:], {**store.env, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
+        register_configs()
+        yield store
 
 
 @pytest.fixture(scope="module")
