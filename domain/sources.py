@@ -1,6 +1,9 @@
 """Getting raw bytes in: download with a local cache and a checksum, and reading the
 headerless UCI format or a canonical CSV/Parquet table. Nothing here validates values;
 that is heart_disease_model/codebook.py's job.
+
+pandas is imported by the readers only: the config checks and the cache key use this
+module in every command, including those that read no table.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import pandas as pd
 from omegaconf import DictConfig
 
 from engine.errors import PipelineError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MISSING_MARKERS = ["?", ""]
 
@@ -175,6 +180,8 @@ def fetch(location: str, expected_sha256: Optional[str], cache_dir: str, timeout
 def read_uci(path: Path, columns: list[str]) -> pd.DataFrame:
     """The headerless UCI format: comma separated, `?` for missing, LF or CRLF.
     Everything is read as text so that validation can name the cells that are not numbers."""
+    import pandas as pd
+
     if not path.read_bytes().strip():
         return pd.DataFrame(columns=columns)
     expected = (f"not the headerless UCI format: expected {len(columns)} comma-separated fields per line "
@@ -193,6 +200,8 @@ def read_uci(path: Path, columns: list[str]) -> pd.DataFrame:
 
 def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
     """A canonical table (Parquet, or CSV with a header row) or a headerless UCI file."""
+    import pandas as pd
+
     if path.suffix.lower() == ".parquet":
         return pd.read_parquet(path)
     with open(path, encoding="utf-8", errors="replace") as handle:

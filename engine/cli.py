@@ -5,6 +5,10 @@ then the command runs with SIGTERM and SIGINT turned into an orderly stop. Exit 
 0 done, 1 a failure the message explains, 2 a config error (no run was created),
 3 drift found by `monitor` with monitor.fail_on_drift=true, 128+N stopped by signal N
 (the open runs are marked KILLED, saying which signal).
+
+This module does not import MLflow: the functions that reach the store import what
+they use, so a command that needs no store (a `main` with every step up to date,
+engine/up_to_date.py) never loads it.
 """
 
 from __future__ import annotations
@@ -22,11 +26,9 @@ from omegaconf import DictConfig
 from engine import names
 from engine.config import STEP_NAMES
 from engine.config_checks import ConfigError, check_config
-from engine.context import ArtifactCache
-from engine.errors import explains_itself
-from engine.liveness import OPEN_RUNS, reap_dead_runs
+from engine.errors import Interrupted, explains_itself
 from engine.redaction import redact
-from engine.runner import KILLED, Interrupted, StepResult, execute
+from engine.results import StepResult
 from engine.store import PROJECT_ROOT, Tracking, connect
 
 CONFIG_ERROR_EXIT = 2
@@ -125,16 +127,23 @@ def run_link(tracking: Tracking, run_id: str) -> Optional[str]:
     return f"{redact(uri.rstrip('/'))}/{page}"
 
 
-def run_command(cfg: DictConfig, body: Callable[[Tracking], Any], steps: tuple[str, ...] = STEP_NAMES) -> Any:
+def run_command(cfg: DictConfig, body: Callable[[Tracking], Any], steps: tuple[str, ...] = STEP_NAMES,
+                done_without_store: Optional[Callable[[], bool]] = None) -> Any:
     """Check the config (for the `steps` this command may run), connect, mark runs of dead
     processes KILLED, then run `body`. Every failure the user can act on ends in one
     message and its exit code. `body` may raise ConfigError too, before it creates a run:
-    a command's checks of what the config points at (score's and monitor's files)."""
+    a command's checks of what the config points at (score's and monitor's files).
+    `done_without_store`, asked once the config is checked, returns True when it has
+    done the command without MLflow (`main` with every step up to date)."""
     try:
         check_config(cfg, steps)
     except ConfigError as err:
         refuse_config(err)
     try:
+        if done_without_store is not None and done_without_store():
+            return None
+        from engine.liveness import reap_dead_runs
+
         tracking = connect(cfg.profile)
         for run_id in reap_dead_runs(tracking):
             print(f"marked run {run_id} KILLED: its process is gone", file=sys.stderr)
@@ -159,6 +168,9 @@ def refuse_config(err: ConfigError) -> NoReturn:
 def stop_on_signal(err: Interrupted) -> None:
     """End every run this process opened as KILLED and exit 128+signal at once (a step
     running beside the chain is not waited for: its run is already ended)."""
+    from engine.liveness import OPEN_RUNS
+    from engine.runner import KILLED
+
     OPEN_RUNS.end_all(KILLED, str(err))
     print(f"{err}: open runs marked KILLED", file=sys.stderr)
     sys.stdout.flush()
@@ -195,6 +207,8 @@ def launch_step(name: str) -> None:
 
 def run_single_step(name: str, cfg: DictConfig) -> StepResult:
     """`python -m steps.<name>` / `mlflow run . -e <name>`: one step, cached like in main."""
+    from engine.context import ArtifactCache
+    from engine.runner import execute
 
     def go(tracking: Tracking) -> StepResult:
         result = execute(name, cfg, tracking, ArtifactCache(tracking.client), own_run_id=adopt_launcher_run(tracking))

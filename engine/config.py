@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING
 
 STEP_NAMES = ("ingest", "eda", "split", "transform", "train", "evaluate", "register")
@@ -192,3 +193,18 @@ class PipelineConfig:
 def register_configs() -> None:
     """Make `pipeline_schema` (first in conf/config.yaml's defaults) known to Hydra."""
     ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)
+
+
+def main_overrides() -> list[str]:
+    """The overrides that rebuild this process's config with `mlflow run . -e main`: the
+    command line's, less those that only steer a run (force, upstream pins, sweep settings, profile),
+    with the model that a sweep's search config chose made explicit."""
+    if not HydraConfig.initialized():  # a sweep's own callbacks, or a caller outside Hydra
+        return []
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    kept = [o for o in overrides
+            if not o.lstrip("+~").startswith(("force=", "upstream.", "sweep.", "search=", "profile"))]
+    if any(o.lstrip("+").startswith("search=") for o in overrides):
+        kept.insert(0, f"model={hydra_cfg.runtime.choices['model']}")
+    return kept

@@ -26,7 +26,6 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,12 +37,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine import faults, names
 from engine.cards import step_card
+from engine.config import main_overrides
 from engine.context import ArtifactCache, StepContext, listing_problem, mark_damaged
-from engine.errors import PipelineError
+from engine.errors import Interrupted, PipelineError
 from engine.fingerprint import cache_key, step_view
 from engine.heartbeat import HEARTBEATS, Watch, beat_value
 from engine.liveness import OPEN_RUNS, lost, owner_tags
 from engine.redaction import redact, redact_value
+from engine.results import StepResult
 from engine.store import Tracking, latest_complete, store_lock
 from steps.pipeline import STEPS, Step
 
@@ -51,30 +52,6 @@ FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 FAILED = RunStatus.to_string(RunStatus.FAILED)
 KILLED = RunStatus.to_string(RunStatus.KILLED)
 CLAIM_POLL_SECONDS = 0.5
-
-
-class Interrupted(BaseException):
-    """SIGTERM or SIGINT arrived (engine/cli.py turns both into this)."""
-
-    def __init__(self, signal_name: str, exit_code: int):
-        super().__init__(f"stopped by {signal_name}")
-        self.exit_code = exit_code
-
-
-@dataclass
-class StepResult:
-    step: str
-    run_id: str
-    status: str  # ran | reused
-    seconds: float
-    summary: dict[str, Any]
-    inputs: dict[str, str] = field(default_factory=dict)  # {upstream step: run id} it was built from
-
-    def key_outputs(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.summary.items())
-
-    def progress_line(self) -> str:
-        return f"{self.step}: {self.status} run {self.run_id} in {self.seconds:.1f}s  {self.key_outputs()}"
 
 
 # --------------------------------------------------------------------------- lookups
@@ -336,23 +313,6 @@ def _flatten(prefix: str, value: Any) -> dict[str, Any]:
             out.update(_flatten(f"{prefix}.{key}" if prefix else str(key), inner))
         return out
     return {prefix: value}
-
-
-def main_overrides() -> list[str]:
-    """The overrides that rebuild this process's config with `mlflow run . -e main`: the
-    command line's, less those that only steer a run (force, upstream pins, sweep settings, profile),
-    with the model that a sweep's search config chose made explicit."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():  # a sweep's own callbacks, or a caller outside Hydra
-        return []
-    hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
-    kept = [o for o in overrides
-            if not o.lstrip("+~").startswith(("force=", "upstream.", "sweep.", "search=", "profile"))]
-    if any(o.lstrip("+").startswith("search=") for o in overrides):
-        kept.insert(0, f"model={hydra_cfg.runtime.choices['model']}")
-    return kept
 
 
 def forced(cfg: DictConfig, name: str) -> bool:

@@ -4,6 +4,10 @@ processes sharing a store.
 
 Profiles are the Hydra group `profile` (conf/profile is profiles/): `profile=server`,
 `profile.tracking_uri=...`, and `--cfg job` shows the one in use.
+
+MLflow is imported by the functions that talk to the store, not by this module: `main`
+reads the store's location here before it knows whether it needs MLflow at all
+(engine/up_to_date.py).
 """
 
 from __future__ import annotations
@@ -15,12 +19,8 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import mlflow
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 from omegaconf import DictConfig, OmegaConf
 
 from engine import names
@@ -28,9 +28,12 @@ from engine.errors import PipelineError
 from engine.locks import file_lock
 from engine.redaction import redact
 
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = PROJECT_ROOT / "profiles"
-_SQLITE = "sqlite:///"
+SQLITE = "sqlite:///"
 # The experiment's kind, as MLflow records it: this one trains models. (MLflow 3.17's UI
 # still opens on its GenAI switch: tools/ui.py prints the address of the model-training view.)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -85,6 +88,8 @@ def ensure_experiment_tags(client: MlflowClient, experiment) -> None:
     """Write the experiment's tags that are missing, and the runs view where out of date (the
     kind stays as someone may have set it). A reader may not set tags: the UI then guesses
     the kind and shows its own columns."""
+    from mlflow.exceptions import MlflowException
+
     for key, value in experiment_tags().items():
         if key not in experiment.tags or (key != EXPERIMENT_KIND[0] and experiment.tags[key] != value):
             with contextlib.suppress(MlflowException):
@@ -100,8 +105,8 @@ class Tracking:
 
 def _absolute_sqlite(uri: str) -> str:
     """sqlite:///mlflow.db means the project's mlflow.db, wherever the step is started."""
-    if uri.startswith(_SQLITE) and not uri.startswith(_SQLITE + "/"):
-        return _SQLITE + str(PROJECT_ROOT / uri[len(_SQLITE):])
+    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
+        return SQLITE + str(PROJECT_ROOT / uri[len(SQLITE):])
     return uri
 
 
@@ -115,11 +120,17 @@ def load_profile(name: str) -> DictConfig:
     return OmegaConf.load(path)
 
 
+def sqlite_path(tracking_uri: str) -> Optional[Path]:
+    """The database file of a `sqlite:///` store (relative to the working folder, as
+    SQLAlchemy reads it, when the URI is); None for any other store."""
+    return Path(tracking_uri[len(SQLITE):]) if tracking_uri.startswith(SQLITE) else None
+
+
 def _lock_path(tracking_uri: str) -> Path:
     """A SQLite store is locked beside its file; any other store by a file in the temp
     folder, which orders the processes of this machine only."""
-    if tracking_uri.startswith(_SQLITE):
-        database = Path(tracking_uri[len(_SQLITE) - 1:])
+    database = sqlite_path(tracking_uri)
+    if database is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
         return database.with_name(database.name + ".lock")
     digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
@@ -140,6 +151,10 @@ def connect(profile: DictConfig) -> Tracking:
     """Point MLflow at the profile's store and make sure the experiment exists. Many
     processes may start on a store that does not exist yet: the first creates it
     (tables and experiment), the others wait for it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
     explicit_uri = os.environ.get("MLFLOW_TRACKING_URI")
     tracking_uri = tracking_uri_of(profile)
     registry_uri: Optional[str] = os.environ.get("MLFLOW_REGISTRY_URI") or (
@@ -175,7 +190,7 @@ def connect(profile: DictConfig) -> Tracking:
 def _sqlite_problems_in_one_line(tracking_uri: str):
     """A SQLite store that cannot be opened (a file that is not a database, a read-only
     folder that cannot hold its lock) is one line naming the store, not a traceback."""
-    if not tracking_uri.startswith(_SQLITE):
+    if not tracking_uri.startswith(SQLITE):
         yield
         return
     from sqlalchemy.exc import SQLAlchemyError
@@ -197,6 +212,8 @@ def _chosen_experiment(client: MlflowClient):
     """The experiment `mlflow run --experiment-name/--experiment-id` chose: it passes its id
     in MLFLOW_EXPERIMENT_ID. Its Default experiment ("0", what it passes when none was
     chosen) is not a choice: the profile's experiment is used then."""
+    from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
+
     if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
         return None
     chosen = _LAUNCHER_EXPERIMENT_ID

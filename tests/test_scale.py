@@ -18,10 +18,10 @@ from sklearn.pipeline import Pipeline
 from domain import synthetic
 from domain.metrics import binary_metrics
 from engine import names
+from engine.chain import still_read
 from engine.context import ArtifactCache
 from heart_disease_model.codebook import Codebook, validate
 from steps.evaluate import cross_validate, repeats_within
-from steps.main import still_read
 from steps.pipeline import STEPS
 from steps.transform import build_transformer
 from tests.conftest import REPO

@@ -44,7 +44,8 @@ from engine.config_checks import check_config
 from engine.context import ArtifactCache, read_card
 from engine.errors import PipelineError
 from engine.fingerprint import step_view
-from engine.runner import FAILED, StepResult, TrackedRun, config_params, end_run, execute
+from engine.results import StepResult
+from engine.runner import FAILED, TrackedRun, config_params, end_run, execute
 from engine.store import Tracking, connect
 from steps.pipeline import STEPS
 from tools.leaderboard import COLUMNS, leaderboard, lower_is_better, render, short
