@@ -7,6 +7,8 @@ the default pipeline has run once, each command below runs --repeats times, inte
 alike; each figure is the median wall time, and the same median as a multiple of F:
   - `python -m steps.main` with every step reused;
   - `mlflow run . -e main` with every step reused;
+  - `mlflow run` of a project whose entry point does nothing (`python -c pass`): what the
+    launcher alone costs, the floor under the line above;
   - `python -m tools.score` of a one-patient CSV with the champion;
   - `python -m tools.leaderboard` (what `./run.sh leaderboard` runs);
   - the FastAPI app (`python -m serving`): from start to its first answer to /predict.
@@ -92,11 +94,16 @@ def main() -> None:
         env = {**bench.env, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
         timed([sys.executable, "-m", "steps.main"], env)
         write_patients(one := root / "one.csv", 1, with_ids=False)
+        (noop := root / "noop").mkdir()
+        (noop / "MLproject").write_text("name: noop\nentry_points:\n  main:\n    command: python -c pass\n")
         commands = {
             "F: python -c 'import mlflow'": lambda: timed([sys.executable, "-c", "import mlflow"], env),
             "main, every step reused": lambda: timed([sys.executable, "-m", "steps.main"], env),
             "mlflow run . -e main, every step reused": lambda: timed(
                 [str(BIN / "mlflow"), "run", str(REPO), "-e", "main", "--env-manager", "local",
+                 "--experiment-name", bench.experiment], env),
+            "mlflow run of an entry point that does nothing": lambda: timed(
+                [str(BIN / "mlflow"), "run", str(noop), "-e", "main", "--env-manager", "local",
                  "--experiment-name", bench.experiment], env),
             "score, one patient": lambda: timed(
                 [sys.executable, "-m", "tools.score", f"score.input={one}", f"score.output={root / 'one.parquet'}"],
