@@ -78,7 +78,7 @@ def main(cfg: DictConfig) -> None:
     groups = chosen_groups(dict(HydraConfig.get().runtime.choices)) if HydraConfig.initialized() else {}
 
     def go(tracking: Tracking) -> None:
-        from engine.chain import run_main  # MLflow, scikit-learn's neighbours: only once there is work
+        from engine.chain import run_main  # loads MLflow: only once some step has work to do
 
         run_main(cfg, tracking, run_name(groups, overrides), pipeline_params(groups, overrides))
 
