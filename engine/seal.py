@@ -30,6 +30,7 @@ from typing import Any, Optional
 import yaml
 
 from engine.errors import PipelineError
+from engine.store import PROJECT_ROOT, sqlite_path
 
 SIGNATURE = "model.sig"
 # MLflow writes this into a copy downloaded through models:/<name>/<version>, naming the
@@ -38,8 +39,6 @@ DOWNLOAD_NOTE = "registered_model_meta"
 UNSEALED_FILES = (SIGNATURE, DOWNLOAD_NOTE)
 KEY_DIR = "keys"
 PRIVATE_KEY, PUBLIC_KEY = "seal.key", "seal.pub"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-_SQLITE = "sqlite:///"
 # The project's kind of model (heart_disease_model/entry.py, engine/logged_model.py):
 # MLflow "models from code", whose pyfunc is built by running a file, never unpickled.
 CODE_MODEL_LOADER = "mlflow.pyfunc.loaders.code_model"
@@ -59,9 +58,8 @@ class SealRefused(PipelineError):
 def key_dir(tracking_uri: str) -> Path:
     """Where the embedded default keeps the key pair: keys/ beside a SQLite store's
     database, else (a tracking server) keys/ in the project folder, where register runs."""
-    if tracking_uri.startswith(_SQLITE):
-        return Path(tracking_uri[len(_SQLITE):]).resolve().parent / KEY_DIR
-    return PROJECT_ROOT / KEY_DIR
+    database = sqlite_path(tracking_uri)
+    return database.resolve().parent / KEY_DIR if database is not None else PROJECT_ROOT / KEY_DIR
 
 
 def _configured(path: Optional[str], tracking_uri: str, default_name: str) -> Path:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = PROJECT_ROOT / "profiles"
-SQLITE = "sqlite:///"
+_SQLITE = "sqlite:///"
 # The experiment's kind, as MLflow records it: this one trains models. (MLflow 3.17's UI
 # still opens on its GenAI switch: tools/ui.py prints the address of the model-training view.)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -105,8 +105,8 @@ class Tracking:
 
 def _absolute_sqlite(uri: str) -> str:
     """sqlite:///mlflow.db means the project's mlflow.db, wherever the step is started."""
-    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
-        return SQLITE + str(PROJECT_ROOT / uri[len(SQLITE):])
+    if uri.startswith(_SQLITE) and not uri.startswith(_SQLITE + "/"):
+        return _SQLITE + str(PROJECT_ROOT / uri[len(_SQLITE):])
     return uri
 
 
@@ -123,7 +123,7 @@ def load_profile(name: str) -> DictConfig:
 def sqlite_path(tracking_uri: str) -> Optional[Path]:
     """The database file of a `sqlite:///` store (relative to the working folder, as
     SQLAlchemy reads it, when the URI is); None for any other store."""
-    return Path(tracking_uri[len(SQLITE):]) if tracking_uri.startswith(SQLITE) else None
+    return Path(tracking_uri[len(_SQLITE):]) if tracking_uri.startswith(_SQLITE) else None
 
 
 def _lock_path(tracking_uri: str) -> Path:
@@ -190,7 +190,7 @@ def connect(profile: DictConfig) -> Tracking:
 def _sqlite_problems_in_one_line(tracking_uri: str):
     """A SQLite store that cannot be opened (a file that is not a database, a read-only
     folder that cannot hold its lock) is one line naming the store, not a traceback."""
-    if not tracking_uri.startswith(SQLITE):
+    if not tracking_uri.startswith(_SQLITE):
         yield
         return
     from sqlalchemy.exc import SQLAlchemyError
