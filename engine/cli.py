@@ -23,7 +23,7 @@ from typing import Any, Callable, NoReturn, Optional
 
 from omegaconf import DictConfig
 
-from engine import names
+from engine import names, startup
 from engine.config import STEP_NAMES
 from engine.config_checks import ConfigError, check_config
 from engine.errors import Interrupted, explains_itself
@@ -74,6 +74,7 @@ def _raise_interrupted(signum: int, _frame: Any) -> None:
 def launch(task: Callable[[DictConfig], Any], config_name: str = "config", multirun: bool = False) -> None:
     """Entry for `python -m steps.<step>`: run `task` as a Hydra app on conf/<config_name>.yaml,
     accepting MLproject's `--overrides/--profile` form as well as plain overrides."""
+    startup.resume()
     import hydra
 
     from engine.config import register_configs

@@ -10,6 +10,8 @@ import os
 import shutil
 import tempfile
 
+from engine import startup
+
 
 def main() -> None:
     # Every worker's metrics in one folder, so /metrics adds them up (serving/metrics.py).
@@ -79,6 +81,7 @@ def _serve_from_command_line() -> None:
     os.environ.update(settings.to_env())
     if os.environ.get(webhooks.SECRET_ENV):
         os.environ[webhooks.RELOAD_DIR_ENV] = args.reload_dir or tempfile.mkdtemp(prefix="heart-serving-reload-")
+    startup.resume()
     serve(host=args.host, port=args.port, workers=args.workers)
 
 

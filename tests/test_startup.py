@@ -1,0 +1,44 @@
+"""engine/startup.py: a `python -m` program of the project collects rarely while it imports
+and skips the collector's walk at exit; a command that works on resumes the usual
+collection; a program that merely imports the project's packages is left alone."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+# Runs last at exit (registered first): what the collector looks like once the program ended.
+REPORT_AT_EXIT = """
+import atexit, gc, sys
+atexit.register(lambda: print("gc at exit:", gc.get_threshold(), gc.get_freeze_count() > 0, file=sys.stderr))
+"""
+
+
+def collector_at_exit(tmp_path, *argv: str) -> tuple[tuple[int, int, int], bool]:
+    (tmp_path / "sitecustomize.py").write_text(REPORT_AT_EXIT)
+    done = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stderr.splitlines() if line.startswith("gc at exit:"))
+    thresholds, frozen = line.removeprefix("gc at exit: ").rsplit(" ", 1)
+    return tuple(int(n) for n in thresholds.strip("()").split(", ")), frozen == "True"
+
+
+def test_a_short_program_ends_paused_and_frozen(tmp_path):
+    from engine.startup import _PAUSED_THRESHOLDS
+
+    assert collector_at_exit(tmp_path, "-m", "steps.pipeline") == (_PAUSED_THRESHOLDS, True)
+
+
+def test_a_hydra_command_resumes_the_usual_collection(tmp_path):
+    assert collector_at_exit(tmp_path, "-m", "steps.split", "--help") == (gc.get_threshold(), True)
+
+
+@pytest.mark.parametrize("package", ["steps", "tools", "serving"])
+def test_importing_a_package_leaves_the_collector_alone(tmp_path, package):
+    assert collector_at_exit(tmp_path, "-c", f"import {package}") == (gc.get_threshold(), False)
