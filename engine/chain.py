@@ -1,4 +1,5 @@
-"""The chain under one parent run: what `main` does when some step has work to do.
+"""The chain under one parent run: what `main` does when some step has work to do, or
+when `mlflow run` made a run for it to fill.
 
 Walks steps/pipeline.py's DAG in order. Each step either runs as a nested child run
 or, when a complete run with the same cache key exists, is reused without importing
@@ -13,7 +14,7 @@ import ctypes
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,8 +30,11 @@ from engine.store import Tracking
 from steps.pipeline import SIDE_BRANCHES, STEPS, diagram
 
 
-def run_main(cfg: DictConfig, tracking: Tracking, run_name: str, params: dict[str, Any]) -> None:
-    """Run or reuse every step under a parent run named `run_name`, print the summary."""
+def run_main(cfg: DictConfig, tracking: Tracking, run_name: str, params: dict[str, Any],
+             up_to_date: Optional[list[StepResult]] = None) -> None:
+    """Run or reuse every step under a parent run named `run_name`, print the summary.
+    `up_to_date`: every step's run, found reusable before MLflow was loaded
+    (engine/up_to_date.py), recorded as the chain would record them all reused."""
     return_freed_tables_to_the_system()
     client = tracking.client
     with TrackedRun(tracking, "main", run_name, own_run_id=adopt_launcher_run(tracking)) as run:
@@ -40,7 +44,11 @@ def run_main(cfg: DictConfig, tracking: Tracking, run_name: str, params: dict[st
         cache = ArtifactCache(client)
         started = time.perf_counter()
         try:
-            results = run_pipeline(cfg, tracking, parent_run_id, cache)
+            if up_to_date is None:
+                results = run_pipeline(cfg, tracking, parent_run_id, cache)
+            else:
+                results = up_to_date
+                print("\n".join(result.progress_line() for result in results), flush=True)
         except _ChainFailed as failed:
             _record(tracking, parent_run_id, failed.completed, cache, time.perf_counter() - started, FAILED)
             if failed.completed:

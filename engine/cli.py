@@ -32,6 +32,8 @@ from engine.results import StepResult
 from engine.store import PROJECT_ROOT, Tracking, connect
 
 CONFIG_ERROR_EXIT = 2
+# Where `mlflow run` passes the id of the run it made for the command to fill.
+LAUNCHER_RUN_ID = "MLFLOW_RUN_ID"
 # `${oc.env:...}`, `${oc.decode:...}` or any other resolver call inside an override.
 _RESOLVER_CALL = re.compile(r"\$\{\s*[A-Za-z_][\w.]*\s*:")
 
@@ -184,7 +186,7 @@ def adopt_launcher_run(tracking: Tracking) -> str | None:
     it lives in our experiment; otherwise leave it a pointer to the run we make."""
     from mlflow.exceptions import MlflowException
 
-    run_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    run_id = os.environ.pop(LAUNCHER_RUN_ID, None)
     if not run_id:
         return None
     try:

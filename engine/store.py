@@ -203,6 +203,9 @@ def _sqlite_problems_in_one_line(tracking_uri: str):
                             "MLFLOW_TRACKING_URI or profile.tracking_uri)") from None
 
 
+# MLflow's Default experiment (mlflow.tracking.default_experiment), which `mlflow run` passes
+# when none was chosen; named here so that engine/up_to_date.py need not import MLflow for it.
+DEFAULT_EXPERIMENT_ID = "0"
 # Read once, at start: mlflow.set_experiment (which connect calls) rewrites the variable,
 # and a later connect in the same process, to another store, must not take it for a choice.
 _LAUNCHER_EXPERIMENT_ID = os.environ.get("MLFLOW_EXPERIMENT_ID")
@@ -212,8 +215,6 @@ def _chosen_experiment(client: MlflowClient):
     """The experiment `mlflow run --experiment-name/--experiment-id` chose: it passes its id
     in MLFLOW_EXPERIMENT_ID. Its Default experiment ("0", what it passes when none was
     chosen) is not a choice: the profile's experiment is used then."""
-    from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
-
     if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
         return None
     chosen = _LAUNCHER_EXPERIMENT_ID

@@ -13,7 +13,6 @@ in the DAG's order:
 Any doubt answers "not up to date", and `main` then runs as always, through MLflow,
 whose answer is the one that counts. Doubts include:
   - a store that is not a local SQLite file;
-  - a run that `mlflow run` made for `main` to fill, or a chosen experiment id;
   - a RUNNING run of this machine: its process may be gone, and the runner marks such
     runs KILLED (engine/liveness.py); or it lives, and may be computing a step;
   - forced steps and pinned upstream runs;
@@ -42,12 +41,8 @@ from engine import names
 from engine.errors import PipelineError
 from engine.fingerprint import cache_key, step_view
 from engine.results import StepResult
-from engine.store import sqlite_path, tracking_uri_of
+from engine.store import DEFAULT_EXPERIMENT_ID, sqlite_path, tracking_uri_of
 from steps.pipeline import STEPS
-
-# Environment variables through which `mlflow run` hands `main` a run or an experiment:
-# the runner deals with those.
-_LAUNCHER_VARIABLES = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
 
 _NEWEST_COMPLETE = """
     SELECT runs.run_uuid, runs.artifact_uri FROM runs
@@ -62,13 +57,11 @@ def reused_pipeline(cfg: DictConfig) -> Optional[list[StepResult]]:
     """Every step's run that `main` would reuse, in the DAG's order, when all of them are
     found; None when any step would run, or when this module cannot tell."""
     database = sqlite_path(tracking_uri_of(cfg.profile))
-    if (database is None or not database.is_file() or list(cfg.force) or any(cfg.upstream.values())
-            or any(os.environ.get(variable) for variable in _LAUNCHER_VARIABLES)):
+    if database is None or not database.is_file() or list(cfg.force) or any(cfg.upstream.values()):
         return None
     try:
         with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as store:
-            experiment_id = _experiment_id(store, os.environ.get("MLFLOW_EXPERIMENT_NAME")
-                                           or cfg.profile.experiment_name)
+            experiment_id = _experiment_id(store, cfg.profile.experiment_name)
             if experiment_id is None or _running_here(store, experiment_id):
                 return None
             results: dict[str, StepResult] = {}
@@ -83,9 +76,18 @@ def reused_pipeline(cfg: DictConfig) -> Optional[list[StepResult]]:
     return list(results.values())
 
 
-def _experiment_id(store: sqlite3.Connection, name: str) -> Optional[int]:
-    found = store.execute("SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
-                          (name,)).fetchall()
+def _experiment_id(store: sqlite3.Connection, profile_experiment: str) -> Optional[int]:
+    """The experiment engine.store.connect would use: MLFLOW_EXPERIMENT_NAME's, else the one
+    `mlflow run` chose (its id in MLFLOW_EXPERIMENT_ID; "0", its Default, is no choice),
+    else the profile's."""
+    chosen_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if not name and chosen_id and chosen_id != DEFAULT_EXPERIMENT_ID:
+        found = store.execute("SELECT experiment_id FROM experiments WHERE experiment_id = ? "
+                              "AND lifecycle_stage = 'active'", (chosen_id,)).fetchall()
+    else:
+        found = store.execute("SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
+                              (name or profile_experiment,)).fetchall()
     return found[0][0] if len(found) == 1 else None
 
 

@@ -1,7 +1,8 @@
 """main: the whole pipeline in one process, under one parent run.
 
 First asks the store whether every step is already done (engine/up_to_date.py, which
-needs no MLflow): then it prints which runs hold the results, and logs nothing. Else
+needs no MLflow): then it prints which runs hold the results, and logs nothing (under
+`mlflow run`, which made a run for it, it records them there without walking the chain). Else
 engine/chain.py walks the DAG under a parent run, running what changed and reusing
 the rest. Ends by printing (and logging) a table: step, run id, ran or reused,
 seconds, key outputs.
@@ -13,12 +14,14 @@ seconds, key outputs.
 
 from __future__ import annotations
 
+import os
+
 from omegaconf import DictConfig
 
-from engine.cli import launch, run_command
+from engine.cli import LAUNCHER_RUN_ID, launch, run_command
 from engine.config import main_overrides
 from engine.redaction import redact
-from engine.results import summary_table
+from engine.results import StepResult, summary_table
 from engine.store import PROJECT_ROOT, Tracking
 from engine.up_to_date import reused_pipeline
 
@@ -59,16 +62,12 @@ def run_name(groups: dict[str, str], overrides: list[str]) -> str:
     return name if len(name) <= RUN_NAME_MAX else name[:RUN_NAME_MAX - 1] + "…"
 
 
-def report_up_to_date(cfg: DictConfig) -> bool:
-    """Print the runs that hold every step's result, when all are up to date; else False.
-    A `main` that would only reuse logs no run of its own: nothing happened to record."""
-    results = reused_pipeline(cfg)
-    if results is None:
-        return False
+def report_up_to_date(results: list[StepResult]) -> None:
+    """Print the runs that hold every step's result. A `main` that would only reuse logs no
+    run of its own: nothing happened to record."""
     for result in results:
         print(result.progress_line())
     print(f"\n{UP_TO_DATE} (force=[all] runs them again)\n{summary_table(results)}")
-    return True
 
 
 def main(cfg: DictConfig) -> None:
@@ -76,13 +75,24 @@ def main(cfg: DictConfig) -> None:
 
     overrides = main_overrides()
     groups = chosen_groups(dict(HydraConfig.get().runtime.choices)) if HydraConfig.initialized() else {}
+    up_to_date: list[StepResult] = []
+
+    def done_without_store() -> bool:
+        """Every step up to date: said, and done, unless `mlflow run` made a run for this
+        main to fill (MLFLOW_RUN_ID), which go() fills without walking the chain."""
+        up_to_date[:] = reused_pipeline(cfg) or []
+        if not up_to_date or os.environ.get(LAUNCHER_RUN_ID):
+            return False
+        report_up_to_date(up_to_date)
+        return True
 
     def go(tracking: Tracking) -> None:
-        from engine.chain import run_main  # loads MLflow: only once some step has work to do
+        from engine.chain import run_main  # loads MLflow: only once there is a run to write
 
-        run_main(cfg, tracking, run_name(groups, overrides), pipeline_params(groups, overrides))
+        run_main(cfg, tracking, run_name(groups, overrides), pipeline_params(groups, overrides),
+                 up_to_date=up_to_date or None)
 
-    run_command(cfg, go, done_without_store=lambda: report_up_to_date(cfg))
+    run_command(cfg, go, done_without_store=done_without_store)
 
 
 if __name__ == "__main__":

@@ -76,16 +76,48 @@ def test_a_main_with_nothing_to_do_logs_nothing_and_imports_no_mlflow(pointed):
     (["model.C=0.3"], {}),  # another cache key for train and what follows
     (["force=[eda]"], {}),
     (["upstream.ingest=0123456789abcdef0123456789abcdef"], {}),
-    ([], {"MLFLOW_RUN_ID": "0123456789abcdef0123456789abcdef"}),  # `mlflow run` made a run to fill
-    ([], {"MLFLOW_EXPERIMENT_ID": "1"}),
     ([], {"MLFLOW_EXPERIMENT_NAME": "another-experiment"}),
     ([], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}),  # not asked at all: nothing listens there
-], ids=["changed-config", "forced", "pinned-upstream", "launcher-run", "experiment-id", "other-experiment",
+], ids=["changed-config", "forced", "pinned-upstream", "other-experiment",
         "tracking-server"])
 def test_any_change_or_doubt_leaves_the_answer_to_the_runner(pointed, monkeypatch, overrides, env):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert reused_pipeline(quick_config(*overrides)) is None
+
+
+def test_the_experiment_mlflow_run_chose_is_the_one_asked(pointed, monkeypatch):
+    from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
+
+    from engine.store import DEFAULT_EXPERIMENT_ID as NAMED_HERE
+
+    assert NAMED_HERE == DEFAULT_EXPERIMENT_ID
+    expected = [r.run_id for r in reused_pipeline(quick_config())]
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", pointed.experiment_id)
+    assert [r.run_id for r in reused_pipeline(quick_config())] == expected
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "999")
+    assert reused_pipeline(quick_config()) is None
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", DEFAULT_EXPERIMENT_ID)  # none chosen: the profile's experiment
+    assert reused_pipeline(quick_config()) is None
+
+
+def test_under_mlflow_run_main_fills_the_run_it_was_given_without_walking_the_chain(pointed):
+    """`mlflow run` makes a run and hands it to main: main records the reused steps there, as
+    the chain would, and starts no step run."""
+    runs_before = len(pointed.client.search_runs([pointed.experiment_id], max_results=1000))
+    previous = newest_main(pointed)
+    given = pointed.client.create_run(pointed.experiment_id).info.run_id
+    done = pointed.in_process("steps.main", QUICK_EVALUATE, extra_env={"MLFLOW_RUN_ID": given})
+    assert done.stdout.count(": reused run ") == len(STEPS), done.stdout
+    assert len(pointed.client.search_runs([pointed.experiment_id], max_results=1000)) == runs_before + 1
+    filled = pointed.client.get_run(given)
+    assert filled.info.status == "FINISHED" and filled.data.tags["pipeline.role"] == "main"
+    for step in STEPS:
+        assert filled.data.tags[f"pipeline.{step}.run_id"] == previous.data.tags[f"pipeline.{step}.run_id"]
+        assert filled.data.tags[f"pipeline.{step}.status"] == "reused"
+    assert filled.data.metrics["cv_roc_auc_mean"] == previous.data.metrics["cv_roc_auc_mean"]
+    assert {a.path for a in pointed.client.list_artifacts(given)} >= {"pipeline_summary.txt", "config.yaml"}
 
 
 def test_a_missing_or_resized_output_or_a_deleted_run_leaves_the_answer_to_the_runner(pointed):
