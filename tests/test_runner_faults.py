@@ -87,7 +87,7 @@ def test_sigkill_at_a_named_point_then_a_plain_main_recovers(store, point, force
     assert killed.returncode == -9, killed.stderr[-2000:]
     versions_before = len(store.client.search_model_versions("name = 'heart-disease'"))
 
-    again = store.steps("main", QUICK_EVALUATE, check=False)
+    again = store.in_process("steps.main", QUICK_EVALUATE, check=False)  # the fault was the process's
     assert again.returncode == 0, again.stderr[-3000:]
     assert "marked run" in again.stderr and "KILLED" in again.stderr  # the dead process's runs
     assert_healthy(store)
@@ -114,7 +114,7 @@ def test_sigterm_and_sigint_end_the_runs_killed_with_the_signal_named(store, poi
     assert step_run.info.status == "KILLED" and step_run.data.tags[names.ERROR] == f"stopped by SIG{signal_name}"
     assert not complete(step_run)
 
-    assert_healthy(store, store.steps("main", QUICK_EVALUATE))
+    assert_healthy(store, store.in_process("steps.main", QUICK_EVALUATE))
 
 
 def _artifact_file(store, step, artifact):
@@ -129,14 +129,14 @@ def test_a_truncated_or_deleted_artifact_is_never_reused(store):
     # Every test here leaves the store's latest main healthy: its runs are the ones to damage.
     split_run, train_file = _artifact_file(store, "split", "data/train.parquet")
     train_file.write_bytes(train_file.read_bytes()[:100])
-    result = store.steps("main", QUICK_EVALUATE)
+    result = store.in_process("steps.main", QUICK_EVALUATE)
     assert f"not reusing run {split_run}: its artifact data/train.parquet has 100 bytes" in result.stderr
     assert latest_main(store).data.tags["pipeline.split.status"] == "ran"
     assert store.client.get_run(split_run).data.tags[names.COMPLETE].startswith("damaged:")
 
     transform_run, transformer = _artifact_file(store, "transform", names.TRANSFORMER)
     transformer.unlink()
-    result = store.steps("main", QUICK_EVALUATE)
+    result = store.in_process("steps.main", QUICK_EVALUATE)
     assert f"not reusing run {transform_run}: its artifact {names.TRANSFORMER} is missing" in result.stderr
     main = latest_main(store)
     assert main.data.tags["pipeline.split.status"] == "reused" and main.data.tags["pipeline.transform.status"] == "ran"
@@ -149,13 +149,13 @@ def test_a_changed_artifact_of_the_same_size_is_a_clear_error_then_rebuilt(store
     data[len(data) // 2] ^= 0xFF  # same size, other content
     val_file.write_bytes(bytes(data))
 
-    failed = store.steps("main", QUICK_EVALUATE, "force=[train]", check=False)
+    failed = store.in_process("steps.main", QUICK_EVALUATE, "force=[train]", check=False)
     assert failed.returncode == 1
     assert "Traceback" not in failed.stderr
     assert f"split run {split_run}: artifact data/val.parquet does not match its recorded sha256" in failed.stderr
     assert "run the command again to rebuild split" in failed.stderr
 
-    store.steps("main", QUICK_EVALUATE)
+    store.in_process("steps.main", QUICK_EVALUATE)
     assert latest_main(store).data.tags["pipeline.split.status"] == "ran"
     assert_healthy(store)
 
