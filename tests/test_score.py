@@ -137,7 +137,7 @@ def sealed_version(store, model_uri: str) -> str:
 def test_explain_is_refused_where_it_cannot_be_exact(store, patients, tmp_path):
     """A forest has no exact additive form: score refuses to explain rather than write
     approximations, before writing anything; so does the Spark engine, which cannot."""
-    store.steps("train", "model=random_forest", "model.n_estimators=20")
+    store.in_process("steps.train", "model=random_forest", "model.n_estimators=20")
     version = sealed_version(store, store.runs("train")[0].data.tags[names.MODEL_URI])
     forest = f"models:/heart-disease/{version}"
     common = [f"score.input={store.root / 'patients.parquet'}", "score.explain=true"]
@@ -160,7 +160,8 @@ def test_command_line_scores_a_csv_url(store, patients, http_server, tmp_path):
     patients.astype(object).where(patients.notna(), "").to_csv(folder / "patients.csv", index=False)
     url = f"{http_server(folder)}/patients.csv"
     output = tmp_path / "out" / "scored.parquet"
-    done = store.tool("score", f"score.input={url}", f"score.output={output}", "score.id_columns=[patient_id]")
+    done = store.in_process("tools.score", f"score.input={url}", f"score.output={output}",
+                            "score.id_columns=[patient_id]")
     assert f"{ROWS - len(BROKEN)} rows scored, {len(BROKEN)} rejected" in done.stdout
     assert len(pd.read_parquet(output)) == ROWS - len(BROKEN)
     assert not [p for p in output.parent.iterdir() if "partial" in p.name]
@@ -174,7 +175,7 @@ def test_a_killed_score_leaves_no_output_and_the_next_score_removes_its_partial_
     left = [p.name for p in output.parent.iterdir()]
     assert len(left) == 1 and left[0].startswith(".scored.parquet.partial-"), left  # nothing that looks finished
 
-    done = store.tool("score", *overrides)
+    done = store.in_process("tools.score", *overrides)  # the kill was the process's
     assert f"removed {left[0]}, left unfinished by process" in done.stderr
     assert sorted(p.name for p in output.parent.iterdir()) == ["scored.parquet", "scored.rejects.parquet"]
     assert len(pd.read_parquet(output)) == ROWS - len(BROKEN)
