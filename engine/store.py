@@ -165,11 +165,11 @@ def connect(profile: DictConfig) -> Tracking:
     if registry_uri:
         mlflow.set_registry_uri(registry_uri)
 
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or profile.experiment_name
+    chosen_id, name = wanted_experiment(profile)
     with _sqlite_problems_in_one_line(tracking_uri), store_lock(tracking_uri):
         # The client opens the store, and MLflow creates a SQLite store's tables right there.
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
-        experiment = _chosen_experiment(client) or client.get_experiment_by_name(name)
+        experiment = client.get_experiment(chosen_id) if chosen_id else client.get_experiment_by_name(name)
         if experiment is None:
             artifact_location = None
             if profile.artifact_location and not explicit_uri:
@@ -211,16 +211,17 @@ DEFAULT_EXPERIMENT_ID = "0"
 _LAUNCHER_EXPERIMENT_ID = os.environ.get("MLFLOW_EXPERIMENT_ID")
 
 
-def _chosen_experiment(client: MlflowClient):
-    """The experiment `mlflow run --experiment-name/--experiment-id` chose: it passes its id
-    in MLFLOW_EXPERIMENT_ID. Its Default experiment ("0", what it passes when none was
-    chosen) is not a choice: the profile's experiment is used then."""
-    if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
-        return None
+def wanted_experiment(profile: DictConfig) -> tuple[Optional[str], str]:
+    """(the id of the experiment `mlflow run --experiment-name/--experiment-id` chose, or
+    None; the name of the experiment to use otherwise). `mlflow run` passes its choice in
+    MLFLOW_EXPERIMENT_ID, and its Default experiment ("0") when none was chosen, which is
+    no choice; MLFLOW_EXPERIMENT_NAME, when set, wins over both, and the profile's name
+    comes last. Needs no MLflow: engine/up_to_date.py asks it too."""
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if name:
+        return None, name
     chosen = _LAUNCHER_EXPERIMENT_ID
-    if not chosen or chosen == DEFAULT_EXPERIMENT_ID:
-        return None
-    return client.get_experiment(chosen)
+    return (chosen if chosen and chosen != DEFAULT_EXPERIMENT_ID else None), profile.experiment_name
 
 
 def complete_filter(extra: str) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import sqlite3
 import stat
@@ -41,7 +40,7 @@ from engine import names
 from engine.errors import PipelineError
 from engine.fingerprint import cache_key, step_view
 from engine.results import StepResult
-from engine.store import DEFAULT_EXPERIMENT_ID, sqlite_path, tracking_uri_of
+from engine.store import sqlite_path, tracking_uri_of, wanted_experiment
 from steps.pipeline import STEPS
 
 _NEWEST_COMPLETE = """
@@ -61,7 +60,7 @@ def reused_pipeline(cfg: DictConfig) -> Optional[list[StepResult]]:
         return None
     try:
         with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as store:
-            experiment_id = _experiment_id(store, cfg.profile.experiment_name)
+            experiment_id = _experiment_id(store, cfg.profile)
             if experiment_id is None or _running_here(store, experiment_id):
                 return None
             results: dict[str, StepResult] = {}
@@ -76,18 +75,11 @@ def reused_pipeline(cfg: DictConfig) -> Optional[list[StepResult]]:
     return list(results.values())
 
 
-def _experiment_id(store: sqlite3.Connection, profile_experiment: str) -> Optional[int]:
-    """The experiment engine.store.connect would use: MLFLOW_EXPERIMENT_NAME's, else the one
-    `mlflow run` chose (its id in MLFLOW_EXPERIMENT_ID; "0", its Default, is no choice),
-    else the profile's."""
-    chosen_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
-    if not name and chosen_id and chosen_id != DEFAULT_EXPERIMENT_ID:
-        found = store.execute("SELECT experiment_id FROM experiments WHERE experiment_id = ? "
-                              "AND lifecycle_stage = 'active'", (chosen_id,)).fetchall()
-    else:
-        found = store.execute("SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
-                              (name or profile_experiment,)).fetchall()
+def _experiment_id(store: sqlite3.Connection, profile: DictConfig) -> Optional[int]:
+    """The experiment engine.store.connect will use."""
+    chosen_id, name = wanted_experiment(profile)
+    found = store.execute("SELECT experiment_id FROM experiments WHERE (experiment_id = ? OR name = ?) "
+                          "AND lifecycle_stage = 'active'", (chosen_id, None if chosen_id else name)).fetchall()
     return found[0][0] if len(found) == 1 else None
 
 

@@ -15,6 +15,7 @@ seconds, key outputs.
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from omegaconf import DictConfig
 
@@ -75,13 +76,14 @@ def main(cfg: DictConfig) -> None:
 
     overrides = main_overrides()
     groups = chosen_groups(dict(HydraConfig.get().runtime.choices)) if HydraConfig.initialized() else {}
-    up_to_date: list[StepResult] = []
+    up_to_date: Optional[list[StepResult]] = None
 
     def done_without_store() -> bool:
         """Every step up to date: said, and done, unless `mlflow run` made a run for this
         main to fill (MLFLOW_RUN_ID), which go() fills without walking the chain."""
-        up_to_date[:] = reused_pipeline(cfg) or []
-        if not up_to_date or os.environ.get(LAUNCHER_RUN_ID):
+        nonlocal up_to_date
+        up_to_date = reused_pipeline(cfg)
+        if up_to_date is None or os.environ.get(LAUNCHER_RUN_ID):
             return False
         report_up_to_date(up_to_date)
         return True
@@ -90,7 +92,7 @@ def main(cfg: DictConfig) -> None:
         from engine.chain import run_main  # loads MLflow: only once there is a run to write
 
         run_main(cfg, tracking, run_name(groups, overrides), pipeline_params(groups, overrides),
-                 up_to_date=up_to_date or None)
+                 up_to_date=up_to_date)
 
     run_command(cfg, go, done_without_store=done_without_store)
 

@@ -89,16 +89,19 @@ def test_any_change_or_doubt_leaves_the_answer_to_the_runner(pointed, monkeypatc
 def test_the_experiment_mlflow_run_chose_is_the_one_asked(pointed, monkeypatch):
     from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 
+    from engine import store as engine_store
     from engine.store import DEFAULT_EXPERIMENT_ID as NAMED_HERE
 
     assert NAMED_HERE == DEFAULT_EXPERIMENT_ID
     expected = [r.run_id for r in reused_pipeline(quick_config())]
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", pointed.experiment_id)
+    # What a process that `mlflow run` started reads from MLFLOW_EXPERIMENT_ID when it starts.
+    monkeypatch.setattr(engine_store, "_LAUNCHER_EXPERIMENT_ID", pointed.experiment_id)
     assert [r.run_id for r in reused_pipeline(quick_config())] == expected
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "999")
+    monkeypatch.setattr(engine_store, "_LAUNCHER_EXPERIMENT_ID", "999")
     assert reused_pipeline(quick_config()) is None
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", DEFAULT_EXPERIMENT_ID)  # none chosen: the profile's experiment
+    # none chosen: the profile's experiment
+    monkeypatch.setattr(engine_store, "_LAUNCHER_EXPERIMENT_ID", DEFAULT_EXPERIMENT_ID)
     assert reused_pipeline(quick_config()) is None
 
 
