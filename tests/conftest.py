@@ -31,6 +31,8 @@ for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import pytest  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from tests.forked import Command  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 # The project's Python packages, by role (README: the layout).
 CODE_PACKAGES = ("steps", "engine", "domain", "tools", "serving", "heart_disease_model")
@@ -83,12 +85,18 @@ class Store:
         return self.client.get_experiment_by_name(self.experiment_name).experiment_id
 
     def steps(self, module: str, *overrides: str, check: bool = True, extra_env: dict | None = None):
-        """`python -m steps.<module> <overrides>` from the project root."""
-        return self._run([sys.executable, "-m", f"steps.{module}", *overrides], check, extra_env)
+        """`python -m steps.<module> <overrides>` from the project root, in a process of its own
+        (tests/forked.py)."""
+        return self._forked([f"steps.{module}", *overrides], check, extra_env)
 
     def tool(self, module: str, *args: str, check: bool = True, extra_env: dict | None = None):
-        """`python -m tools.<module> <args>` (sweep, score, monitor, leaderboard) from the project root."""
-        return self._run([sys.executable, "-m", f"tools.{module}", *args], check, extra_env)
+        """`python -m tools.<module> <args>` (sweep, score, monitor, leaderboard) from the project
+        root, in a process of its own (tests/forked.py)."""
+        return self._forked([f"tools.{module}", *args], check, extra_env)
+
+    def start(self, module: str, *args: str, extra_env: dict | None = None, output: Path | None = None) -> Command:
+        """`python -m <module> <args>` started in a process of its own (tests/forked.py), not waited for."""
+        return Command([module, *args], {**self.env, **(extra_env or {})}, REPO, output)
 
     def mlflow_run(self, entry_point: str, overrides: str = "", check: bool = True):
         """`mlflow run <repo> -e <entry point> --env-manager local -P overrides=...`"""
@@ -104,11 +112,18 @@ class Store:
         what a command says and does, not what happens to its process: no second interpreter
         to start (some 3 CPU s each, most of the suite's time). Faults, signals, concurrency
         and start-up itself keep real processes (`steps`, `tool`)."""
-        return _checked(run_in_process([module, *args], {**self.env, **(extra_env or {})}), check)
+        return self._finished(run_in_process([module, *args], {**self.env, **(extra_env or {})}), check)
+
+    def _forked(self, argv, check, extra_env):
+        return self._finished(self.start(*argv, extra_env=extra_env).completed(timeout=900), check)
 
     def _run(self, command, check, extra_env, cwd=REPO):
         env = {**self.env, **(extra_env or {})}
-        return _checked(subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900), check)
+        return self._finished(subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900),
+                              check)
+
+    def _finished(self, result: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
+        return _checked(result, check)
 
     def card(self, run_id: str, name: str = "card.html") -> str:
         """A run's HTML card, checked to be well-formed and to point only at data: URLs (its

@@ -51,8 +51,7 @@ def on_machine_b(store, *overrides, fault=None, tmp=None):
 
 
 def here(store, *overrides):
-    return subprocess.Popen([sys.executable, "-m", "steps.main", *overrides], cwd=REPO, env=store.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return store.start("steps.main", *overrides)
 
 
 def step_runs(store, step, host=None):

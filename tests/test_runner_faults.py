@@ -5,8 +5,6 @@ runs, and leave a champion that loads and predicts, with card, description and a
 
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from engine.store import complete_filter
 from steps.main import UP_TO_DATE
 from steps.pipeline import STEPS
 from tests.conftest import CODE_PACKAGES, QUICK_EVALUATE, REPO, make_store
+from tests.forked import Command
 
 pytestmark = pytest.mark.e2e
 
@@ -189,9 +188,7 @@ def test_two_identical_mains_at_once_train_and_register_once(store):
     reach train together."""
     runs_before = {step: len(store.runs(step)) for step in ("train", "evaluate", "register")}
     versions_before = len(store.client.search_model_versions("name = 'heart-disease'"))
-    command = [sys.executable, "-m", "steps.main", QUICK_EVALUATE, "model.C=0.05"]
-    both = [subprocess.Popen(command, cwd=REPO, env=store.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for _ in range(2)]
+    both = [store.start("steps.main", QUICK_EVALUATE, "model.C=0.05") for _ in range(2)]
     outputs = [process.communicate(timeout=600) for process in both]
     assert [process.returncode for process in both] == [0, 0], outputs
     for step, before in runs_before.items():
@@ -202,7 +199,7 @@ def test_two_identical_mains_at_once_train_and_register_once(store):
     assert any("waiting for run" in err for _, err in outputs)  # the second waited for the first's claim
 
 
-def _wait_until_stopped(process: subprocess.Popen, timeout: float = 300) -> None:
+def _wait_until_stopped(process: Command, timeout: float = 300) -> None:
     """Until the process has stopped itself (SIGSTOP at its fault point), or fail."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -221,8 +218,7 @@ def test_a_waiter_that_reads_while_the_claimant_finishes_reuses_its_run(tmp_path
     store = make_store(tmp_path / "store")
 
     def ingest(point):
-        return subprocess.Popen([sys.executable, "-m", "steps.ingest"], cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env={**store.env, names.FAULT_ENV: f"{point}:STOP"})
+        return store.start("steps.ingest", extra_env={names.FAULT_ENV: f"{point}:STOP"})
 
     processes = []
     try:
@@ -248,10 +244,9 @@ def test_a_waiter_that_reads_while_the_claimant_finishes_reuses_its_run(tmp_path
 
 def test_eight_processes_starting_on_a_missing_sqlite_store_all_succeed(tmp_path):
     database = tmp_path / "new" / "mlflow.db"
-    env = {**make_store(tmp_path / "seed").env, "MLFLOW_TRACKING_URI": f"sqlite:///{database}",
-           "MLFLOW_EXPERIMENT_NAME": "brand-new"}
-    processes = [subprocess.Popen([sys.executable, "-m", "steps.ingest"], cwd=REPO, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    elsewhere = {"MLFLOW_TRACKING_URI": f"sqlite:///{database}", "MLFLOW_EXPERIMENT_NAME": "brand-new"}
+    seed = make_store(tmp_path / "seed")
+    processes = [seed.start("steps.ingest", extra_env=elsewhere) for _ in range(8)]
     outputs = [process.communicate(timeout=600) for process in processes]
     assert [process.returncode for process in processes] == [0] * 8, [err[-1500:] for _, err in outputs]
     client = mlflow.MlflowClient(f"sqlite:///{database}")
@@ -263,9 +258,7 @@ def test_eight_processes_starting_on_a_missing_sqlite_store_all_succeed(tmp_path
 def test_two_mains_with_different_configs_at_once_leave_the_best_model_champion(store):
     """Each register decides against the champion it sees; the store lock makes those
     decisions one after the other, so the champion ends up the best of all versions."""
-    both = [subprocess.Popen([sys.executable, "-m", "steps.main", QUICK_EVALUATE, f"model.C={c}"],
-                             cwd=REPO, env=store.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for c in (0.02, 3.0)]
+    both = [store.start("steps.main", QUICK_EVALUATE, f"model.C={c}") for c in (0.02, 3.0)]
     outputs = [process.communicate(timeout=600) for process in both]
     assert [process.returncode for process in both] == [0, 0], outputs
     versions = store.client.search_model_versions("name = 'heart-disease'")

@@ -3,14 +3,13 @@ steps from the cache, a leaderboard on the parent; and an Optuna study that seve
 processes share, one of them killed mid-trial."""
 
 import signal
-import subprocess
-import sys
 import time
 
 import optuna
 import pytest
 
-from tests.conftest import QUICK_EVALUATE, REPO, make_store
+from tests.conftest import QUICK_EVALUATE, make_store
+from tests.forked import Command
 
 pytestmark = pytest.mark.e2e
 
@@ -170,15 +169,14 @@ def study_store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("study") / "store")
 
 
-def worker(store, log_name: str, n_trials: int = N_TRIALS) -> subprocess.Popen:
+def worker(store, log_name: str, n_trials: int = N_TRIALS) -> Command:
     """`python -m tools.sweep search=logreg` joining study `s`; one trial at a time, heartbeats
     every second, silent for 10 s counts as dead."""
-    command = [sys.executable, "-m", "tools.sweep", "search=logreg", "evaluate.cv_repeats=2",
-               f"hydra.sweeper.storage=sqlite:///{store.root}/study.db", "hydra.sweeper.study_name=s",
-               f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.n_jobs=1", "hydra/launcher=basic",
-               "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=10"]
-    log = open(store.root / log_name, "w")
-    return subprocess.Popen(command, cwd=REPO, env=store.env, stdout=log, stderr=subprocess.STDOUT)
+    return store.start("tools.sweep", "search=logreg", "evaluate.cv_repeats=2",
+                       f"hydra.sweeper.storage=sqlite:///{store.root}/study.db", "hydra.sweeper.study_name=s",
+                       f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.n_jobs=1", "hydra/launcher=basic",
+                       "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=10",
+                       output=store.root / log_name)
 
 
 def wait_for(condition, what: str, timeout: float = 300):

@@ -78,17 +78,14 @@ def _log_same_dataset(tracking_uri, experiment_id, round_, barrier, errors):
 def test_parallel_processes_log_one_new_dataset_without_losing_a_run(tmp_path):
     """MLflow checks whether a dataset exists, then inserts it: two processes can both
     insert, and SQLite refuses the second. log_dataset must survive that race."""
-    import multiprocessing
-
     from mlflow.tracking import MlflowClient
+
+    from tests.forked import FORKS as forks
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment_id = MlflowClient(uri).create_experiment("race", artifact_location=str(tmp_path / "artifacts"))
-    # Fresh processes, each with its own connections, forked from one server process that
-    # imported MLflow and the project once (12 imports of MLflow would cost some 25 CPU s).
-    forks = multiprocessing.get_context("forkserver")
-    forks.set_forkserver_preload(["tests.test_tracking", "engine.context", "steps.pipeline",
-                                  "mlflow.data.pandas_dataset", "mlflow.store.tracking.sqlalchemy_store"])
+    # Fresh processes, each with its own connections, forked from the server that imported
+    # MLflow once (tests/forked.py: 12 imports of MLflow would cost some 25 CPU s).
     errors = forks.Queue()
     for round_ in range(3):
         barrier = forks.Barrier(4)
