@@ -1,6 +1,8 @@
 """The pipeline as a user runs it: `mlflow run` on the real Cleveland file, against a
 real SQLite store. The tests in this module share one store and run in order:
-cold run, fully reused run, a train change, force, then each entry point alone."""
+cold run, fully reused run, a train change, force, then each entry point alone. The
+train change and force are about the cache, not the launcher: they run `python -m
+steps.main` (forked, tests/forked.py)."""
 
 import json
 
@@ -185,7 +187,7 @@ def test_second_run_reuses_every_step(store):
 
 def test_changing_a_train_hyperparameter_reruns_train_evaluate_register_only(store):
     # Evaluate runs anyway (its input is new): the quick one will do from here on.
-    store.mlflow_run("main", f"model.C=0.3 {QUICK_EVALUATE}")
+    store.steps("main", "model.C=0.3", QUICK_EVALUATE)
     assert latest_main(store).info.run_name == f"main · model=logreg model.C=0.3 {QUICK_EVALUATE}"
     assert latest_main(store).data.params["model.C"] == "0.3"
     assert statuses(latest_main(store)) == {
@@ -200,7 +202,7 @@ def test_changing_a_train_hyperparameter_reruns_train_evaluate_register_only(sto
 
 
 def test_force_all_reruns_every_step(store):
-    store.mlflow_run("main", f"force=[all] {QUICK_EVALUATE}")
+    store.steps("main", "force=[all]", QUICK_EVALUATE)
     assert statuses(latest_main(store)) == {step: "ran" for step in STEP_ORDER}
     assert latest_main(store).info.run_name == f"main · model=logreg {QUICK_EVALUATE}"  # force= says how, not what
 
@@ -214,9 +216,10 @@ THROUGH_MLFLOW_RUN = ("ingest", "register")
 def test_each_entry_point_runs_on_its_own(store):
     for step in STEP_ORDER:
         if step in THROUGH_MLFLOW_RUN:
-            result = store.mlflow_run(step, f"force=[{step}]")
+            result = store.mlflow_run(step, f"force=[{step}] {QUICK_EVALUATE}")
         else:
-            result = store.in_process(f"steps.{step}", "--overrides", f"force=[{step}]", "--profile", "local")
+            result = store.in_process(f"steps.{step}", "--overrides", f"force=[{step}] {QUICK_EVALUATE}",
+                                      "--profile", "local")
         assert f"{step}: ran run" in result.stdout, result.stdout + result.stderr
         run_id = result.stdout.split(f"{step}: ran run ")[1].split()[0]
         run = store.client.get_run(run_id)
