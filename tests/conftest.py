@@ -31,7 +31,7 @@ for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import pytest  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from tests.forked import Command  # noqa: E402
+from tests.forked import Command, kill_all  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # The project's Python packages, by role (README: the layout).
@@ -238,6 +238,13 @@ def store_at(root: Path, data_url: str = str(CLEVELAND)) -> Store:
         PYTHONUNBUFFERED="1",
     )
     return Store(root, tracking_uri, name, env)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_command_left_running():
+    """A test that failed before waiting for the commands it started: they end with the session."""
+    yield
+    kill_all()
 
 
 @pytest.fixture(scope="session")

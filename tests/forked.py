@@ -28,6 +28,8 @@ import sys
 import tempfile
 import threading
 import traceback
+import types
+import weakref
 from pathlib import Path
 from typing import Optional
 
@@ -39,6 +41,11 @@ PRELOAD = ["tests.forked", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "
            "optuna", "joblib"]
 FORKS = multiprocessing.get_context("forkserver")
 FORKS.set_forkserver_preload(PRELOAD)
+# What a new interpreter puts on sys.path after the script's folder and PYTHONPATH: the
+# standard library and site-packages (not pytest's `pythonpath`, nor a model's code folder
+# that mlflow.pyfunc.load_model added to this process's path).
+_INTERPRETER_PATH = [entry for entry in sys.path if entry.startswith((sys.prefix, sys.base_prefix))]
+_STARTED: "weakref.WeakSet[Command]" = weakref.WeakSet()
 
 
 def python_m(argv: list[str], env: dict[str, str], cwd: str, stdout_path: str, stderr_path: str) -> None:
@@ -53,10 +60,14 @@ def python_m(argv: list[str], env: dict[str, str], cwd: str, stdout_path: str, s
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
-    sys.argv[:] = argv  # runpy puts the module's file in place of argv[0]
+    sys.path[:] = [cwd, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep)), *_INTERPRETER_PATH]
+    # As `python -m`: argv[0] is "-m" while the module's package is imported, then the
+    # module's file, and the module is __main__ for good (atexit handlers see it too).
+    sys.argv[:] = ["-m", *argv[1:]]
+    sys.modules["__main__"] = types.ModuleType("__main__")
     code = 0
     try:
-        runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+        runpy._run_module_as_main(argv[0], alter_argv=True)
     except SystemExit as exit_:
         if exit_.code is None or isinstance(exit_.code, int):
             code = exit_.code or 0
@@ -76,7 +87,7 @@ def python_m(argv: list[str], env: dict[str, str], cwd: str, stdout_path: str, s
 
 
 def _point_at(path: str, fd: int) -> None:
-    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
     os.dup2(target, fd)
     os.close(target)
 
@@ -106,6 +117,7 @@ class Command:
         self._process = FORKS.Process(target=python_m, args=(argv, env, str(cwd), self._stdout, self._stderr),
                                       name=" ".join(argv))
         self._process.start()
+        _STARTED.add(self)
         self.pid = self._process.pid
         self.returncode: Optional[int] = None
 
@@ -120,20 +132,35 @@ class Command:
         return self.returncode
 
     def send_signal(self, number: int) -> None:
-        os.kill(self.pid, number)
+        if self.poll() is None:  # the server reaps a child at once: its pid may be another's by now
+            os.kill(self.pid, number)
 
     def kill(self) -> None:
         if self.poll() is None:
             self.send_signal(signal.SIGKILL)
 
     def communicate(self, timeout: Optional[float] = None) -> tuple[str, str]:
-        self.wait(timeout)
+        try:
+            self.wait(timeout)
+        except BaseException:  # a timeout, the test's own included: leave no process behind
+            self.kill()
+            self._process.join()
+            raise
         if self._folder is None:
             return "", ""
-        out, err = (Path(path).read_text(errors="backslashreplace") for path in (self._stdout, self._stderr))
+        # No file: the child died before python_m began (the server's own stderr says why).
+        out, err = (Path(path).read_text(errors="backslashreplace") if Path(path).exists() else ""
+                    for path in (self._stdout, self._stderr))
         self._folder.cleanup()
         return out, err
 
     def completed(self, timeout: Optional[float] = None) -> subprocess.CompletedProcess:
         out, err = self.communicate(timeout)
         return subprocess.CompletedProcess(self.args, self.returncode, out, err)
+
+
+def kill_all() -> None:
+    """Every command still running (a test that failed before waiting for it): killed, reaped."""
+    for command in list(_STARTED):
+        command.kill()
+        command.wait()

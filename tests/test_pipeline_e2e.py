@@ -1,8 +1,8 @@
 """The pipeline as a user runs it: `mlflow run` on the real Cleveland file, against a
 real SQLite store. The tests in this module share one store and run in order:
-cold run, fully reused run, a train change, force, then each entry point alone. The
-train change and force are about the cache, not the launcher: they run `python -m
-steps.main` (forked, tests/forked.py)."""
+cold run, fully reused run, a train change, force, then each entry point alone. Force
+is about the cache, not the launcher: it runs `python -m steps.main` (forked,
+tests/forked.py)."""
 
 import json
 
@@ -187,7 +187,7 @@ def test_second_run_reuses_every_step(store):
 
 def test_changing_a_train_hyperparameter_reruns_train_evaluate_register_only(store):
     # Evaluate runs anyway (its input is new): the quick one will do from here on.
-    store.steps("main", "model.C=0.3", QUICK_EVALUATE)
+    store.mlflow_run("main", f"model.C=0.3 {QUICK_EVALUATE}")
     assert latest_main(store).info.run_name == f"main · model=logreg model.C=0.3 {QUICK_EVALUATE}"
     assert latest_main(store).data.params["model.C"] == "0.3"
     assert statuses(latest_main(store)) == {

@@ -73,8 +73,8 @@ def test_optuna_search_from_conf_records_its_trials_and_space(trained):
     processes writing to one SQLite store: none may be lost to "database is locked"."""
     store = trained
     ingests_before = len(store.runs("ingest"))
-    result = store.mlflow_run("sweep", "search=logreg hydra.sweeper.n_trials=4 evaluate.cv_repeats=2 "
-                                       "sweep.register_best=true")
+    result = store.mlflow_run("sweep", "search=logreg hydra.sweeper.n_trials=4 hydra.launcher.n_jobs=2 "
+                                       "evaluate.cv_repeats=2 sweep.register_best=true")
     assert "database is locked" not in result.stdout + result.stderr
     assert "4 of 4 trial(s) finished" in result.stdout
     assert len(store.runs("ingest")) == ingests_before  # the trials shared one upstream run, however parallel

@@ -37,9 +37,7 @@ def editor_store(team_server, tmp_path_factory):  # noqa: F811
     on several machines would share it), both through `mlflow run`, run by the EDIT user."""
     store = team_server.store(team_server.editor, tmp_path_factory.mktemp("editor"))
     store.mlflow_run("main", QUICK_EVALUATE)
-    # One trial after the other (the joblib launcher's own processes are test_sweep's matter).
     result = store.mlflow_run("sweep", f"search=logreg hydra.sweeper.n_trials=2 evaluate.cv_repeats=1 "
-                                       "hydra/launcher=basic "
                                        f"hydra.sweeper.storage={team_server.server.study_storage} "
                                        f"hydra.sweeper.study_name={STUDY}")
     assert "2 of 2 trial(s) finished" in result.stdout, result.stdout
