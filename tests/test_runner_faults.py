@@ -204,7 +204,10 @@ def _wait_until_stopped(process: Command, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        state = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        try:
+            state = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:  # it ended after poll(): the next poll() says how
+            state = None
         if state == "T":
             return
         time.sleep(0.1)
