@@ -78,8 +78,9 @@ def reused_pipeline(cfg: DictConfig) -> Optional[list[StepResult]]:
 def _experiment_id(store: sqlite3.Connection, profile: DictConfig) -> Optional[int]:
     """The experiment engine.store.connect will use."""
     chosen_id, name = wanted_experiment(profile)
-    found = store.execute("SELECT experiment_id FROM experiments WHERE (experiment_id = ? OR name = ?) "
-                          "AND lifecycle_stage = 'active'", (chosen_id, None if chosen_id else name)).fetchall()
+    column, value = ("experiment_id", chosen_id) if chosen_id else ("name", name)
+    found = store.execute(f"SELECT experiment_id FROM experiments WHERE {column} = ? AND lifecycle_stage = 'active'",
+                          (value,)).fetchall()
     return found[0][0] if len(found) == 1 else None
 
 

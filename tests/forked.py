@@ -29,7 +29,6 @@ import tempfile
 import threading
 import traceback
 import types
-import weakref
 from pathlib import Path
 from typing import Optional
 
@@ -45,7 +44,6 @@ FORKS.set_forkserver_preload(PRELOAD)
 # standard library and site-packages (not pytest's `pythonpath`, nor a model's code folder
 # that mlflow.pyfunc.load_model added to this process's path).
 _INTERPRETER_PATH = [entry for entry in sys.path if entry.startswith((sys.prefix, sys.base_prefix))]
-_STARTED: "weakref.WeakSet[Command]" = weakref.WeakSet()
 
 
 def python_m(argv: list[str], env: dict[str, str], cwd: str, stdout_path: str, stderr_path: str) -> None:
@@ -117,7 +115,6 @@ class Command:
         self._process = FORKS.Process(target=python_m, args=(argv, env, str(cwd), self._stdout, self._stderr),
                                       name=" ".join(argv))
         self._process.start()
-        _STARTED.add(self)
         self.pid = self._process.pid
         self.returncode: Optional[int] = None
 
@@ -160,7 +157,8 @@ class Command:
 
 
 def kill_all() -> None:
-    """Every command still running (a test that failed before waiting for it): killed, reaped."""
-    for command in list(_STARTED):
-        command.kill()
-        command.wait()
+    """Every forked process of this test worker still running (a test that failed before
+    waiting for it): killed, reaped."""
+    for process in FORKS.active_children():
+        process.kill()
+        process.join()
