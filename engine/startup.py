@@ -20,6 +20,10 @@ that importing those three took here), and once more at exit, only to free them 
 
 The price: cyclic garbage still alive at exit is not collected, so no `__del__` of it
 runs; the project closes its files and ends its runs explicitly, not at exit.
+
+`mlflow run`, MLflow's launcher, is paused the same way by heart_disease_mlflow_run.pth
+beside this module, which run.sh installs into .venv: that process imports nothing of
+ours.
 """
 
 from __future__ import annotations

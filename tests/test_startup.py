@@ -1,12 +1,16 @@
 """engine/startup.py: a `python -m` program of the project collects rarely while it imports
 and skips the collector's walk at exit; a command that works on resumes the usual
-collection; a program that merely imports the project's packages is left alone."""
+collection; a program that merely imports the project's packages is left alone.
+engine/heart_disease_mlflow_run.pth, which run.sh installs: `mlflow run` collects as
+rarely, and nothing else in the environment changes."""
 
 from __future__ import annotations
 
 import gc
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +46,29 @@ def test_a_hydra_command_resumes_the_usual_collection(tmp_path):
 @pytest.mark.parametrize("package", ["steps", "tools", "serving"])
 def test_importing_a_package_leaves_the_collector_alone(tmp_path, package):
     assert collector_at_exit(tmp_path, "-c", f"import {package}") == (gc.get_threshold(), False)
+
+
+LAUNCHER_SETTING = REPO / "engine" / "heart_disease_mlflow_run.pth"
+
+
+def test_run_sh_installed_the_launcher_setting_in_this_environment():
+    installed = Path(sysconfig.get_path("purelib")) / LAUNCHER_SETTING.name
+    assert installed.is_file(), f"{installed} is missing: run the tests with ./run.sh test, which installs it"
+    assert installed.read_text() == LAUNCHER_SETTING.read_text()
+
+
+@pytest.mark.parametrize("program, argv, paused", [
+    ("mlflow", ["run", ".", "-e", "main"], True),
+    ("mlflow", ["ui"], False),
+    ("mlflow", ["models", "serve", "-m", "x"], False),
+    ("mlflow", [], False),
+    ("other", ["run"], False),
+])
+def test_only_the_mlflow_run_launcher_collects_rarely(tmp_path, program, argv, paused):
+    from engine.startup import _PAUSED_THRESHOLDS
+
+    launcher = tmp_path / program  # what the console script's name looks like to site
+    launcher.write_text("import gc; print(gc.get_threshold())")
+    done = subprocess.run([sys.executable, str(launcher), *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(_PAUSED_THRESHOLDS if paused else gc.get_threshold())
