@@ -24,7 +24,7 @@ from engine.cli import adopt_launcher_run, run_link
 from engine.context import ArtifactCache, read_card
 from engine.fingerprint import code_fingerprint
 from engine.redaction import redact
-from engine.results import StepResult, summary_table
+from engine.results import EVERY_STEP_UP_TO_DATE, StepResult, summary_table
 from engine.runner import FAILED, FINISHED, TrackedRun, execute, record
 from engine.store import Tracking
 from steps.pipeline import SIDE_BRANCHES, STEPS, diagram
@@ -49,6 +49,7 @@ def run_main(cfg: DictConfig, tracking: Tracking, run_name: str, params: dict[st
             else:
                 results = up_to_date
                 print("\n".join(result.progress_line() for result in results), flush=True)
+                print(f"{EVERY_STEP_UP_TO_DATE}: nothing ran; this run records where their results are")
         except _ChainFailed as failed:
             _record(tracking, parent_run_id, failed.completed, cache, time.perf_counter() - started, FAILED)
             if failed.completed:

@@ -11,6 +11,9 @@ from typing import Any
 
 from engine.cards import text_table
 
+# How `main` begins its report when no step had anything to do.
+EVERY_STEP_UP_TO_DATE = "every step is up to date"
+
 
 @dataclass
 class StepResult:

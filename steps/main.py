@@ -22,13 +22,13 @@ from omegaconf import DictConfig
 from engine.cli import LAUNCHER_RUN_ID, launch, run_command
 from engine.config import main_overrides
 from engine.redaction import redact
-from engine.results import StepResult, summary_table
+from engine.results import EVERY_STEP_UP_TO_DATE, StepResult, summary_table
 from engine.store import PROJECT_ROOT, Tracking
 from engine.up_to_date import reused_pipeline
 
 PARAM_VALUE_MAX = 6000  # MLflow refuses a longer param value
 RUN_NAME_MAX = 120  # the runs table shows far less; the run's page shows it whole
-UP_TO_DATE = "every step is up to date: nothing ran, and no run was logged"
+UP_TO_DATE = f"{EVERY_STEP_UP_TO_DATE}: nothing ran, and no run was logged"
 
 
 def chosen_groups(choices: dict[str, str], conf_dir=PROJECT_ROOT / "conf") -> dict[str, str]:

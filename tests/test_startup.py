@@ -49,6 +49,12 @@ def test_importing_a_package_leaves_the_collector_alone(tmp_path, package):
 
 
 LAUNCHER_SETTING = REPO / "engine" / "heart_disease_mlflow_run.pth"
+# The collector's thresholds now; then whether anything is frozen once the exit handlers ran.
+COLLECTOR_NOW_AND_AT_EXIT = """import atexit, gc
+now = gc.get_threshold()
+atexit._run_exitfuncs()
+print(now, gc.get_freeze_count() > 0, sep="|", end="")
+"""
 
 
 def test_run_sh_installed_the_launcher_setting_in_this_environment():
@@ -64,11 +70,25 @@ def test_run_sh_installed_the_launcher_setting_in_this_environment():
     ("mlflow", [], False),
     ("other", ["run"], False),
 ])
-def test_only_the_mlflow_run_launcher_collects_rarely(tmp_path, program, argv, paused):
+def test_only_the_mlflow_run_launcher_collects_rarely_and_freezes_at_exit(tmp_path, program, argv, paused):
     from engine.startup import _PAUSED_THRESHOLDS
 
     launcher = tmp_path / program  # what the console script's name looks like to site
-    launcher.write_text("import gc; print(gc.get_threshold())")
+    launcher.write_text(COLLECTOR_NOW_AND_AT_EXIT)
     done = subprocess.run([sys.executable, str(launcher), *argv], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(_PAUSED_THRESHOLDS if paused else gc.get_threshold())
+    assert (done.returncode, done.stderr) == (0, "")  # site reports a failing .pth line on stderr
+    assert done.stdout.split("|") == [str(_PAUSED_THRESHOLDS if paused else default_thresholds()), str(paused)]
+
+
+def test_a_program_given_as_code_is_left_alone():
+    done = subprocess.run([sys.executable, "-c", COLLECTOR_NOW_AND_AT_EXIT, "run"], capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.split("|") == [str(default_thresholds()), "False"]
+
+
+def default_thresholds() -> tuple[int, int, int]:
+    """A new interpreter's, without site and so without any .pth file."""
+    done = subprocess.run([sys.executable, "-S", "-c", "import gc; print(gc.get_threshold())"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    return tuple(int(n) for n in done.stdout.strip().strip("()").split(", "))

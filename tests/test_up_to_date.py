@@ -16,6 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from engine.config import register_configs
+from engine.results import EVERY_STEP_UP_TO_DATE
 from engine.up_to_date import reused_pipeline
 from steps.main import UP_TO_DATE
 from steps.pipeline import STEPS
@@ -113,6 +114,7 @@ def test_under_mlflow_run_main_fills_the_run_it_was_given_without_walking_the_ch
     given = pointed.client.create_run(pointed.experiment_id).info.run_id
     done = pointed.in_process("steps.main", QUICK_EVALUATE, extra_env={"MLFLOW_RUN_ID": given})
     assert done.stdout.count(": reused run ") == len(STEPS), done.stdout
+    assert EVERY_STEP_UP_TO_DATE in done.stdout
     assert len(pointed.client.search_runs([pointed.experiment_id], max_results=1000)) == runs_before + 1
     filled = pointed.client.get_run(given)
     assert filled.info.status == "FINISHED" and filled.data.tags["pipeline.role"] == "main"
