@@ -30,11 +30,25 @@ from __future__ import annotations
 
 import atexit
 import gc
+import os
 import sys
 from typing import Optional
 
 _PAUSED_THRESHOLDS = (100_000, 50, 100)
 _thresholds_before_pause: Optional[tuple[int, int, int]] = None
+# What run.sh copies into .venv's site-packages for `mlflow run` (its comment says why).
+MLFLOW_RUN_SETTING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "heart_disease_mlflow_run.pth")
+
+
+def mlflow_run_setting_installed() -> bool:
+    """Whether this interpreter's site-packages holds the repository's MLFLOW_RUN_SETTING as is."""
+    import sysconfig
+
+    installed = os.path.join(sysconfig.get_path("purelib"), os.path.basename(MLFLOW_RUN_SETTING))
+    if not os.path.isfile(installed):
+        return False
+    with open(MLFLOW_RUN_SETTING, "rb") as wanted, open(installed, "rb") as found:
+        return wanted.read() == found.read()
 
 
 def pause() -> None:

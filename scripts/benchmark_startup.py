@@ -27,7 +27,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 import urllib.request
@@ -38,6 +37,7 @@ from benchmark_pipeline import Bench, machine, write_section  # noqa: E402
 from benchmark_score import uptime, write_patients  # noqa: E402
 
 from engine.results import EVERY_STEP_UP_TO_DATE  # noqa: E402
+from engine.startup import MLFLOW_RUN_SETTING, mlflow_run_setting_installed  # noqa: E402
 from steps.pipeline import STEPS  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +47,6 @@ MARKER_START, MARKER_END = "<!-- startup-benchmark:start -->", "<!-- startup-ben
 GOALS = {"main, every step reused": 1.5, "mlflow run . -e main, every step reused": 3.5,
          "score, one patient": 2.0, "leaderboard": 1.5}
 PROGRESS_LINE = re.compile(r"^(\w+): (\w+) run [0-9a-f]{32} in ", re.MULTILINE)  # StepResult.progress_line
-LAUNCHER_SETTING = REPO / "engine" / "heart_disease_mlflow_run.pth"
 PATIENT = {"age": 63, "sex": 1, "cp": 1, "trestbps": 145, "chol": 233, "fbs": 1, "restecg": 2, "thalach": 150,
            "exang": 0, "oldpeak": 2.3, "slope": 3, "ca": 0, "thal": 6}
 
@@ -150,13 +149,6 @@ def score_against_predict(root: Path, env: dict, rows: int) -> tuple[float, floa
     return score, predict
 
 
-def launcher_setting() -> str:
-    installed = Path(sysconfig.get_path("purelib")) / LAUNCHER_SETTING.name
-    if not installed.is_file():
-        return "absent"
-    return "installed" if installed.read_text() == LAUNCHER_SETTING.read_text() else "installed, an older copy"
-
-
 def render(samples: dict[str, list[float]], compared: list, args, load_before: str, load_after: str) -> str:
     medians = {name: statistics.median(values) for name, values in samples.items()}
     floor = next(iter(medians.values()))
@@ -166,7 +158,8 @@ def render(samples: dict[str, list[float]], compared: list, args, load_before: s
            + "`: each command on a store where the default pipeline has run once, interleaved, median of "
            f"{args.repeats}; F is `python -c \"import mlflow\"` measured in the same run.", "",
            f"Machine: {machine()}. Load before `{load_before}`, after `{load_after}`. "
-           f"`mlflow run`'s collector pause (run.sh installs {LAUNCHER_SETTING.name}): {launcher_setting()}.", "",
+           f"`mlflow run`'s collector pause (run.sh installs {Path(MLFLOW_RUN_SETTING).name}): "
+           f"{'installed' if mlflow_run_setting_installed() else 'absent or an older copy'}.", "",
            "| command | median s | × F | goal | every run, s |", "| --- | ---: | ---: | ---: | --- |"]
     for name, median in medians.items():
         goal = GOALS.get(name)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
-import sysconfig
-from pathlib import Path
 
 import pytest
 
@@ -48,7 +46,6 @@ def test_importing_a_package_leaves_the_collector_alone(tmp_path, package):
     assert collector_at_exit(tmp_path, "-c", f"import {package}") == (gc.get_threshold(), False)
 
 
-LAUNCHER_SETTING = REPO / "engine" / "heart_disease_mlflow_run.pth"
 # The collector's thresholds now; then whether anything is frozen once the exit handlers ran.
 COLLECTOR_NOW_AND_AT_EXIT = """import atexit, gc
 now = gc.get_threshold()
@@ -58,9 +55,9 @@ print(now, gc.get_freeze_count() > 0, sep="|", end="")
 
 
 def test_run_sh_installed_the_launcher_setting_in_this_environment():
-    installed = Path(sysconfig.get_path("purelib")) / LAUNCHER_SETTING.name
-    assert installed.is_file(), f"{installed} is missing: run the tests with ./run.sh test, which installs it"
-    assert installed.read_text() == LAUNCHER_SETTING.read_text()
+    from engine.startup import MLFLOW_RUN_SETTING, mlflow_run_setting_installed
+
+    assert mlflow_run_setting_installed(), f"run the tests with ./run.sh test, which installs {MLFLOW_RUN_SETTING}"
 
 
 @pytest.mark.parametrize("program, argv, paused", [
